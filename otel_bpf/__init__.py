@@ -1,0 +1,5 @@
+"""otel_bpf: the cost of every eBPF program on the host, as OpenTelemetry metrics."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""Derived figures: pure functions of two readings of the same program.
+
+The formulas are bpftop's, minus its quirks: a program seen for the first time has no rates
+(None, never 0 or its lifetime average), and a reading whose counters went backwards (a
+different program behind a reused id) starts a fresh series instead of yielding negatives.
+"""
+
+from __future__ import annotations
+
+from otel_bpf.records import ProgramRecord
+
+
+def comparable(prev: ProgramRecord | None, cur: ProgramRecord) -> bool:
+    """Whether ``prev`` is an earlier reading of the very program ``cur`` describes."""
+    return (
+        prev is not None
+        and prev.id == cur.id
+        and prev.load_time == cur.load_time
+        and cur.run_cnt >= prev.run_cnt
+        and cur.run_time_ns >= prev.run_time_ns
+    )
+
+
+def period_avg_runtime_ns(prev: ProgramRecord | None, cur: ProgramRecord) -> float | None:
+    """Mean ns per run over the period; None on a first reading or when nothing ran."""
+    if prev is None or not comparable(prev, cur):
+        return None
+    runs = cur.run_cnt - prev.run_cnt
+    if runs == 0:
+        return None
+    return (cur.run_time_ns - prev.run_time_ns) / runs
+
+
+def total_avg_runtime_ns(cur: ProgramRecord) -> float | None:
+    """Mean ns per run over everything the kernel has counted; None before the first run."""
+    if cur.run_cnt == 0:
+        return None
+    return cur.run_time_ns / cur.run_cnt
+
+
+def events_per_sec(prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None) -> float | None:
+    """Runs per second over the period of ``dt`` seconds."""
+    if prev is None or dt is None or dt <= 0 or not comparable(prev, cur):
+        return None
+    return (cur.run_cnt - prev.run_cnt) / dt
+
+
+def cpu_percent(prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None) -> float | None:
+    """Run time as a percentage of ONE core, like top: 250 means two and a half cores."""
+    if prev is None or dt is None or dt <= 0 or not comparable(prev, cur):
+        return None
+    return (cur.run_time_ns - prev.run_time_ns) / (dt * 1e9) * 100.0
+
+
+def cpu_utilization(
+    prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None, online_cpus: int
+) -> float | None:
+    """Run time as a fraction of all online CPUs (semantic-convention style, 0..1)."""
+    pct = cpu_percent(prev, cur, dt)
+    if pct is None or online_cpus <= 0:
+        return None
+    return pct / 100.0 / online_cpus

@@ -1,0 +1,239 @@
+"""ctypes mirrors of the parts of ``include/uapi/linux/bpf.h`` that otel_bpf uses.
+
+Layouts follow the kernel header field for field.  Fields that appeared after Linux 5.8
+carry the version that added them: the kernel copies back only as many bytes of an info
+struct as it knows (and reports that length in ``info_len``), so a field past that
+length was not filled in and must be treated as unknown, not as zero.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+u8 = ctypes.c_uint8
+u16 = ctypes.c_uint16
+u32 = ctypes.c_uint32
+u64 = ctypes.c_uint64
+s32 = ctypes.c_int32
+s64 = ctypes.c_int64
+
+BPF_OBJ_NAME_LEN = 16
+BPF_TAG_SIZE = 8
+
+
+class Cmd(enum.IntEnum):
+    """``enum bpf_cmd``."""
+
+    MAP_CREATE = 0
+    MAP_LOOKUP_ELEM = 1
+    MAP_UPDATE_ELEM = 2
+    MAP_DELETE_ELEM = 3
+    MAP_GET_NEXT_KEY = 4
+    PROG_LOAD = 5
+    OBJ_PIN = 6
+    OBJ_GET = 7
+    PROG_ATTACH = 8
+    PROG_DETACH = 9
+    PROG_TEST_RUN = 10
+    PROG_GET_NEXT_ID = 11
+    MAP_GET_NEXT_ID = 12
+    PROG_GET_FD_BY_ID = 13
+    MAP_GET_FD_BY_ID = 14
+    OBJ_GET_INFO_BY_FD = 15
+    PROG_QUERY = 16
+    RAW_TRACEPOINT_OPEN = 17
+    BTF_LOAD = 18
+    BTF_GET_FD_BY_ID = 19
+    TASK_FD_QUERY = 20
+    MAP_LOOKUP_AND_DELETE_ELEM = 21
+    MAP_FREEZE = 22
+    BTF_GET_NEXT_ID = 23
+    MAP_LOOKUP_BATCH = 24
+    MAP_LOOKUP_AND_DELETE_BATCH = 25
+    MAP_UPDATE_BATCH = 26
+    MAP_DELETE_BATCH = 27
+    LINK_CREATE = 28
+    LINK_UPDATE = 29
+    LINK_GET_FD_BY_ID = 30
+    LINK_GET_NEXT_ID = 31
+    ENABLE_STATS = 32
+    ITER_CREATE = 33
+    LINK_DETACH = 34
+    PROG_BIND_MAP = 35
+    TOKEN_CREATE = 36
+
+    @property
+    def uapi_name(self) -> str:
+        """The name as the kernel header spells it, e.g. ``BPF_ENABLE_STATS``."""
+        return "BPF_" + self.name
+
+
+BPF_STATS_RUN_TIME = 0
+
+
+class GetIdAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_*_GET_NEXT_ID`` and ``BPF_*_GET_FD_BY_ID``."""
+
+    _fields_ = [
+        ("start_id", u32),  # also prog_id / map_id / btf_id / link_id
+        ("next_id", u32),
+        ("open_flags", u32),
+    ]
+
+
+class InfoByFdAttr(ctypes.Structure):
+    """The ``bpf_attr.info`` member used by ``BPF_OBJ_GET_INFO_BY_FD``."""
+
+    _fields_ = [
+        ("bpf_fd", u32),
+        ("info_len", u32),
+        ("info", u64),
+    ]
+
+
+class EnableStatsAttr(ctypes.Structure):
+    """The ``bpf_attr.enable_stats`` member (Linux 5.8)."""
+
+    _fields_ = [("type", u32)]
+
+
+class ProgInfo(ctypes.Structure):
+    """``struct bpf_prog_info``."""
+
+    _fields_ = [
+        ("type", u32),
+        ("id", u32),
+        ("tag", u8 * BPF_TAG_SIZE),
+        ("jited_prog_len", u32),
+        ("xlated_prog_len", u32),
+        ("jited_prog_insns", u64),
+        ("xlated_prog_insns", u64),
+        ("load_time", u64),  # ns since boot (CLOCK_BOOTTIME)
+        ("created_by_uid", u32),
+        ("nr_map_ids", u32),
+        ("map_ids", u64),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", u32),
+        ("gpl_compatible", u32),  # bit 0; the other 31 bits are padding
+        ("netns_dev", u64),
+        ("netns_ino", u64),
+        ("nr_jited_ksyms", u32),
+        ("nr_jited_func_lens", u32),
+        ("jited_ksyms", u64),
+        ("jited_func_lens", u64),
+        ("btf_id", u32),
+        ("func_info_rec_size", u32),
+        ("func_info", u64),
+        ("nr_func_info", u32),
+        ("nr_line_info", u32),
+        ("line_info", u64),
+        ("jited_line_info", u64),
+        ("nr_jited_line_info", u32),
+        ("line_info_rec_size", u32),
+        ("jited_line_info_rec_size", u32),
+        ("nr_prog_tags", u32),
+        ("prog_tags", u64),
+        ("run_time_ns", u64),  # 5.1
+        ("run_cnt", u64),  # 5.1
+        ("recursion_misses", u64),  # 5.12
+        ("verified_insns", u32),  # 5.16
+        ("attach_btf_obj_id", u32),  # 6.0
+        ("attach_btf_id", u32),  # 6.0
+        ("_pad", u32),  # the struct is aligned(8)
+    ]
+
+
+class MapInfo(ctypes.Structure):
+    """``struct bpf_map_info``."""
+
+    _fields_ = [
+        ("type", u32),
+        ("id", u32),
+        ("key_size", u32),
+        ("value_size", u32),
+        ("max_entries", u32),
+        ("map_flags", u32),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", u32),
+        ("btf_vmlinux_value_type_id", u32),
+        ("netns_dev", u64),
+        ("netns_ino", u64),
+        ("btf_id", u32),
+        ("btf_key_type_id", u32),
+        ("btf_value_type_id", u32),
+        ("btf_vmlinux_id", u32),  # 6.7
+        ("map_extra", u64),  # 5.16
+        ("hash", u64),  # 6.16
+        ("hash_size", u32),  # 6.16
+        ("_pad", u32),
+    ]
+
+
+class BtfInfo(ctypes.Structure):
+    """``struct bpf_btf_info``."""
+
+    _fields_ = [
+        ("btf", u64),
+        ("btf_size", u32),
+        ("id", u32),
+        ("name", u64),  # 5.11
+        ("name_len", u32),  # 5.11
+        ("kernel_btf", u32),  # 5.11
+    ]
+
+
+class FuncInfo(ctypes.Structure):
+    """``struct bpf_func_info``: one record of a program's BTF func_info array."""
+
+    _fields_ = [("insn_off", u32), ("type_id", u32)]
+
+
+def filled(info: ctypes.Structure, field: str, info_len: int) -> bool:
+    """Whether ``field`` lies within the ``info_len`` bytes the kernel filled in."""
+    desc = getattr(type(info), field)
+    return bool(desc.offset + desc.size <= info_len)
+
+
+class ProgLoadAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_PROG_LOAD``."""
+
+    _fields_ = [
+        ("prog_type", u32),
+        ("insn_cnt", u32),
+        ("insns", u64),
+        ("license", u64),
+        ("log_level", u32),
+        ("log_size", u32),
+        ("log_buf", u64),
+        ("kern_version", u32),
+        ("prog_flags", u32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("prog_ifindex", u32),
+        ("expected_attach_type", u32),
+        ("prog_btf_fd", u32),
+        ("func_info_rec_size", u32),
+        ("func_info", u64),
+        ("func_info_cnt", u32),
+        ("line_info_rec_size", u32),
+        ("line_info", u64),
+        ("line_info_cnt", u32),
+        ("attach_btf_id", u32),
+        ("attach_prog_fd", u32),  # also attach_btf_obj_fd
+        ("core_relo_cnt", u32),  # 5.17
+        ("fd_array", u64),
+        ("core_relos", u64),
+        ("core_relo_rec_size", u32),
+        ("log_true_size", u32),  # 6.4
+    ]
+
+
+class ProgType(enum.IntEnum):
+    """``enum bpf_prog_type`` values the project loads itself."""
+
+    SOCKET_FILTER = 1
+    SCHED_CLS = 3
+    SCHED_ACT = 4
+    XDP = 6
+    CGROUP_SKB = 8
+    TRACING = 26

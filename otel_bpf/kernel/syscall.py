@@ -1,0 +1,91 @@
+"""The one ``bpf(2)`` wrapper: ctypes, EINTR retried, errno turned into typed errors."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+from otel_bpf.kernel._uapi import Cmd
+from otel_bpf.kernel.errors import COMMAND_MIN_KERNEL, BpfError, error_for, unsupported_command
+
+# __NR_bpf per architecture (arch/*/include/uapi/asm/unistd*.h).
+_SYSCALL_NUMBERS = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "arm64": 280,
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_uint]
+
+
+def syscall_number(machine: str | None = None) -> int:
+    """``__NR_bpf`` for ``machine`` (default: this host)."""
+    arch = machine or platform.machine()
+    try:
+        return _SYSCALL_NUMBERS[arch]
+    except KeyError:
+        raise BpfError(
+            errno.ENOSYS, f"otel_bpf supports x86_64 and aarch64, not {arch}"
+        ) from None
+
+
+_NR_BPF: int | None = None
+
+
+def bpf(cmd: Cmd, attr: ctypes.Structure | ctypes.Array[ctypes.c_char], detail: str = "") -> int:
+    """Call ``bpf(cmd, &attr, sizeof(attr))`` and return its non-negative result.
+
+    Retries on EINTR.  Raises a subclass of :class:`BpfError`; an EINVAL from a command the
+    running kernel does not know is reported as "kernel X.Y lacks ...".
+    """
+    global _NR_BPF
+    if _NR_BPF is None:
+        _NR_BPF = syscall_number()
+    size = ctypes.sizeof(attr)
+    ptr = ctypes.addressof(attr)
+    while True:
+        ret = _syscall(_NR_BPF, int(cmd), ptr, size)
+        if ret >= 0:
+            return int(ret)
+        err = ctypes.get_errno()
+        if err == errno.EINTR:
+            continue
+        if err == errno.EINVAL and not command_known(cmd):
+            raise unsupported_command(cmd.uapi_name)
+        raise error_for(err, cmd.uapi_name, detail)
+
+
+def command_known(cmd: Cmd) -> bool:
+    """Whether the running kernel is new enough for ``cmd``.
+
+    An unknown command and a bad argument both give EINVAL, so the kernel cannot be asked;
+    the release is compared with the version that added the command.  Vendor kernels that
+    backport a command are still served: this is only consulted after an EINVAL.
+    """
+    need = COMMAND_MIN_KERNEL.get(cmd.uapi_name)
+    if need is None:
+        return True
+    major, minor = (int(x) for x in need.split("."))
+    return kernel_at_least(major, minor)
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running kernel's release is at least ``major.minor``."""
+    try:
+        parts = os.uname().release.split(".")
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (ValueError, IndexError):
+        return True
+
+
+def close(fd: int) -> None:
+    """Close a BPF object fd, ignoring EINTR (on Linux the fd is released regardless)."""
+    try:
+        os.close(fd)
+    except InterruptedError:
+        pass

@@ -1,0 +1,98 @@
+"""Immutable records of what the kernel reports: programs, maps, owners, the stats state.
+
+These are the pure core's vocabulary.  The kernel boundary builds them; everything above it
+(sampler, OpenTelemetry, live view, JSON) only reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A process that holds a program open, directly or through a BPF link."""
+
+    pid: int
+    comm: str
+    """``/proc/<pid>/comm`` as the kernel reports it (untrusted text, not sanitised)."""
+    executable: str
+    """Base name of ``/proc/<pid>/exe``; empty when it cannot be read (kernel thread, race)."""
+    via: str
+    """``"prog"`` for a program fd, ``"link"`` for a BPF link fd."""
+
+
+@dataclass(frozen=True, slots=True)
+class MapRecord:
+    """A BPF map referenced by a program."""
+
+    id: int
+    type: str
+    """bpftool's name for the map type (``hash``, ``array``, ...), or ``type_N``."""
+    name: str
+    key_size: int
+    value_size: int
+    max_entries: int
+    memlock_bytes: int | None
+    """``memlock`` from the map fd's fdinfo; None where the kernel does not report it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRecord:
+    """One BPF program as read in one pass."""
+
+    id: int
+    type: str
+    """bpftool's lowercase name (``socket_filter``, ``xdp``, ``sched_cls``, ...) or ``type_N``."""
+    type_id: int
+    name: str
+    """Full name: from BTF func_info when the kernel cut it at 15 characters; may be empty."""
+    tag: str
+    """The program tag as 16 lowercase hex digits, as bpftool prints it."""
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int | None
+    """None on kernels before 5.12, which do not report it."""
+    load_time: float
+    """Wall-clock load time, seconds since the UNIX epoch."""
+    uid: int
+    verified_insns: int | None
+    """None on kernels before 5.16."""
+    xlated_size: int
+    jited_size: int
+    map_ids: tuple[int, ...]
+    btf_id: int
+    """0 when the program has no BTF."""
+    memlock_bytes: int | None
+    """``memlock`` from the program fd's fdinfo; None when not read or not reported."""
+    owners: tuple[Owner, ...] | None = None
+    """Processes holding the program; ``()`` for none, None when owners were not looked up."""
+    maps: tuple[MapRecord, ...] | None = None
+    """The maps in ``map_ids``; None when maps were not looked up."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsState:
+    """Whether the kernel is counting run time right now, and who keeps it on."""
+
+    ours: bool
+    """This process holds a BPF_ENABLE_STATS fd."""
+    sysctl: bool
+    """``kernel.bpf_stats_enabled`` is 1 (set by anyone, the legacy switch)."""
+    others: bool
+    """Another process holds an ``anon_inode:bpf-stats`` fd."""
+
+    @property
+    def enabled(self) -> bool:
+        """Stats are being counted."""
+        return self.ours or self.sysctl or self.others
+
+    def describe(self) -> str:
+        """``on``, ``on (by another process)``, ``on (sysctl)`` or ``off``."""
+        if self.ours:
+            return "on"
+        if self.others:
+            return "on (by another process)"
+        if self.sysctl:
+            return "on (sysctl)"
+        return "off"

@@ -1,0 +1,106 @@
+"""One sampling pass as an immutable value: every program with its figures for the period."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from otel_bpf import figures
+from otel_bpf.records import ProgramRecord, StatsState
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSample:
+    """A program's reading plus the figures derived against the previous pass."""
+
+    program: ProgramRecord
+    period_avg_runtime_ns: float | None
+    total_avg_runtime_ns: float | None
+    events_per_sec: float | None
+    cpu_percent: float | None
+    """Percent of ONE core (can exceed 100 on a multi-core host)."""
+    cpu_utilization: float | None
+    """Fraction of all online CPUs, 0..1."""
+
+    @property
+    def id(self) -> int:
+        """The program id (shortcut for ``program.id``)."""
+        return self.program.id
+
+
+def derive(
+    prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None, online_cpus: int
+) -> ProgramSample:
+    """The sample for ``cur`` given the previous reading of the same program (if any)."""
+    return ProgramSample(
+        program=cur,
+        period_avg_runtime_ns=figures.period_avg_runtime_ns(prev, cur),
+        total_avg_runtime_ns=figures.total_avg_runtime_ns(cur),
+        events_per_sec=figures.events_per_sec(prev, cur, dt),
+        cpu_percent=figures.cpu_percent(prev, cur, dt),
+        cpu_utilization=figures.cpu_utilization(prev, cur, dt, online_cpus),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one pass saw.  Consumers read it; nobody mutates it."""
+
+    seq: int
+    """1 for the first pass, then +1 per pass."""
+    wall_time: float
+    """UNIX time at the end of the pass."""
+    monotonic: float
+    """Monotonic clock at the end of the pass (seconds)."""
+    elapsed: float | None
+    """Monotonic seconds since the previous pass; None for the first."""
+    online_cpus: int
+    stats: StatsState
+    sampling_path: str
+    """How the programs were read: ``"syscall"`` or ``"iterator"``."""
+    programs: tuple[ProgramSample, ...]
+    errors: tuple[str, ...] = ()
+    """Per-program read failures of this pass (the pass still completed)."""
+    _by_id: Mapping[int, ProgramSample] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_by_id", MappingProxyType({s.program.id: s for s in self.programs})
+        )
+
+    def get(self, prog_id: int) -> ProgramSample | None:
+        """The sample of program ``prog_id``, or None when it is not loaded (any more)."""
+        return self._by_id.get(prog_id)
+
+
+def build_snapshot(
+    prev: Snapshot | None,
+    records: Iterable[ProgramRecord],
+    *,
+    monotonic: float,
+    wall_time: float,
+    online_cpus: int,
+    stats: StatsState,
+    sampling_path: str = "syscall",
+    errors: tuple[str, ...] = (),
+) -> Snapshot:
+    """The snapshot of one pass, with figures against ``prev`` (pure; no kernel access)."""
+    dt = None if prev is None else monotonic - prev.monotonic
+    samples = []
+    for rec in records:
+        before = prev.get(rec.id) if prev is not None else None
+        samples.append(derive(before.program if before else None, rec, dt, online_cpus))
+    return Snapshot(
+        seq=1 if prev is None else prev.seq + 1,
+        wall_time=wall_time,
+        monotonic=monotonic,
+        elapsed=dt,
+        online_cpus=online_cpus,
+        stats=stats,
+        sampling_path=sampling_path,
+        programs=tuple(samples),
+        errors=errors,
+    )

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian/Ubuntu machine, as root: installs what the tests
+# drive for real (bpftool, tmux, Prometheus, iproute2, the rotel collector), then runs tox:
+# lint (ruff, mypy --strict) and the full suite on every Python 3.10-3.13 that is present.
+# Extra arguments go to tox, e.g. `bash scripts/test.sh -e py311 -- -k stats`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root: the tests load BPF programs (CAP_BPF, CAP_SYS_ADMIN)" >&2
+    exit 2
+fi
+
+need_apt=()
+command -v bpftool >/dev/null || need_apt+=(bpftool)
+command -v tmux >/dev/null || need_apt+=(tmux)
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Test tools live in their own venv (PEP 668: nothing goes into the system Python).
+TOOLS=.venv-tools
+if [ ! -x "$TOOLS/bin/tox" ] || [ ! -x "$TOOLS/bin/rotel" ]; then
+    echo "== creating $TOOLS (tox, rotel collector)"
+    python3 -m venv "$TOOLS"
+    "$TOOLS/bin/pip" install -q --upgrade pip
+    "$TOOLS/bin/pip" install -q tox rotel
+fi
+# rotel ships its collector binary inside the wheel; the tests find it through ROTEL_AGENT.
+ROTEL_AGENT="$("$TOOLS/bin/python" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
+export ROTEL_AGENT
+
+# Python 3.10-3.13 under pyenv are not on PATH by default; expose whichever exist.
+for v in "${HOME:-/root}"/.pyenv/versions/3.1[0-3].*/bin; do
+    [ -d "$v" ] && PATH="$PATH:$v"
+done
+export PATH
+
+echo "== tox ${*:-}"
+exec "$TOOLS/bin/tox" "$@"
