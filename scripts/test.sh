@@ -27,7 +27,7 @@ fi
 
 # Test tools live in their own venv (PEP 668: nothing goes into the system Python).
 TOOLS=.venv-tools
-if [ ! -x "$TOOLS/bin/tox" ] || [ ! -x "$TOOLS/bin/rotel" ]; then
+if [ ! -x "$TOOLS/bin/tox" ] || ! "$TOOLS/bin/python" -c 'import rotel' 2>/dev/null; then
     echo "== creating $TOOLS (tox, rotel collector)"
     python3 -m venv "$TOOLS"
     "$TOOLS/bin/pip" install -q --upgrade pip
