@@ -1,0 +1,202 @@
+"""Build the MeterProvider of a ``bpftop-otel`` run from a validated ``Config``.
+
+The OTLP exporter classes read a few ``OTEL_EXPORTER_OTLP_*`` variables themselves but
+ignore ``..._PROTOCOL`` (the SDK's auto-configuration picks the class); here the class is
+chosen from the resolved protocol and every setting is passed explicitly, so what
+``config.resolve`` validated is exactly what is used.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+
+from otel_bpf.cli.config import Config, OtlpSettings
+from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
+
+
+class ExporterError(RuntimeError):
+    """An exporter could not be set up (missing extra, port in use); message for the user."""
+
+
+@dataclass
+class Telemetry:
+    """The meter provider and what must be stopped with it."""
+
+    provider: MeterProvider | None
+    targets: list[str] = field(default_factory=list)
+    """Human descriptions of where metrics go, for the start-up log line."""
+    otlp: BurstReportingExporter | None = None
+    _servers: list[Any] = field(default_factory=list)
+    _shut_down: bool = False
+
+    def shutdown(self, timeout: float) -> None:
+        """Final collection and export (force_flush, then shutdown), bounded by ``timeout``.
+
+        Runs once; later calls do nothing (the SDK logs a warning on a second shutdown).
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
+        if self.provider is not None:
+            timeout_ms = max(1, int(timeout * 1000))
+            try:
+                self.provider.force_flush(timeout_millis=timeout_ms // 2)
+            finally:
+                self.provider.shutdown(timeout_millis=timeout_ms // 2)
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._servers.clear()
+
+
+def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
+    import grpc  # type: ignore[import-untyped]
+    from grpc import Compression as GrpcCompression
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+        OTLPMetricExporter as GrpcMetricExporter,
+    )
+
+    credentials = None
+    if not otlp.insecure:
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        try:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(otlp.certificate),
+                private_key=read(otlp.client_key),
+                certificate_chain=read(otlp.client_certificate),
+            )
+        except OSError as exc:
+            raise ExporterError(f"cannot read TLS file: {exc}") from None
+    compression = {
+        "gzip": GrpcCompression.Gzip,
+        "none": GrpcCompression.NoCompression,
+        None: None,
+    }[otlp.compression]
+    return GrpcMetricExporter(
+        endpoint=otlp.endpoint,
+        insecure=otlp.insecure,
+        credentials=credentials,
+        headers=dict(otlp.headers),
+        timeout=otlp.timeout,
+        compression=compression,
+    )
+
+
+def _http_exporter(otlp: OtlpSettings) -> MetricExporter:
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    compression = {
+        "gzip": HttpCompression.Gzip,
+        "none": HttpCompression.NoCompression,
+        None: None,
+    }[otlp.compression]
+    return HttpMetricExporter(
+        endpoint=otlp.endpoint,
+        certificate_file=otlp.certificate,
+        client_key_file=otlp.client_key,
+        client_certificate_file=otlp.client_certificate,
+        headers=dict(otlp.headers),
+        timeout=otlp.timeout,
+        compression=compression,
+    )
+
+
+def otlp_exporter(otlp: OtlpSettings) -> MetricExporter:
+    """The OTLP metric exporter class of the resolved protocol, configured explicitly."""
+    if otlp.protocol == "grpc":
+        return _grpc_exporter(otlp)
+    return _http_exporter(otlp)
+
+
+def _prometheus_reader(host: str, port: int) -> tuple[MetricReader, Any]:
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError:
+        raise ExporterError(
+            "the prometheus exporter needs the optional extra: "
+            "pip install 'otel-bpf[prometheus]' (opentelemetry-exporter-prometheus)"
+        ) from None
+    # A private registry: only our metrics, no process/platform collectors of this Python.
+    registry = CollectorRegistry(auto_describe=True)
+    reader = PrometheusMetricReader(registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ExporterError(
+            f"cannot listen on {host}:{port} for Prometheus: {exc.strerror or exc}"
+        ) from None
+    return reader, server
+
+
+def build_telemetry(config: Config, gate: ExportLogGate) -> Telemetry:
+    """The meter provider for ``config.exporters`` (None when there is no exporter)."""
+    if not config.exporters:
+        return Telemetry(provider=None)
+    readers: list[MetricReader] = []
+    telemetry = Telemetry(provider=None)
+    interval_ms = config.export_interval * 1000.0
+    timeout_ms = config.export_timeout * 1000.0
+    try:
+        for name in config.exporters:
+            if name == "otlp":
+                assert config.otlp is not None
+                target = f"{config.otlp.endpoint} (OTLP {config.otlp.protocol})"
+                wrapped = BurstReportingExporter(otlp_exporter(config.otlp), gate, target)
+                telemetry.otlp = wrapped
+                readers.append(
+                    PeriodicExportingMetricReader(
+                        wrapped,
+                        export_interval_millis=interval_ms,
+                        export_timeout_millis=timeout_ms,
+                    )
+                )
+                telemetry.targets.append(target)
+            elif name == "console":
+                # With --json, stdout carries JSON Lines; console metrics go to stderr.
+                out = sys.stderr if config.json else sys.stdout
+                readers.append(
+                    PeriodicExportingMetricReader(
+                        ConsoleMetricExporter(out=out),
+                        export_interval_millis=interval_ms,
+                        export_timeout_millis=timeout_ms,
+                    )
+                )
+                telemetry.targets.append("console")
+            elif name == "prometheus":
+                reader, server = _prometheus_reader(config.prometheus_host, config.prometheus_port)
+                telemetry._servers.append(server)
+                readers.append(reader)
+                host, port = server.server_address[:2]
+                shown = f"[{host}]" if ":" in str(host) else str(host)
+                telemetry.targets.append(f"http://{shown}:{port}/metrics (Prometheus)")
+    except BaseException:
+        for server in telemetry._servers:
+            server.shutdown()
+            server.server_close()
+        raise
+    resource = Resource.create(dict(config.resource_attributes))
+    telemetry.provider = MeterProvider(
+        metric_readers=readers, resource=resource, shutdown_on_exit=False
+    )
+    return telemetry

@@ -1,0 +1,220 @@
+"""Log lines on stderr, and export failures reported once per burst instead of per attempt.
+
+The OTLP exporters log every retry and every failed export (with a traceback for some
+errors) from ``opentelemetry.exporter.otlp...`` and the reader logs exceptions from
+``opentelemetry.sdk.metrics._internal.export``.  With a collector down for an hour and a
+1 s export interval that is thousands of lines.  ``ExportLogGate`` swallows those records
+while an export runs on the current thread (keeping the last one as the reason), and
+``BurstReportingExporter`` turns the outcome into one WARNING when exports start failing and
+one INFO when they succeed again.  State is a handful of fields: memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+
+LOGGER_NAME = "bpftop-otel"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_REASON_MAX = 300
+
+log = logging.getLogger(LOGGER_NAME)
+
+
+class _UtcFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def formatException(self, ei: Any) -> str:
+        # Expected failures are reported as one line; a traceback is only for --log-level
+        # debug, where the root logger's level lets the record through with it.
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return super().formatException(ei)
+        return ""
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line[:_REASON_MAX]
+
+
+class ExportLogGate(logging.Filter):
+    """Drops OpenTelemetry log records emitted while an export runs on this thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    @contextmanager
+    def exporting(self) -> Iterator[None]:
+        """Records from ``opentelemetry.*`` loggers inside this block are swallowed."""
+        self._local.active = True
+        self._local.reason = ""
+        try:
+            yield
+        finally:
+            self._local.active = False
+
+    @property
+    def reason(self) -> str:
+        """The last swallowed WARNING-or-worse message of this thread's current export."""
+        return str(getattr(self._local, "reason", ""))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(self._local, "active", False):
+            return True
+        if not record.name.startswith("opentelemetry"):
+            return True
+        if record.levelno >= logging.WARNING:
+            try:
+                self._local.reason = _first_line(record.getMessage())
+            except Exception:  # a broken log call must not break the export
+                self._local.reason = _first_line(str(record.msg))
+        return False
+
+
+class BurstReportingExporter(MetricExporter):
+    """Wraps a metric exporter: one WARNING per failure burst, one INFO when it resumes.
+
+    Exceptions from the wrapped exporter become ``FAILURE`` (the reader would otherwise log
+    a traceback for each export).  The exporter's own retry/backoff is unchanged.
+    """
+
+    def __init__(self, inner: MetricExporter, gate: ExportLogGate, target: str) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self._gate = gate
+        self._target = target
+        self._lock = threading.Lock()
+        self._failing_since: float | None = None
+        self._failures = 0
+        self.exports_ok = 0
+        """Successful exports so far (read by tests and the shutdown log)."""
+
+    @property
+    def failing(self) -> bool:
+        """True between the first failure of a burst and the next success."""
+        return self._failing_since is not None
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        reason = ""
+        with self._gate.exporting():
+            try:
+                result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            except Exception as exc:
+                result = MetricExportResult.FAILURE
+                reason = _first_line(f"{type(exc).__name__}: {exc}")
+            reason = reason or self._gate.reason
+        self._record(result, reason)
+        return result
+
+    def _record(self, result: MetricExportResult, reason: str) -> None:
+        with self._lock:
+            if result is MetricExportResult.SUCCESS:
+                self.exports_ok += 1
+                if self._failing_since is not None:
+                    took = time.monotonic() - self._failing_since
+                    log.info(
+                        "export to %s resumed after %d failed attempt%s (%.0f s)",
+                        self._target,
+                        self._failures,
+                        "" if self._failures == 1 else "s",
+                        took,
+                    )
+                    self._failing_since = None
+                    self._failures = 0
+                return
+            self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning(
+                    "export to %s failed%s; sampling goes on and exports are retried every "
+                    "interval (further failures are not logged until export resumes)",
+                    self._target,
+                    f": {reason}" if reason else "",
+                )
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        with self._gate.exporting():
+            return self._inner.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        with self._gate.exporting():
+            self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+class DeferredHandler(logging.Handler):
+    """Keeps the last ``capacity`` formatted lines and writes them to stderr when closed.
+
+    Used while the live view owns the terminal: a log line written in the middle of a
+    frame would corrupt it, and the lines are still wanted after the view exits.
+    """
+
+    def __init__(self, capacity: int = 200) -> None:
+        super().__init__()
+        self._lines: deque[str] = deque(maxlen=capacity)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        lines, self._lines = list(self._lines), deque(maxlen=self._lines.maxlen)
+        if lines:
+            try:
+                sys.stderr.write("\n".join(lines) + "\n")
+                sys.stderr.flush()
+            except OSError:
+                pass
+        super().close()
+
+
+def setup_logging(
+    level: str, gate: ExportLogGate | None = None, *, deferred: bool = False
+) -> logging.Handler:
+    """One handler on the root logger with a UTC timestamped one-line format.
+
+    It writes to stderr, or with ``deferred`` buffers (bounded) until it is closed.
+    """
+    handler: logging.Handler = DeferredHandler() if deferred else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UtcFormatter(LOG_FORMAT))
+    if gate is not None:
+        handler.addFilter(gate)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    # grpc and urllib3 log connection chatter at INFO/DEBUG that says nothing new.
+    if level != "debug":
+        for noisy in ("urllib3", "grpc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler
+
+
+def teardown_logging(handlers: Sequence[logging.Handler]) -> None:
+    """Remove and close handlers installed by ``setup_logging``."""
+    root = logging.getLogger()
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()

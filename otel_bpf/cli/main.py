@@ -1,0 +1,299 @@
+"""``bpftop-otel``: sample every BPF program, export the figures, optionally show or print them.
+
+One run is: parse and validate (exit 2 on bad input), build the meter provider, check once
+that the kernel lets us read programs (exit 77 with the missing privileges otherwise),
+then one anyio task group with the sampler (inside ``BpfMetricsPlugin`` when there is a
+provider, else held directly with stats switched on), the consumers (JSON Lines, live view,
+the headless tick counter) and the signal watcher.  Every way out (``--count``, a signal,
+``q`` in the live view, an error) runs the same cleanup: final export flushed with a bound,
+stats released, demo workload stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack, ExitStack
+from types import FrameType
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+from otel_bpf import __version__
+from otel_bpf.cli import args as cli_args
+from otel_bpf.cli import jsonl
+from otel_bpf.cli.config import Config, ConfigError, resolve
+from otel_bpf.cli.exporters import ExporterError, Telemetry, build_telemetry
+from otel_bpf.cli.logs import ExportLogGate, setup_logging, teardown_logging
+from otel_bpf.cli.signals import cancel_on_signal
+from otel_bpf.kernel.errors import BpfError, BpfPermissionError
+
+if TYPE_CHECKING:
+    from otel_bpf.otel.options import MetricsOptions
+    from otel_bpf.sampler import Sampler
+    from otel_bpf.snapshot import Snapshot
+
+log = logging.getLogger("bpftop-otel")
+
+FINAL_EXPORT_TIMEOUT = 10.0
+"""Seconds the final collection and export may take at exit."""
+
+PRIVILEGE_HINT = (
+    "bpftop-otel needs CAP_BPF and CAP_SYS_ADMIN (run it as root, or grant them, e.g. "
+    "systemd AmbientCapabilities=CAP_BPF CAP_SYS_ADMIN CAP_PERFMON)"
+)
+
+E = TypeVar("E", bound=BaseException)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived before the run's own signal watcher was installed."""
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{cli_args.PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _find(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``exc`` or, for an exception group, its leaves."""
+    if isinstance(exc, kind):
+        return exc
+    for sub in getattr(exc, "exceptions", ()) or ():
+        found = _find(sub, kind)
+        if found is not None:
+            return found
+    return None
+
+
+def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """True when every leaf of ``exc`` is one of ``kinds``."""
+    subs = getattr(exc, "exceptions", None)
+    if subs:
+        return all(_only(sub, kinds) for sub in subs)
+    return isinstance(exc, kinds)
+
+
+def _metrics_options(config: Config) -> MetricsOptions:
+    from otel_bpf.otel.options import MetricsOptions
+
+    return MetricsOptions(
+        attributes="by_name_type" if config.attributes == "by-name-type" else "per_program",
+        types=config.types,
+        names=config.names,
+        owners=config.owner_names,
+    )
+
+
+class _Run:
+    """State of one run shared by its tasks."""
+
+    def __init__(self, config: Config, telemetry: Telemetry) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.ticks = 0
+        self.announced = False
+
+    def announce(self, snap: Snapshot) -> None:
+        """Log once what is being sampled and how (the path and the stats state)."""
+        if self.announced:
+            return
+        self.announced = True
+        log.info(
+            "first pass: %d programs read via %s, stats %s (online CPUs %d)",
+            len(snap.programs),
+            snap.sampling_path,
+            snap.stats.describe(),
+            snap.online_cpus,
+        )
+        if not snap.stats.enabled:
+            log.warning("BPF stats are off: run_time_ns and run_cnt do not advance")
+
+    def tick(self, snap: Snapshot, scope: anyio.CancelScope) -> None:
+        self.ticks += 1
+        self.announce(snap)
+        log.debug(
+            "tick %d: %d programs, %d read errors", snap.seq, len(snap.programs), len(snap.errors)
+        )
+        for err in snap.errors:
+            log.debug("read error: %s", err)
+        if self.config.count is not None and self.ticks >= self.config.count:
+            scope.cancel()
+
+    async def consume(self, sampler: Sampler, scope: anyio.CancelScope) -> None:
+        """Follow the sampler tick by tick: JSON Lines when asked, and the --count limit."""
+        seq = 0
+        while True:
+            snap = await sampler.wait_next(seq)
+            seq = snap.seq
+            if self.config.json:
+                _write_lines(jsonl.snapshot_lines(snap))
+            self.tick(snap, scope)
+
+    async def live(self, sampler: Sampler, scope: anyio.CancelScope) -> None:
+        from otel_bpf.live.app import run_live
+        from otel_bpf.live.options import LiveOptions
+
+        await run_live(sampler, LiveOptions(ascii=self.config.ascii))
+        scope.cancel()
+
+
+def _write_lines(lines: list[str]) -> None:
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+async def _final_export(telemetry: Telemetry) -> None:
+    """Flush and shut the provider down: shielded from cancellation, bounded in time."""
+    if telemetry.provider is None:
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_EXPORT_TIMEOUT + 1) as scope:
+        try:
+            await anyio.to_thread.run_sync(
+                telemetry.shutdown, FINAL_EXPORT_TIMEOUT, abandon_on_cancel=True
+            )
+        except Exception as exc:
+            log.warning("final export failed: %s", exc)
+    if scope.cancelled_caught:
+        log.warning("final export did not finish within %.0f s", FINAL_EXPORT_TIMEOUT)
+    elif telemetry.otlp is not None:
+        log.info("final export done (%d successful exports)", telemetry.otlp.exports_ok)
+
+
+async def _run(config: Config, telemetry: Telemetry) -> int:
+    from otel_bpf.kernel.stats import stats_enabled, stats_state
+    from otel_bpf.sampler import Sampler
+
+    run = _Run(config, telemetry)
+    with ExitStack() as sync_stack:
+        if config.demo:
+            from otel_bpf.demo import DemoWorkload
+
+            demo = DemoWorkload()
+            sync_stack.enter_context(demo)
+            log.info("demo workload running (pid %d): %s", demo.pid, ", ".join(demo.program_ids))
+            sync_stack.callback(log.info, "demo workload stopped")
+        try:
+            async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
+                tg.start_soon(cancel_on_signal, tg.cancel_scope)
+                sampler: Sampler
+                if telemetry.provider is not None:
+                    from otel_bpf.otel.plugin import BpfMetricsPlugin
+
+                    plugin = BpfMetricsPlugin(
+                        telemetry.provider,
+                        interval=config.interval,
+                        options=_metrics_options(config),
+                    )
+                    # Cleanup runs in reverse: the final export happens while the plugin
+                    # still holds the latest snapshot, then the plugin switches stats off.
+                    await stack.enter_async_context(plugin)
+                    stack.push_async_callback(_final_export, telemetry)
+                    sampler = plugin.sampler
+                else:
+                    stack.enter_context(stats_enabled())
+                    sampler = Sampler(interval=config.interval, owners=config.owners)
+                    await tg.start(sampler.run)
+                log.info(
+                    "sampling every %g s%s",
+                    config.interval,
+                    "; exporting to " + ", ".join(telemetry.targets)
+                    if telemetry.targets
+                    else "; no exporter",
+                )
+                tg.start_soon(run.consume, sampler, tg.cancel_scope)
+                if config.live:
+                    tg.start_soon(run.live, sampler, tg.cancel_scope)
+        finally:
+            state = stats_state()
+            log.info("stopped after %d ticks; stats now %s", run.ticks, state.describe())
+    return cli_args.EXIT_OK
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def _guard(fn: Callable[[], int]) -> int:
+    """Run ``fn`` turning expected failures into one ``bpftop-otel: error:`` line."""
+    try:
+        return fn()
+    except BaseException as exc:
+        perm = _find(exc, BpfPermissionError)
+        if perm is not None:
+            _error(f"{perm.strerror or perm}; {PRIVILEGE_HINT}")
+            return cli_args.EXIT_NOPERM
+        bpf = _find(exc, BpfError)
+        if bpf is not None:
+            _error(str(bpf.strerror or bpf))
+            return cli_args.EXIT_RUNTIME
+        exporter = _find(exc, ExporterError)
+        if exporter is not None:
+            _error(str(exporter))
+            return cli_args.EXIT_RUNTIME
+        if _only(exc, (KeyboardInterrupt, _Terminated)):
+            return cli_args.EXIT_OK
+        broken = _find(exc, BrokenPipeError)
+        if broken is not None:
+            # stdout went away (| head): stop quietly, and keep Python from complaining
+            # again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return cli_args.EXIT_OK
+        raise
+
+
+def _preflight() -> None:
+    """One read of the program list: fails early, with the privileges, when it cannot work."""
+    from otel_bpf import read_programs
+
+    read_programs(memlock=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bpftop-otel`` console script; returns the exit status."""
+    ns = cli_args.parse_args(argv)
+    try:
+        config = resolve(ns)
+    except ConfigError as exc:
+        _error(str(exc))
+        return cli_args.EXIT_USAGE
+
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    gate = ExportLogGate()
+    handler = setup_logging(config.log_level, gate, deferred=config.live)
+    try:
+        if config.live:
+            from otel_bpf.live.terminal import check_terminal
+
+            problem = check_terminal()
+            if problem is not None:
+                _error(problem)
+                return cli_args.EXIT_USAGE
+        return _guard(lambda: _start(config, gate))
+    finally:
+        teardown_logging([handler])
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _start(config: Config, gate: ExportLogGate) -> int:
+    log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
+    _preflight()
+    telemetry = build_telemetry(config, gate)
+    try:
+        return anyio.run(_run, config, telemetry)
+    finally:
+        # Normally already shut down by _run; this covers failures before the plugin started.
+        if telemetry.provider is not None:
+            try:
+                telemetry.shutdown(1.0)
+            except Exception as exc:
+                log.debug("provider shutdown: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
