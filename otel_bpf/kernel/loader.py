@@ -6,7 +6,7 @@ import ctypes
 import errno
 import socket
 
-from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, ProgLoadAttr
+from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, InfoByFdAttr, ProgInfo, ProgLoadAttr
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.syscall import bpf
 
@@ -87,3 +87,16 @@ def load_program(
 def attach_socket_filter(sock: socket.socket, prog_fd: int) -> None:
     """Attach a ``socket_filter`` program to ``sock`` (runs once per received packet)."""
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
+
+
+def program_info(prog_fd: int) -> ProgInfo:
+    """``struct bpf_prog_info`` of the program behind ``prog_fd`` (ids, counters, sizes)."""
+    info = ProgInfo()
+    attr = InfoByFdAttr(prog_fd, ctypes.sizeof(info), ctypes.addressof(info))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program fd {prog_fd}")
+    return info
+
+
+def program_id(prog_fd: int) -> int:
+    """The kernel's id of the program behind ``prog_fd`` (what bpftool and procfs show)."""
+    return int(program_info(prog_fd).id)
