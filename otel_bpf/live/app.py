@@ -1,0 +1,221 @@
+"""The live view's event loop: snapshots, keys and signals in, one frame per change out.
+
+Everything that decides what is on the screen is pure (:mod:`~otel_bpf.live.state`,
+:mod:`~otel_bpf.live.screen`); this module only wires it to the terminal, the sampler and the
+signals, and makes sure the terminal is restored on every way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+from otel_bpf.live.context import RenderContext
+from otel_bpf.live.keys import KeyDecoder, KeyEvent
+from otel_bpf.live.options import LiveOptions
+from otel_bpf.live.screen import render_screen
+from otel_bpf.live.state import Action, ViewState, apply_key, visible_rows
+from otel_bpf.live.terminal import Terminal, TerminalUnavailable, check_terminal, compose_frame
+
+if TYPE_CHECKING:
+    from anyio import CancelScope
+
+    from otel_bpf.sampler import Sampler
+
+log = logging.getLogger(__name__)
+
+ESCAPE_QUIET = 0.05
+"""Seconds of quiet after a lone ESC before it counts as the Escape key."""
+
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+"""End the view cleanly (SIGINT is Ctrl-C: the terminal stays in cbreak, which keeps ISIG)."""
+
+
+class LiveView:
+    """The view's state plus the one place that draws it."""
+
+    def __init__(self, sampler: Sampler, options: LiveOptions, terminal: Terminal) -> None:
+        self.sampler = sampler
+        self.options = options
+        self.terminal = terminal
+        self.glyphs = options.resolve_glyphs()
+        self.state = ViewState()
+        self.page = 1
+        self.host = platform.node()
+        self.kernel = platform.release()
+        self.frames = 0
+        self.signals_ready = anyio.Event()
+
+    def context(self) -> RenderContext:
+        """What the next frame is drawn from."""
+        width, height = self.terminal.size()
+        return RenderContext(
+            snapshot=self.sampler.latest,
+            history=self.sampler.history,
+            width=width,
+            height=height,
+            glyphs=self.glyphs,
+            host=self.host,
+            kernel=self.kernel,
+            interval=self.sampler.interval,
+            now=time.time(),
+        )
+
+    def draw(self) -> None:
+        """Render the whole frame and write it in one go."""
+        ctx = self.context()
+        lines, self.state, self.page = render_screen(ctx, self.state)
+        self.terminal.write(compose_frame(lines, ctx.height))
+        self.frames += 1
+
+    def handle(self, keys: list[KeyEvent]) -> bool:
+        """Apply keys to the state; True when the user asked to quit."""
+        snap = self.sampler.latest
+        for key in keys:
+            ids = [s.id for s in visible_rows(snap.programs if snap else (), self.state)]
+            self.state, action = apply_key(self.state, key, ids, self.page)
+            if action is Action.QUIT:
+                return True
+            if action is Action.REDRAW:
+                self.terminal.write(self.terminal.clear_sequence())
+        return False
+
+
+async def _follow_snapshots(view: LiveView) -> None:
+    with view.sampler.subscribe() as subscription:
+        async for _ in subscription:
+            view.draw()
+
+
+async def _read_keys(view: LiveView, scope: CancelScope) -> None:
+    fd = view.options.stdin_fd
+    decoder = KeyDecoder()
+    while True:
+        if decoder.pending:
+            with anyio.move_on_after(ESCAPE_QUIET) as quiet:
+                await anyio.wait_readable(fd)
+            if quiet.cancelled_caught:
+                if view.handle(decoder.flush()):
+                    scope.cancel()
+                    return
+                view.draw()
+                continue
+        else:
+            await anyio.wait_readable(fd)
+        try:
+            # cbreak mode with VMIN=1: returns what is buffered, does not block once readable.
+            data = os.read(fd, 1024)
+        except BlockingIOError:
+            continue
+        except OSError as exc:  # EIO: the terminal hung up
+            log.debug("reading the terminal failed: %s", exc)
+            scope.cancel()
+            return
+        if not data:
+            scope.cancel()
+            return
+        if view.handle(decoder.feed(data)):
+            scope.cancel()
+            return
+        view.draw()
+
+
+async def _handle_signals(view: LiveView, scope: CancelScope) -> None:
+    signals = (signal.SIGWINCH, signal.SIGTSTP, signal.SIGCONT, *QUIT_SIGNALS)
+    with anyio.open_signal_receiver(*signals) as received:
+        view.signals_ready.set()
+        async for signum in received:
+            if signum in QUIT_SIGNALS:
+                log.info("live view: %s received, leaving", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            if signum == signal.SIGTSTP:
+                # Our handler replaced the default stop action: restore the terminal, stop
+                # for real, and come back in live mode when the shell continues us (fg).
+                view.terminal.leave()
+                os.kill(os.getpid(), signal.SIGSTOP)
+                view.terminal.enter()
+            view.draw()  # SIGWINCH, SIGCONT, and the resume after SIGTSTP: full frame now
+
+
+@contextmanager
+def _logging_diverted() -> Iterator[list[logging.LogRecord]]:
+    """Keep log records off the screen while the view is up; replay them afterwards.
+
+    Root handlers that write to a stream (stderr, usually the same terminal) are set aside
+    and a bounded in-memory list takes their records; after the terminal is restored the
+    records go to the set-aside handlers (or Python's last-resort handler).
+    """
+    root = logging.getLogger()
+    aside = [
+        h
+        for h in root.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    kept: list[logging.LogRecord] = []
+
+    class _Ring(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if len(kept) >= 500:
+                del kept[0]
+            kept.append(record)
+
+    ring = _Ring(level=logging.WARNING if not aside else logging.NOTSET)
+    for handler in aside:
+        root.removeHandler(handler)
+    root.addHandler(ring)
+    try:
+        yield kept
+    finally:
+        root.removeHandler(ring)
+        for handler in aside:
+            root.addHandler(handler)
+        targets: list[logging.Handler] = list(aside)
+        if not targets and logging.lastResort is not None:
+            targets.append(logging.lastResort)
+        for record in kept:
+            for target in targets:
+                if record.levelno >= target.level:
+                    target.handle(record)
+
+
+async def run_live(sampler: Sampler, options: LiveOptions | None = None) -> None:
+    """Show the live view of ``sampler``'s snapshots until the user quits.
+
+    Returns on ``q``, Ctrl-C (SIGINT), SIGTERM or SIGHUP; cancellation of the surrounding
+    task group ends it too.  The sampler must be running (``tg.start(sampler.run)``); while
+    the view is up it is asked to look up owners and maps.  The terminal is restored on
+    every way out, an exception included.  Raises :class:`TerminalUnavailable` when stdin or
+    stdout is not a usable terminal (see :func:`check_terminal`).
+    """
+    options = options or LiveOptions()
+    problem = check_terminal(options.stdin_fd, options.stdout_fd)
+    if problem is not None:
+        raise TerminalUnavailable(problem)
+    terminal = Terminal(options.stdin_fd, options.stdout_fd)
+    view = LiveView(sampler, options, terminal)
+    # The Process column and the maps of the detail view need these lookups.
+    asked = (sampler.owners, sampler.maps)
+    sampler.owners = sampler.maps = True
+    try:
+        with _logging_diverted():
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_handle_signals, view, tg.cancel_scope)
+                    await view.signals_ready.wait()
+                    terminal.enter()
+                    view.draw()
+                    tg.start_soon(_follow_snapshots, view)
+                    tg.start_soon(_read_keys, view, tg.cancel_scope)
+            finally:
+                terminal.leave()
+    finally:
+        sampler.owners, sampler.maps = asked

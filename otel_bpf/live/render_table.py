@@ -1,0 +1,277 @@
+"""The main table: header lines, adaptive columns, the selected row, scrolling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from otel_bpf.live.context import RenderContext, wrap_items
+from otel_bpf.live.format import fmt_interval, fmt_ns, fmt_percent, fmt_rate
+from otel_bpf.live.options import Glyphs
+from otel_bpf.live.sanitize import display_width, fit, sanitize
+from otel_bpf.live.state import (
+    COLUMNS,
+    Column,
+    Mode,
+    ViewState,
+    display_name,
+    process_text,
+    reconcile,
+    visible_rows,
+)
+from otel_bpf.live.terminal import Line, Style
+from otel_bpf.snapshot import ProgramSample
+
+LABELS: dict[Column, tuple[str, ...]] = {
+    Column.ID: ("ID",),
+    Column.TYPE: ("Type",),
+    Column.NAME: ("Name",),
+    Column.PERIOD_AVG: ("Period Avg Runtime (ns)", "Period Avg (ns)", "Avg ns"),
+    Column.TOTAL_AVG: ("Total Avg Runtime (ns)", "Total Avg (ns)", "Tot ns"),
+    Column.EVENTS: ("Events/sec", "Ev/s"),
+    Column.CPU: ("CPU %",),
+    Column.PROCESS: ("Process",),
+}
+"""Header labels, longest first; shorter ones are used when the terminal is narrow."""
+
+SHORT_NAMES: dict[Column, str] = {
+    Column.ID: "ID",
+    Column.TYPE: "Type",
+    Column.NAME: "Name",
+    Column.PERIOD_AVG: "Period Avg Runtime",
+    Column.TOTAL_AVG: "Total Avg Runtime",
+    Column.EVENTS: "Events/sec",
+    Column.CPU: "CPU %",
+    Column.PROCESS: "Process",
+}
+"""Column names in the status line (``sort: CPU % desc``)."""
+
+DROP_ORDER: tuple[Column, ...] = (
+    Column.TOTAL_AVG,
+    Column.TYPE,
+    Column.PROCESS,
+    Column.PERIOD_AVG,
+    Column.EVENTS,
+)
+"""On a narrow terminal these columns go first, in this order (ID, Name, CPU % stay)."""
+
+FLEXIBLE_MIN = {Column.NAME: 8, Column.PROCESS: 8, Column.TYPE: 10}
+"""Text columns may be cut (ending in ``~``) down to these widths."""
+
+MARKER = "> "
+"""Prefix of the selected row, so the selection shows even without colours."""
+GAP = " "
+
+SORT_ARROWS = {Glyphs.ASCII: (" ^", " v")}
+UNICODE_ARROWS = ("\u25b2", "\u25bc")
+
+
+def sort_arrow(glyphs: Glyphs, desc: bool) -> str:
+    """The header's sort marker: ``^``/``v`` in ASCII, triangles in Unicode."""
+    up, down = SORT_ARROWS.get(glyphs, UNICODE_ARROWS)
+    return down if desc else up
+
+
+def cell_text(sample: ProgramSample, column: Column) -> str:
+    """A cell's text (sanitised)."""
+    p = sample.program
+    if column is Column.ID:
+        return str(p.id)
+    if column is Column.TYPE:
+        return sanitize(p.type)
+    if column is Column.NAME:
+        return display_name(p)
+    if column is Column.PROCESS:
+        return process_text(p)
+    if column is Column.PERIOD_AVG:
+        return fmt_ns(sample.period_avg_runtime_ns)
+    if column is Column.TOTAL_AVG:
+        return fmt_ns(sample.total_avg_runtime_ns)
+    if column is Column.EVENTS:
+        return fmt_rate(sample.events_per_sec)
+    return fmt_percent(sample.cpu_percent)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The columns that fit, their widths and header labels."""
+
+    columns: tuple[Column, ...]
+    widths: tuple[int, ...]
+    labels: tuple[str, ...]
+
+
+def header_label(column: Column, tier: int, state: ViewState, glyphs: Glyphs) -> str:
+    """A column's header text at a label tier, with the sort marker and sort cursor."""
+    labels = LABELS[column]
+    label = labels[min(tier, len(labels) - 1)]
+    if column is state.sort_column:
+        label += sort_arrow(glyphs, state.sort_desc)
+    if state.mode is Mode.SORT and column is state.sort_cursor:
+        label = f"[{label}]"
+    return label
+
+
+def layout(rows: Sequence[list[str]], width: int, state: ViewState, glyphs: Glyphs) -> Layout:
+    """Choose columns and widths for ``width`` terminal columns.
+
+    Columns are dropped in :data:`DROP_ORDER` until the rest fit with their shortest
+    labels; within that set the longest labels that fit are used and spare room goes to
+    the Name, then the Process column.
+    """
+    content = {
+        c: max((display_width(r[i]) for r in rows), default=1) for i, c in enumerate(COLUMNS)
+    }
+    usable = width - len(MARKER)
+    for dropped in range(len(DROP_ORDER) + 1):
+        cols = tuple(c for c in COLUMNS if c not in DROP_ORDER[:dropped])
+        for tier in range(3):
+            labels = tuple(header_label(c, tier, state, glyphs) for c in cols)
+            wanted = [
+                max(content[c], display_width(lb)) for c, lb in zip(cols, labels, strict=True)
+            ]
+            minimum = [
+                min(w, max(FLEXIBLE_MIN[c], display_width(lb))) if c in FLEXIBLE_MIN else w
+                for c, w, lb in zip(cols, wanted, labels, strict=True)
+            ]
+            needed = sum(minimum) + len(GAP) * (len(cols) - 1)
+            if needed > usable and not (dropped == len(DROP_ORDER) and tier == 2):
+                continue
+            widths = list(minimum)
+            spare = usable - needed
+            for flex in (Column.NAME, Column.PROCESS, Column.TYPE):
+                if flex in cols and spare > 0:
+                    i = cols.index(flex)
+                    extra = min(spare, wanted[i] - widths[i])
+                    widths[i] += extra
+                    spare -= extra
+            return Layout(cols, tuple(widths), labels)
+    raise AssertionError("unreachable: the last layout is always taken")
+
+
+def format_row(cells: Sequence[str], lay: Layout) -> str:
+    """The cells of ``lay.columns`` aligned into one line (without the marker)."""
+    parts = []
+    for column, width, text in zip(lay.columns, lay.widths, cells, strict=True):
+        parts.append(fit(text, width, align=">" if column.numeric else "<"))
+    return GAP.join(parts)
+
+
+def header_lines(ctx: RenderContext, state: ViewState, shown: int) -> list[Line]:
+    """The status lines above the table."""
+    snap = ctx.snapshot
+    width = ctx.width
+    total = len(snap.programs) if snap else 0
+    stats = snap.stats.describe() if snap else "-"
+    path = snap.sampling_path if snap else "-"
+    first = [
+        "bpftop-otel",
+        f"host {sanitize(ctx.host)}" if ctx.host else "",
+        f"kernel {sanitize(ctx.kernel)}" if ctx.kernel else "",
+        f"{total} programs",
+        f"stats {stats}",
+        f"every {fmt_interval(ctx.interval)}",
+        f"path {sanitize(path)}",
+    ]
+    direction = "desc" if state.sort_desc else "asc"
+    second = [f"sort {SHORT_NAMES[state.sort_column]} {direction}"]
+    if state.mode is Mode.FILTER:
+        second.append(f"filter: {sanitize(state.filter_text)}_")
+    elif state.filter_text:
+        second.append(f"filter: {sanitize(state.filter_text)} ({shown} of {total})")
+    else:
+        second.append("filter: none")
+    if snap and snap.errors:
+        second.append(f"{len(snap.errors)} read errors")
+    lines = [Line(fit("  ".join(p for p in first if p), width), Style.TITLE)]
+    lines.append(Line(fit("  ".join(second), width)))
+    if snap is not None and not snap.stats.enabled:
+        warn = "BPF stats are off: runtimes and CPU % are not being counted"
+        lines.append(Line(fit(warn, width), Style.WARN))
+    return lines
+
+
+def footer_items(mode: Mode) -> list[str]:
+    """The keys of a screen, as the footer lists them."""
+    if mode is Mode.FILTER:
+        return [
+            "type: filter name/type/process",
+            "Backspace: delete",
+            "Enter: keep",
+            "Esc: clear",
+            "Up/Down: move",
+            "Ctrl-C: quit",
+        ]
+    if mode is Mode.SORT:
+        return [
+            "Left/Right: column",
+            "Up: ascending",
+            "Down: descending",
+            "Enter: toggle",
+            "Backspace: default",
+            "Esc: back",
+            "q: quit",
+        ]
+    if mode is Mode.DETAIL:
+        return ["Esc/Enter: back to table", "?: help", "q: quit"]
+    if mode is Mode.HELP:
+        return ["any key: back", "q: quit"]
+    return [
+        "q: quit",
+        "Up/Down j/k: move",
+        "PgUp/PgDn Home/End",
+        "Enter: detail",
+        "f: filter",
+        "s: sort",
+        "c/e/r/t/i/n/p: sort cpu/events/run/total/id/name/proc",
+        "?: help",
+    ]
+
+
+def footer_lines(mode: Mode, width: int, max_lines: int = 3) -> list[Line]:
+    """The footer: the current screen's keys, wrapped."""
+    lines = wrap_items(footer_items(mode), width)[:max_lines]
+    return [Line(fit(text, width), Style.DIM) for text in lines]
+
+
+def render_table(ctx: RenderContext, state: ViewState) -> tuple[list[Line], ViewState, int]:
+    """The table screen: ``(lines, reconciled state, rows per page)``."""
+    width, height = ctx.width, ctx.height
+    samples = ctx.snapshot.programs if ctx.snapshot else ()
+    rows = visible_rows(samples, state)
+    head = header_lines(ctx, state, len(rows))
+    foot = footer_lines(state.mode, width)
+    page = max(height - len(head) - len(foot) - 2, 1)  # column header + position line
+    ids = [s.id for s in rows]
+    state = reconcile(state, ids, page)
+    cells = [[cell_text(s, c) for c in COLUMNS] for s in rows]
+    lay = layout(cells, width, state, ctx.glyphs)
+    index_of = {c: i for i, c in enumerate(COLUMNS)}
+    lines = list(head)
+    header = " " * len(MARKER) + format_row(lay.labels, lay)
+    lines.append(Line(fit(header, width), Style.HEADER))
+    if ctx.snapshot is None:
+        lines.append(Line(fit("  waiting for the first sample...", width)))
+    elif not rows:
+        none = "  no programs match the filter" if state.filter_text else "  no programs loaded"
+        lines.append(Line(fit(none, width)))
+    for i in range(state.scroll, min(state.scroll + page, len(rows))):
+        picked = [cells[i][index_of[c]] for c in lay.columns]
+        selected = rows[i].id == state.selected_id
+        text = (MARKER if selected else " " * len(MARKER)) + format_row(picked, lay)
+        lines.append(Line(fit(text, width), Style.SELECTED if selected else Style.NORMAL))
+    body_end = len(head) + 1 + page
+    while len(lines) < body_end:
+        lines.append(Line(" " * width))
+    lines = lines[:body_end]
+    lines.append(Line(fit(position_text(state.scroll, page, len(rows)), width, align=">")))
+    lines.extend(foot)
+    return lines[:height], state, page
+
+
+def position_text(scroll: int, page: int, count: int) -> str:
+    """The scroll position indicator: ``rows 21-40 of 97``."""
+    if count == 0:
+        return "rows 0 of 0"
+    last = min(scroll + page, count)
+    return f"rows {scroll + 1}-{last} of {count}"

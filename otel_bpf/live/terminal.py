@@ -1,0 +1,204 @@
+"""The terminal: every escape sequence the live view emits, and entering/leaving live mode.
+
+No other module holds raw escape sequences; renderers produce plain text lines with a
+:class:`Style`, and :func:`compose_frame` turns them into one write per frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import termios
+import tty
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+
+class Esc(str, enum.Enum):
+    """The escape sequences of the live view (ECMA-48 / xterm private modes)."""
+
+    ALT_SCREEN_ON = "\x1b[?1049h"
+    ALT_SCREEN_OFF = "\x1b[?1049l"
+    CURSOR_HIDE = "\x1b[?25l"
+    CURSOR_SHOW = "\x1b[?25h"
+    WRAP_OFF = "\x1b[?7l"
+    WRAP_ON = "\x1b[?7h"
+    # Synchronized update (BSU/ESU): the terminal shows the frame only when complete.
+    # Terminals without it ignore the private mode.
+    SYNC_BEGIN = "\x1b[?2026h"
+    SYNC_END = "\x1b[?2026l"
+    HOME = "\x1b[H"
+    CLEAR_SCREEN = "\x1b[2J"
+    ERASE_LINE_END = "\x1b[K"
+    ERASE_BELOW = "\x1b[J"
+    SGR_RESET = "\x1b[0m"
+    SGR_BOLD = "\x1b[1m"
+    SGR_DIM = "\x1b[2m"
+    SGR_REVERSE = "\x1b[7m"
+    SGR_BOLD_REVERSE = "\x1b[1;7m"
+
+
+def move_to(row: int, col: int = 1) -> str:
+    """Cursor to ``row``, ``col`` (1-based)."""
+    return f"\x1b[{row};{col}H"
+
+
+class Style(enum.Enum):
+    """How a line of a frame is drawn."""
+
+    NORMAL = ""
+    TITLE = Esc.SGR_BOLD.value
+    HEADER = Esc.SGR_BOLD_REVERSE.value
+    SELECTED = Esc.SGR_REVERSE.value
+    DIM = Esc.SGR_DIM.value
+    WARN = Esc.SGR_BOLD.value
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One screen line: plain, already sanitised text exactly as wide as the screen."""
+
+    text: str
+    style: Style = Style.NORMAL
+
+
+def compose_frame(lines: Sequence[Line], height: int) -> str:
+    """A whole frame as one string: BSU, each line addressed and erased to its end, ESU.
+
+    Lines are addressed one by one (never ``\\r\\n``) so a full last line cannot scroll the
+    screen, and nothing is cleared first, so the frame never flickers.
+    """
+    parts = [Esc.SYNC_BEGIN.value, Esc.HOME.value]
+    for row, line in enumerate(lines[:height], start=1):
+        parts.append(move_to(row))
+        if line.style is Style.NORMAL:
+            parts.append(line.text)
+        else:
+            parts.append(line.style.value + line.text + Esc.SGR_RESET.value)
+        parts.append(Esc.ERASE_LINE_END.value)
+    if len(lines) < height:
+        parts.append(move_to(len(lines) + 1))
+        parts.append(Esc.ERASE_BELOW.value)
+    parts.append(Esc.SYNC_END.value)
+    return "".join(parts)
+
+
+class TerminalUnavailable(RuntimeError):
+    """The live view cannot run here; the message says why (see :func:`check_terminal`)."""
+
+
+def check_terminal(
+    stdin_fd: int = 0, stdout_fd: int = 1, environ: dict[str, str] | None = None
+) -> str | None:
+    """None when stdin and stdout are a usable terminal, else the message to show instead."""
+    env = dict(os.environ) if environ is None else environ
+    if not os.isatty(stdout_fd):
+        return "the live view needs a terminal: standard output is not a tty (use --json instead)"
+    if not os.isatty(stdin_fd):
+        return "the live view needs a terminal: standard input is not a tty"
+    term = env.get("TERM", "")
+    if term in ("", "dumb", "unknown"):
+        shown = term or "unset"
+        return f"the live view needs a terminal with cursor addressing (TERM is {shown})"
+    return None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (a tty write may be partial when the output is slow)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class Terminal:
+    """Live mode on a tty: cbreak input, alternate screen, hidden cursor, no line wrap.
+
+    :meth:`enter` applies each step and records its inverse; :meth:`leave` runs every
+    inverse, newest first, even when some fail (a hung-up tty makes writes fail, and one
+    failed write must not leave the rest undone).  Both may be called again, which is how
+    Ctrl-Z suspends and ``fg`` resumes.
+    """
+
+    def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self._undo: list[Callable[[], object]] = []
+        self.failures: list[BaseException] = []
+        """Exceptions raised by undo steps on the last :meth:`leave` (they are not raised)."""
+
+    @property
+    def active(self) -> bool:
+        """Live mode is on."""
+        return bool(self._undo)
+
+    def write(self, text: str) -> None:
+        """Write ``text`` to the terminal (UTF-8) in one go."""
+        write_all(self.stdout_fd, text.encode("utf-8", "replace"))
+
+    def clear_sequence(self) -> str:
+        """Erase the whole screen (only for an explicit repaint; frames never clear)."""
+        return Esc.CLEAR_SCREEN.value
+
+    def _step(self, do: Callable[[], object], undo: Callable[[], object]) -> None:
+        do()
+        self._undo.append(undo)
+
+    def enter(self) -> None:
+        """Switch the terminal to live mode (no-op when already there)."""
+        if self._undo:
+            return
+        try:
+            # Python 3.11's tty.setcbreak does not return the old attributes; save them.
+            saved = termios.tcgetattr(self.stdin_fd)
+            self._step(
+                lambda: tty.setcbreak(self.stdin_fd, termios.TCSANOW),
+                lambda: termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, saved),
+            )
+            self._step(
+                lambda: self.write(Esc.ALT_SCREEN_ON.value),
+                lambda: self.write(Esc.ALT_SCREEN_OFF.value),
+            )
+            self._step(
+                lambda: self.write(Esc.CURSOR_HIDE.value),
+                lambda: self.write(Esc.CURSOR_SHOW.value),
+            )
+            self._step(
+                lambda: self.write(Esc.WRAP_OFF.value),
+                lambda: self.write(Esc.SYNC_END.value + Esc.SGR_RESET.value + Esc.WRAP_ON.value),
+            )
+        except BaseException:
+            self.leave()
+            raise
+
+    def leave(self) -> list[BaseException]:
+        """Undo every step of :meth:`enter`, newest first; returns the steps' failures."""
+        self.failures = []
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception as exc:  # keep undoing: the terminal matters more
+                self.failures.append(exc)
+        return self.failures
+
+    def size(self) -> tuple[int, int]:
+        """``(columns, lines)`` of the terminal (80x24 when it cannot be asked)."""
+        try:
+            size = os.get_terminal_size(self.stdout_fd)
+        except OSError:
+            return 80, 24
+        return max(size.columns, 1), max(size.lines, 1)
+
+    def __enter__(self) -> Terminal:
+        self.enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.leave()
