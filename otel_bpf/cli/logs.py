@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -190,19 +190,24 @@ class DeferredHandler(logging.Handler):
 
 
 def setup_logging(
-    level: str, gate: ExportLogGate | None = None, *, deferred: bool = False
+    level: str,
+    gate: ExportLogGate | None = None,
+    *,
+    deferred: bool = False,
+    stream: TextIO | None = None,
 ) -> logging.Handler:
     """One handler on the root logger with a UTC timestamped one-line format.
 
-    It writes to stderr, or with ``deferred`` buffers (bounded) until it is closed.
+    It writes to ``stream`` (default stderr), or with ``deferred`` buffers (bounded) until
+    it is closed.
     """
-    handler: logging.Handler = DeferredHandler() if deferred else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        DeferredHandler() if deferred else logging.StreamHandler(stream or sys.stderr)
+    )
     handler.setFormatter(_UtcFormatter(LOG_FORMAT))
     if gate is not None:
         handler.addFilter(gate)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     # grpc and urllib3 log connection chatter at INFO/DEBUG that says nothing new.
