@@ -3,3 +3,6 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from otel_bpf.otel.options import MetricsOptions as MetricsOptions
+from otel_bpf.otel.plugin import BpfMetricsPlugin as BpfMetricsPlugin

@@ -1,0 +1,143 @@
+"""Every metric name, unit, description and attribute key otel_bpf exports, in one place.
+
+Semantic conventions define nothing for BPF, so the names live under ``bpf.`` and follow the
+general rules: dotted lowercase, UCUM units (``s``, ``By``, ``1``, curly annotations for
+counts), no unit in the name, no ``_total`` suffix (Prometheus exporters add it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+InstrumentKind = Literal["counter", "updowncounter", "gauge"]
+"""Observable (asynchronous) instrument kinds."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricName:
+    """A metric's contract: name, instrument kind, unit and description."""
+
+    name: str
+    kind: InstrumentKind
+    unit: str
+    description: str
+
+
+# -- attribute keys ---------------------------------------------------------------------
+
+PROGRAM_ID = "bpf.program.id"
+PROGRAM_NAME = "bpf.program.name"
+PROGRAM_TYPE = "bpf.program.type"
+PROGRAM_TAG = "bpf.program.tag"
+MAP_ID = "bpf.map.id"
+MAP_NAME = "bpf.map.name"
+MAP_TYPE = "bpf.map.type"
+PROCESS_PID = "process.pid"
+PROCESS_EXECUTABLE_NAME = "process.executable.name"
+
+# -- always exported ----------------------------------------------------------------------
+
+RUN_TIME = MetricName(
+    "bpf.program.run.time",
+    "counter",
+    "s",
+    "Time the kernel spent running the program since it was loaded (while stats were on).",
+)
+RUNS = MetricName(
+    "bpf.program.runs",
+    "counter",
+    "{run}",
+    "Times the program ran since it was loaded (counted while stats were on).",
+)
+RECURSION_MISSES = MetricName(
+    "bpf.program.recursion.misses",
+    "counter",
+    "{miss}",
+    "Runs the kernel skipped because the program was already running on the CPU.",
+)
+RUN_TIME_AVERAGE = MetricName(
+    "bpf.program.run.time.average",
+    "gauge",
+    "s",
+    "Mean run time per run over the last sampling period.",
+)
+RUN_RATE = MetricName(
+    "bpf.program.run.rate",
+    "gauge",
+    "{run}/s",
+    "Runs per second over the last sampling period.",
+)
+CPU_UTILIZATION = MetricName(
+    "bpf.program.cpu.utilization",
+    "gauge",
+    "1",
+    "Share of all online CPUs spent running the program over the last sampling period (0..1).",
+)
+PROGRAM_COUNT = MetricName(
+    "bpf.program.count",
+    "updowncounter",
+    "{program}",
+    "BPF programs loaded on the host, by program type.",
+)
+STATS_ENABLED = MetricName(
+    "bpf.stats.enabled",
+    "gauge",
+    "1",
+    "1 while the kernel counts BPF run time (BPF_ENABLE_STATS held or the sysctl set), else 0.",
+)
+
+# -- opt-in -------------------------------------------------------------------------------
+
+MEMORY_USAGE = MetricName(
+    "bpf.program.memory.usage",
+    "updowncounter",
+    "By",
+    "Memory charged to the program (memlock from its fdinfo).",
+)
+CODE_SIZE = MetricName(
+    "bpf.program.code.size",
+    "updowncounter",
+    "By",
+    "Size of the program's JIT-compiled code (translated bytecode when not JIT-compiled).",
+)
+VERIFIER_INSTRUCTIONS = MetricName(
+    "bpf.program.verifier.instructions",
+    "gauge",
+    "{instruction}",
+    "Instructions the verifier processed when it loaded the program (kernel 5.16+).",
+)
+MAP_MEMORY_USAGE = MetricName(
+    "bpf.map.memory.usage",
+    "updowncounter",
+    "By",
+    "Memory charged to a map used by an exported program (memlock from its fdinfo).",
+)
+PROGRAM_OWNER = MetricName(
+    "bpf.program.owner",
+    "gauge",
+    "1",
+    "1 for each process that holds the program (its fd or a link to it).",
+)
+
+ALWAYS: tuple[MetricName, ...] = (
+    RUN_TIME,
+    RUNS,
+    RECURSION_MISSES,
+    RUN_TIME_AVERAGE,
+    RUN_RATE,
+    CPU_UTILIZATION,
+    PROGRAM_COUNT,
+    STATS_ENABLED,
+)
+OPT_IN: tuple[MetricName, ...] = (
+    MEMORY_USAGE,
+    CODE_SIZE,
+    VERIFIER_INSTRUCTIONS,
+    MAP_MEMORY_USAGE,
+    PROGRAM_OWNER,
+)
+ALL: tuple[MetricName, ...] = ALWAYS + OPT_IN
+
+METER_NAME = "otel_bpf"
+"""Instrumentation scope name of every instrument."""

@@ -1,0 +1,130 @@
+"""What the OpenTelemetry instruments export: attribute set, program filters, opt-in metrics.
+
+Patterns (``types``, ``names``, ``owners`` and their ``exclude_`` twins) are shell globs
+matched against the whole value (``cilium_*``, ``sched_cls``), or regular expressions when
+written with a ``re:`` prefix (``re:^(tc|xdp)_``, searched anywhere in the value).  A program
+is exported when it matches at least one include pattern of each non-empty include list and
+no exclude pattern.  Owner patterns match a holder's executable name or its ``comm``; they
+need owner lookup, which the plugin then switches on in its sampler.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from otel_bpf.records import ProgramRecord
+
+AttributeSet = Literal["per_program", "by_name_type"]
+"""``per_program``: one series per program (id, name, type[, tag]).
+``by_name_type``: one series per (name, type[, tag]); programs sharing them are summed."""
+
+ATTRIBUTE_SETS: tuple[AttributeSet, ...] = ("per_program", "by_name_type")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A glob (whole value) or, with a ``re:`` prefix, a regular expression (searched)."""
+    if pattern.startswith("re:"):
+        try:
+            return re.compile(pattern[3:])
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+    return re.compile(fnmatch.translate(pattern))
+
+
+def _compile_all(patterns: Iterable[str], what: str) -> tuple[re.Pattern[str], ...]:
+    if isinstance(patterns, str):
+        raise TypeError(f"{what} must be a sequence of patterns, not a single string")
+    return tuple(compile_pattern(p) for p in patterns)
+
+
+def _any_match(compiled: tuple[re.Pattern[str], ...], values: Iterable[str]) -> bool:
+    return any(p.search(v) for p in compiled for v in values)
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Choices for the exported metrics.  All fields have defaults; the object is immutable."""
+
+    attributes: AttributeSet = "per_program"
+    """Attribute set of per-program series, see :data:`AttributeSet`."""
+    include_tag: bool = False
+    """Add ``bpf.program.tag`` to per-program series (and to the ``by_name_type`` key)."""
+    types: tuple[str, ...] = ()
+    """Only programs whose type (``xdp``, ``sched_cls``, ...) matches one of these."""
+    exclude_types: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    """Only programs whose name matches one of these."""
+    exclude_names: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    """Only programs held by a process whose executable or comm matches one of these."""
+    exclude_owners: tuple[str, ...] = ()
+    memory: bool = False
+    """Export ``bpf.program.memory.usage``."""
+    code_size: bool = False
+    """Export ``bpf.program.code.size``."""
+    verifier_instructions: bool = False
+    """Export ``bpf.program.verifier.instructions``."""
+    map_memory: bool = False
+    """Export ``bpf.map.memory.usage`` for the maps of exported programs (reads maps)."""
+    owner_series: bool = False
+    """Export ``bpf.program.owner`` (one series per program and holding process)."""
+    grace_passes: int = 3
+    """``by_name_type``: sampler passes an aggregate series outlives its last program, so a
+    program reloaded within that time continues the same monotonic series."""
+
+    _compiled: dict[str, tuple[re.Pattern[str], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.attributes not in ATTRIBUTE_SETS:
+            raise ValueError(
+                f"attributes must be one of {', '.join(ATTRIBUTE_SETS)}, got {self.attributes!r}"
+            )
+        if self.grace_passes < 0:
+            raise ValueError("grace_passes must be >= 0")
+        for what in (
+            "types",
+            "exclude_types",
+            "names",
+            "exclude_names",
+            "owners",
+            "exclude_owners",
+        ):
+            patterns = getattr(self, what)
+            compiled = _compile_all(patterns, what)
+            object.__setattr__(self, what, tuple(patterns))
+            self._compiled[what] = compiled
+
+    @property
+    def needs_owners(self) -> bool:
+        """The sampler must look up the processes holding each program."""
+        return self.owner_series or bool(self.owners or self.exclude_owners)
+
+    @property
+    def needs_maps(self) -> bool:
+        """The sampler must read each program's maps."""
+        return self.map_memory
+
+    def matches(self, program: ProgramRecord) -> bool:
+        """Whether ``program`` passes the type, name and owner filters."""
+        c = self._compiled
+        if c["types"] and not _any_match(c["types"], (program.type,)):
+            return False
+        if c["exclude_types"] and _any_match(c["exclude_types"], (program.type,)):
+            return False
+        if c["names"] and not _any_match(c["names"], (program.name,)):
+            return False
+        if c["exclude_names"] and _any_match(c["exclude_names"], (program.name,)):
+            return False
+        if c["owners"] or c["exclude_owners"]:
+            holders = [v for o in program.owners or () for v in (o.executable, o.comm) if v]
+            if c["owners"] and not _any_match(c["owners"], holders):
+                return False
+            if c["exclude_owners"] and _any_match(c["exclude_owners"], holders):
+                return False
+        return True

@@ -1,0 +1,274 @@
+"""BPF program metrics for an application that already has a MeterProvider.
+
+::
+
+    async with BpfMetricsPlugin(meter_provider=provider):
+        ...  # the application
+
+or, inside the application's own task group, ``tg.start_soon(plugin.run)``.
+
+Kernel run-time statistics cost every BPF program on the host some 20-40 ns per run, so the
+plugin holds them on only while its numbers can go somewhere: from start (when the provider is
+alive) until the plugin exits, the provider is shut down, or no reader has collected for
+``idle_collections`` collection intervals; a collection after such a pause switches them back
+on.  The stats holder is the process-wide refcounted switch, so the plugin, the live view and
+anything else in the process share one kernel fd.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from types import TracebackType
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from opentelemetry import metrics
+from opentelemetry.metrics import MeterProvider
+
+from otel_bpf.otel.instruments import BpfInstruments, create_instruments
+from otel_bpf.otel.options import MetricsOptions
+from otel_bpf.sampler import Sampler
+
+__all__ = ["BpfMetricsPlugin", "StatsHolder"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION_INTERVAL = 60.0
+"""Assumed collection interval when no reader says and none was seen yet (the SDK's default
+``OTEL_METRIC_EXPORT_INTERVAL``)."""
+
+
+class StatsHolder(Protocol):
+    """A refcounted holder of the kernel's run-time statistics."""
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def default_stats_holder() -> StatsHolder:
+    """The process-wide :class:`otel_bpf.kernel.stats.StatsSwitch`."""
+    from otel_bpf.kernel.stats import StatsSwitch
+
+    holder: StatsHolder = StatsSwitch()
+    return holder
+
+
+def _real_provider(provider: object) -> object:
+    real = getattr(provider, "_real_meter_provider", None)
+    return real if real is not None else provider
+
+
+def provider_is_shut_down(provider: object) -> bool:
+    """The SDK MeterProvider's ``shutdown()`` has been called (False for other providers).
+
+    The SDK sets its private ``_shutdown`` flag first thing in ``shutdown()``; there is no
+    public hook, and waiting for process exit would keep stats on for nothing.
+    """
+    return bool(getattr(_real_provider(provider), "_shutdown", False))
+
+
+def reader_export_interval(provider: object) -> float | None:
+    """The shortest export interval (s) among the provider's periodic readers, if any."""
+    readers = getattr(_real_provider(provider), "_metric_readers", None) or ()
+    intervals = []
+    for reader in readers:
+        millis = getattr(reader, "_export_interval_millis", None)
+        if isinstance(millis, (int, float)) and math.isfinite(millis) and millis > 0:
+            intervals.append(millis / 1000.0)
+    return min(intervals) if intervals else None
+
+
+class BpfMetricsPlugin:
+    """Samples every BPF program and exports the metrics contract on a MeterProvider.
+
+    ``meter_provider`` defaults to the global one.  ``interval`` is the sampling interval
+    (0.1..3600 s) of the plugin's own sampler; pass ``sampler`` instead to share one that the
+    caller runs (e.g. with a live view).  ``options`` chooses attributes, filters and opt-in
+    metrics.  ``collection_interval`` is how often readers are expected to collect; by default
+    the shortest periodic reader interval, else the longest gap seen between recent
+    collections, else 60 s.  Stats go off after ``idle_collections`` such intervals without
+    a collection.  ``stats_holder`` replaces the process-wide stats switch.
+
+    Errors at start (missing privileges: :class:`otel_bpf.kernel.errors.BpfPermissionError`)
+    propagate from :meth:`run` / ``async with``.
+    """
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None = None,
+        *,
+        interval: float = 1.0,
+        options: MetricsOptions | None = None,
+        sampler: Sampler | None = None,
+        collection_interval: float | None = None,
+        idle_collections: int = 3,
+        stats_holder: StatsHolder | None = None,
+    ) -> None:
+        self.options = options or MetricsOptions()
+        self._own_sampler = sampler is None
+        self._sampler = sampler or Sampler(
+            interval=interval, owners=self.options.needs_owners, maps=self.options.needs_maps
+        )
+        if collection_interval is not None and not collection_interval > 0:
+            raise ValueError("collection_interval must be > 0 seconds")
+        if idle_collections < 1:
+            raise ValueError("idle_collections must be >= 1")
+        self._provider = meter_provider
+        self._collection_interval = collection_interval
+        self._idle_collections = idle_collections
+        self._stats_holder = stats_holder
+        self._held = False
+        self._instruments: BpfInstruments | None = None
+        self._running = False
+        self._tg: TaskGroup | None = None
+        self._gaps: deque[float] = deque(maxlen=8)
+        self._seen_collection: float | None = None
+        self._idle_since_ref = 0.0
+        self._released_for_idle_at: float | None = None
+
+    # -- public state --------------------------------------------------------------------
+
+    @property
+    def sampler(self) -> Sampler:
+        """The sampler whose snapshots are exported."""
+        return self._sampler
+
+    @property
+    def instruments(self) -> BpfInstruments | None:
+        """The instruments (None before the first start)."""
+        return self._instruments
+
+    @property
+    def stats_held(self) -> bool:
+        """This plugin currently holds the kernel's run-time statistics on."""
+        return self._held
+
+    @property
+    def meter_provider(self) -> MeterProvider:
+        """The provider the metrics are exported on."""
+        return self._provider or metrics.get_meter_provider()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> BpfMetricsPlugin:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self.run)
+        except BaseException as exc:
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Sample and export until cancelled; ``task_status.started()`` once exporting."""
+        if self._running:
+            raise RuntimeError("this BpfMetricsPlugin is already running")
+        self._running = True
+        provider = self.meter_provider
+        try:
+            async with anyio.create_task_group() as tg:
+                if not provider_is_shut_down(provider):
+                    self._acquire()
+                if self._own_sampler:
+                    await tg.start(self._sampler.run)
+                if self._instruments is None:
+                    self._instruments = create_instruments(
+                        provider, lambda: self._sampler.history, self.options
+                    )
+                else:
+                    self._instruments.reopen()
+                self._idle_since_ref = time.monotonic()
+                self._seen_collection = self._instruments.last_collection
+                task_status.started()
+                await self._supervise(provider, self._instruments)
+        finally:
+            # Synchronous on purpose: nothing here can be interrupted by cancellation.
+            if self._instruments is not None:
+                self._instruments.close()
+            self._release()
+            self._running = False
+
+    # -- stats holding -------------------------------------------------------------------
+
+    def _holder(self) -> StatsHolder:
+        if self._stats_holder is None:
+            self._stats_holder = default_stats_holder()
+        return self._stats_holder
+
+    def _acquire(self) -> None:
+        if not self._held:
+            self._holder().acquire()
+            self._held = True
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._holder().release()
+
+    def _expected_collection_interval(self, provider: object) -> float:
+        if self._collection_interval is not None:
+            return self._collection_interval
+        periodic = reader_export_interval(provider)
+        if periodic is not None:
+            return periodic
+        if self._gaps:
+            return max(self._gaps)
+        return DEFAULT_COLLECTION_INTERVAL
+
+    async def _supervise(self, provider: object, instruments: BpfInstruments) -> None:
+        poll = min(self._sampler.interval, 0.25)
+        while True:
+            await anyio.sleep(poll)
+            now = time.monotonic()
+            last = instruments.last_collection
+            if last is not None and last != self._seen_collection:
+                if self._seen_collection is not None:
+                    self._gaps.append(last - self._seen_collection)
+                self._seen_collection = last
+            if provider_is_shut_down(provider):
+                if self._held:
+                    _log.info("meter provider shut down: BPF run-time statistics off")
+                    self._release()
+                continue
+            ref = max(last or 0.0, self._idle_since_ref)
+            idle_after = self._idle_collections * max(
+                self._expected_collection_interval(provider), self._sampler.interval
+            )
+            if self._held and now - ref > idle_after:
+                _log.info(
+                    "no metrics collection for %.1f s: BPF run-time statistics off until the next",
+                    now - ref,
+                )
+                self._release()
+                self._released_for_idle_at = now
+            elif (
+                not self._held
+                and self._released_for_idle_at is not None
+                and last is not None
+                and last > self._released_for_idle_at
+            ):
+                try:
+                    self._acquire()
+                except OSError as exc:
+                    _log.warning("cannot switch BPF run-time statistics back on: %s", exc)
+                    continue
+                self._released_for_idle_at = None
+                _log.info("metrics collection resumed: BPF run-time statistics on")

@@ -1,0 +1,260 @@
+"""The sampler: one pass over the kernel's programs per tick, published as a Snapshot.
+
+Each pass runs in a worker thread (the ``bpf()`` calls are short but there are about three per
+program) behind a dedicated one-token limiter, so two passes never overlap and the shared
+thread pool is untouched.  Elapsed time comes from the monotonic clock taken at the end of each
+pass.  Consumers read :attr:`Sampler.latest` (any thread) or subscribe for each new snapshot;
+a slow subscriber skips to the newest one, it never builds a backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from otel_bpf.broadcast import Broadcast, Subscription
+from otel_bpf.records import ProgramRecord, StatsState
+from otel_bpf.snapshot import Snapshot, build_snapshot
+
+__all__ = [
+    "DEFAULT_HISTORY",
+    "MAX_INTERVAL",
+    "MIN_HISTORY",
+    "MIN_INTERVAL",
+    "ReadResultLike",
+    "Sampler",
+    "validate_interval",
+]
+
+_log = logging.getLogger(__name__)
+
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 3600.0
+DEFAULT_HISTORY = 120
+MIN_HISTORY = 60
+
+
+class ReadResultLike(Protocol):
+    """What a program source returns: the records of one pass and the per-program errors."""
+
+    @property
+    def records(self) -> Sequence[ProgramRecord]: ...
+
+    @property
+    def errors(self) -> Sequence[str]: ...
+
+
+def validate_interval(interval: float) -> float:
+    """``interval`` as a float when it is a number of seconds in 0.1..3600, else ValueError."""
+    try:
+        value = float(interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be a number of seconds, got {interval!r}") from None
+    if not math.isfinite(value) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise ValueError(
+            f"interval must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds, "
+            f"got {interval!r}"
+        )
+    return value
+
+
+class Sampler:
+    """Samples every BPF program on the host at a fixed interval.
+
+    ``source`` replaces the kernel reader (a callable returning an object with ``.records``
+    and ``.errors``, e.g. for tests); by default it is
+    ``otel_bpf.kernel.programs.read_all(owners=owners, maps=maps)``.  ``stats_state`` and
+    ``online_cpus`` replace the kernel's stats state and CPU count the same way.  All three
+    are called inside the worker thread of a pass, never on the event loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 1.0,
+        history: int = DEFAULT_HISTORY,
+        owners: bool = False,
+        maps: bool = False,
+        source: Callable[[], ReadResultLike] | None = None,
+        stats_state: Callable[[], StatsState] | None = None,
+        online_cpus: Callable[[], int] | None = None,
+    ) -> None:
+        self._interval = validate_interval(interval)
+        if isinstance(history, bool) or not isinstance(history, int) or history < MIN_HISTORY:
+            raise ValueError(f"history must be an integer >= {MIN_HISTORY}, got {history!r}")
+        self._history: deque[Snapshot] = deque(maxlen=history)
+        self.owners = owners
+        self.maps = maps
+        self._source = source
+        self._stats_state = stats_state
+        self._online_cpus = online_cpus
+        self._broadcast: Broadcast[Snapshot] = Broadcast()
+        # Serialises passes across threads: the event-loop path already uses a one-token
+        # limiter, this also covers sample_once() called from a metrics collection thread.
+        self._pass_lock = threading.Lock()
+        self._running = False
+        self._refresh: anyio.Event | None = None
+        self._refresh_requested = False
+        self._failures = 0
+
+    # -- public state ------------------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        """Seconds between passes."""
+        return self._interval
+
+    @property
+    def latest(self) -> Snapshot | None:
+        """The newest snapshot, or None before the first pass (safe from any thread)."""
+        return self._broadcast.latest
+
+    @property
+    def history(self) -> tuple[Snapshot, ...]:
+        """The most recent snapshots, oldest first, at most ``history`` of them."""
+        return tuple(self._history)
+
+    @property
+    def running(self) -> bool:
+        """:meth:`run` is looping."""
+        return self._running
+
+    def subscribe(self) -> Subscription[Snapshot]:
+        """Each new snapshot, newest-only: ``with sampler.subscribe() as s: async for ...``."""
+        return self._broadcast.subscribe()
+
+    async def wait_next(self, after_seq: int) -> Snapshot:
+        """The first snapshot whose ``seq`` is greater than ``after_seq`` (waits for it)."""
+        latest = self.latest
+        while latest is None or latest.seq <= after_seq:
+            _, latest = await self._broadcast.wait_newer(self._broadcast.version)
+        return latest
+
+    def request_refresh(self) -> None:
+        """Ask the running loop for a pass now (call from the sampler's event loop)."""
+        self._refresh_requested = True
+        if self._refresh is not None:
+            self._refresh.set()
+
+    # -- passes ------------------------------------------------------------------------
+
+    def sample_once(self) -> Snapshot:
+        """Run one pass in the calling thread, record it in the history and return it.
+
+        For callers without an event loop (the ``opentelemetry-instrument`` path).  Async
+        subscribers are not woken by it; they only follow :meth:`run`.
+        """
+        snapshot = self._pass()
+        self._history.append(snapshot)
+        self._broadcast.store(snapshot)
+        return snapshot
+
+    def _pass(self) -> Snapshot:
+        with self._pass_lock:
+            prev = self.latest
+            result = self._read()
+            stats = self._read_stats()
+            cpus = self._read_cpus()
+            return build_snapshot(
+                prev,
+                result.records,
+                monotonic=time.monotonic(),
+                wall_time=time.time(),
+                online_cpus=cpus,
+                stats=stats,
+                sampling_path=str(getattr(result, "sampling_path", "syscall")),
+                errors=tuple(result.errors),
+            )
+
+    def _read(self) -> ReadResultLike:
+        if self._source is not None:
+            return self._source()
+        from otel_bpf.kernel.programs import read_all
+
+        result: ReadResultLike = read_all(owners=self.owners, maps=self.maps)
+        return result
+
+    def _read_stats(self) -> StatsState:
+        if self._stats_state is not None:
+            return self._stats_state()
+        from otel_bpf.kernel.stats import stats_state
+
+        return stats_state()
+
+    def _read_cpus(self) -> int:
+        if self._online_cpus is not None:
+            return self._online_cpus()
+        from otel_bpf.kernel.system import online_cpus
+
+        return online_cpus()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Sample until cancelled; ``task_status.started()`` after the first snapshot.
+
+        The first pass's errors propagate (a missing privilege shows at once); later failed
+        passes are logged once per burst and sampling goes on with the previous snapshot.
+        The schedule does not drift: tick ``n`` is due at ``start + n * interval``, and a pass
+        that overruns skips the ticks it missed instead of bursting to catch up.
+        """
+        if self._running:
+            raise RuntimeError("this Sampler is already running")
+        self._running = True
+        limiter = anyio.CapacityLimiter(1)
+        self._refresh = anyio.Event()
+        try:
+            await self._publish_pass(limiter, first=True)
+            task_status.started()
+            next_t = anyio.current_time()
+            while True:
+                next_t += self._interval
+                now = anyio.current_time()
+                if next_t <= now:
+                    missed = math.floor((now - next_t) / self._interval) + 1
+                    next_t += missed * self._interval
+                await self._sleep_until(next_t)
+                await self._publish_pass(limiter, first=False)
+        finally:
+            self._running = False
+            self._refresh = None
+            self._broadcast.close()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` or until a refresh is requested (then pass once early)."""
+        while anyio.current_time() < deadline:
+            if self._refresh_requested:
+                self._refresh_requested = False
+                self._refresh = anyio.Event()
+                return
+            refresh = self._refresh
+            assert refresh is not None
+            with anyio.CancelScope(deadline=deadline):
+                await refresh.wait()
+        # A refresh requested during a regular tick is satisfied by that tick.
+        self._refresh_requested = False
+        self._refresh = anyio.Event()
+
+    async def _publish_pass(self, limiter: anyio.CapacityLimiter, *, first: bool) -> None:
+        try:
+            snapshot = await anyio.to_thread.run_sync(self._pass, limiter=limiter)
+        except Exception as exc:
+            if first:
+                raise
+            if self._failures == 0:
+                _log.warning("sampling BPF programs failed (will keep trying): %s", exc)
+            self._failures += 1
+            return
+        if self._failures:
+            _log.warning("sampling BPF programs works again after %d failed passes", self._failures)
+            self._failures = 0
+        self._history.append(snapshot)
+        self._broadcast.publish(snapshot)

@@ -1,0 +1,316 @@
+"""The sampler loop, with a synthetic program source: threads, timing, history, fan-out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from otel_bpf.records import ProgramRecord, StatsState
+from otel_bpf.sampler import Sampler, validate_interval
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def prog(pid: int = 1, run_cnt: int = 0, run_time_ns: int = 0) -> ProgramRecord:
+    return ProgramRecord(
+        id=pid,
+        type="socket_filter",
+        type_id=1,
+        name=f"p{pid}",
+        tag="00" * 8,
+        run_time_ns=run_time_ns,
+        run_cnt=run_cnt,
+        recursion_misses=0,
+        load_time=1000.0 + pid,
+        uid=0,
+        verified_insns=2,
+        xlated_size=16,
+        jited_size=40,
+        map_ids=(),
+        btf_id=0,
+        memlock_bytes=4096,
+    )
+
+
+@dataclass
+class Result:
+    records: list[ProgramRecord]
+    errors: list[str] = field(default_factory=list)
+
+
+class Source:
+    """Program 1 runs 100 times per call; records which threads the passes ran in."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.threads: set[int] = set()
+        self.active = 0
+        self.max_active = 0
+        self.delay = delay
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Result:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.calls += 1
+            n = self.calls
+        self.threads.add(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            self.active -= 1
+        return Result([prog(1, run_cnt=100 * n, run_time_ns=5000 * n)])
+
+
+def sampler(source: Source, interval: float = 0.1, history: int = 60) -> Sampler:
+    return Sampler(
+        interval=interval,
+        history=history,
+        source=source,
+        stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
+        online_cpus=lambda: 2,
+    )
+
+
+@pytest.mark.parametrize("bad", [0.0, 0.09, 3600.5, -1, float("nan"), float("inf"), "x", None])
+def test_interval_out_of_range_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Sampler(interval=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("good", [0.1, 1, 3600])
+def test_interval_bounds_are_accepted(good: float) -> None:
+    assert validate_interval(good) == float(good)
+    assert Sampler(interval=good).interval == float(good)
+
+
+def test_history_below_60_is_refused() -> None:
+    with pytest.raises(ValueError, match="history"):
+        Sampler(history=59)
+    assert Sampler(history=60).history == ()
+
+
+async def test_first_sample_has_no_rates_then_rates_follow() -> None:
+    src = Source()
+    s = sampler(src)
+    async with anyio.create_task_group() as tg:
+        await tg.start(s.run)
+        first = s.latest
+        assert first is not None and first.seq == 1 and first.elapsed is None
+        p = first.programs[0]
+        assert p.events_per_sec is None and p.cpu_percent is None
+        assert p.period_avg_runtime_ns is None and p.total_avg_runtime_ns == 50.0
+        second = await s.wait_next(1)
+        tg.cancel_scope.cancel()
+    assert second.seq == 2
+    assert second.elapsed is not None and 0.05 < second.elapsed < 1.0
+    q = second.programs[0]
+    assert q.events_per_sec == pytest.approx(100 / second.elapsed)
+    assert q.period_avg_runtime_ns == 50.0
+    assert q.cpu_utilization == pytest.approx(5000 / (second.elapsed * 1e9) / 2)
+    assert second.stats.ours and second.online_cpus == 2
+
+
+async def test_passes_run_in_worker_threads_one_at_a_time() -> None:
+    # Each pass takes longer than the interval: passes must still never overlap.
+    src = Source(delay=0.15)
+    s = sampler(src)
+    loop_thread = threading.get_ident()
+    async with anyio.create_task_group() as tg:
+        await tg.start(s.run)
+        for _ in range(3):
+            s.request_refresh()
+            await anyio.sleep(0.05)
+        latest = s.latest
+        assert latest is not None
+        await s.wait_next(latest.seq)
+        tg.cancel_scope.cancel()
+    assert loop_thread not in src.threads
+    assert src.max_active == 1
+    assert src.calls >= 3
+
+
+async def test_schedule_does_not_drift() -> None:
+    src = Source()
+    s = sampler(src, interval=0.1, history=60)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            start = s.latest
+            assert start is not None
+            end = await s.wait_next(start.seq + 9)
+            tg.cancel_scope.cancel()
+    # Ten ticks of 0.1 s each: a loop that sleeps "interval" after each pass would add the pass
+    # duration and scheduling latency every time; the drift-free schedule keeps the average.
+    span = end.monotonic - start.monotonic
+    assert 0.85 < span < 1.5, span
+
+
+async def test_overrun_skips_ticks_instead_of_bursting() -> None:
+    src = Source(delay=0.35)
+    s = sampler(src, interval=0.1)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            a = s.latest
+            assert a is not None
+            b = await s.wait_next(a.seq)
+            c = await s.wait_next(b.seq)
+            tg.cancel_scope.cancel()
+    # After a 0.35 s pass the missed ticks are skipped: the next pass starts at the next tick
+    # boundary, not immediately three times in a row.
+    assert b.elapsed is not None and c.elapsed is not None
+    assert b.elapsed >= 0.35 and c.elapsed >= 0.35
+
+
+async def test_history_is_bounded_and_ordered() -> None:
+    src = Source()
+    s = sampler(src, interval=0.1, history=60)
+    for _ in range(75):
+        s.sample_once()
+    hist = s.history
+    assert len(hist) == 60
+    assert [h.seq for h in hist] == list(range(16, 76))
+
+
+async def test_slow_subscriber_gets_the_newest_never_a_backlog() -> None:
+    src = Source()
+    s = sampler(src, interval=0.1)
+    fast: list[int] = []
+    slow: list[int] = []
+
+    async def consume(into: list[int], pause: float, sub_ready: anyio.Event) -> None:
+        with s.subscribe() as sub:
+            sub_ready.set()
+            async for snap in sub:
+                into.append(snap.seq)
+                await anyio.sleep(pause)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            r1, r2 = anyio.Event(), anyio.Event()
+            tg.start_soon(consume, fast, 0.0, r1)
+            tg.start_soon(consume, slow, 0.45, r2)
+            await r1.wait()
+            await r2.wait()
+            start = s.latest
+            assert start is not None
+            await s.wait_next(start.seq + 12)
+            await anyio.sleep(0.05)
+            last = s.latest
+            tg.cancel_scope.cancel()
+    assert last is not None
+    # The fast consumer saw every snapshot, in order.
+    assert fast == list(range(fast[0], fast[0] + len(fast)))
+    assert len(fast) >= 12
+    # The slow one skipped: each value it got was the newest at the time it asked.
+    assert len(slow) <= 5
+    assert all(b - a >= 3 for a, b in zip(slow[1:], slow[2:], strict=False))
+    assert slow == sorted(set(slow))
+
+
+async def test_many_subscribers_share_one_value() -> None:
+    src = Source()
+    s = sampler(src, interval=0.1)
+    got: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        with s.subscribe() as sub:
+            snap = await sub.next()
+            got[i] = snap.seq
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            for i in range(50):
+                tg.start_soon(one, i)
+            await anyio.wait_all_tasks_blocked()
+            latest = s.latest
+            assert latest is not None
+            await s.wait_next(latest.seq)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    assert len(set(got.values())) == 1
+
+
+async def test_iteration_ends_when_the_sampler_stops() -> None:
+    src = Source()
+    s = sampler(src, interval=0.1)
+    seen: list[int] = []
+    ended = anyio.Event()
+
+    async def follow() -> None:
+        async with s.subscribe() as sub:
+            seen.extend([snap.seq async for snap in sub])
+        ended.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as outer:
+            async with anyio.create_task_group() as tg:
+                await tg.start(s.run)
+                outer.start_soon(follow)
+                await s.wait_next(2)
+                tg.cancel_scope.cancel()
+            # Only the sampler was cancelled: the follower's loop ends by itself.
+            await ended.wait()
+    assert seen and seen == sorted(seen)
+
+
+async def test_first_pass_error_propagates_later_ones_are_survived() -> None:
+    calls = 0
+
+    def flaky() -> Result:
+        nonlocal calls
+        calls += 1
+        if calls == 1 or calls in (3, 4):
+            raise PermissionError("no CAP_BPF")
+        return Result([prog(1, run_cnt=calls)])
+
+    s = Sampler(
+        interval=0.1,
+        source=flaky,
+        stats_state=lambda: StatsState(False, False, False),
+        online_cpus=lambda: 1,
+    )
+    with pytest.raises(PermissionError):
+        await s.run()
+    assert not s.running
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            snap = await s.wait_next(1)
+            tg.cancel_scope.cancel()
+    assert calls >= 5 and snap.seq == 2
+
+
+async def test_run_twice_at_once_is_refused() -> None:
+    s = sampler(Source())
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            with pytest.raises(RuntimeError, match="already running"):
+                await s.run()
+            tg.cancel_scope.cancel()
+
+
+async def test_request_refresh_runs_a_pass_early() -> None:
+    src = Source()
+    s = sampler(src, interval=30)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            s.request_refresh()
+            snap = await s.wait_next(1)
+            tg.cancel_scope.cancel()
+    assert snap.elapsed is not None and snap.elapsed < 5
