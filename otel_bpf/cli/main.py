@@ -175,39 +175,46 @@ async def _run(config: Config, telemetry: Telemetry) -> int:
 
             demo = DemoWorkload()
             sync_stack.enter_context(demo)
-            log.info("demo workload running (pid %d): %s", demo.pid, ", ".join(demo.program_ids))
+            log.info(
+                "demo workload running (pid %d): %s",
+                demo.pid,
+                ", ".join(f"{name} id {pid}" for name, pid in demo.program_ids.items()),
+            )
             sync_stack.callback(log.info, "demo workload stopped")
         try:
-            async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
-                tg.start_soon(cancel_on_signal, tg.cancel_scope)
-                sampler: Sampler
+            async with AsyncExitStack() as stack:
+                options = _metrics_options(config)
+                local = config.json or config.live or telemetry.provider is None
+                if local:
+                    # JSON and the live view need counting stats whatever the exporter's
+                    # readers do; the switch is refcounted, the plugin shares the fd.
+                    stack.enter_context(stats_enabled())
+                sampler = Sampler(
+                    interval=config.interval,
+                    owners=config.owners or options.needs_owners,
+                    maps=options.needs_maps and telemetry.provider is not None,
+                )
                 if telemetry.provider is not None:
                     from otel_bpf.otel.plugin import BpfMetricsPlugin
 
-                    plugin = BpfMetricsPlugin(
-                        telemetry.provider,
-                        interval=config.interval,
-                        options=_metrics_options(config),
-                    )
-                    # Cleanup runs in reverse: the final export happens while the plugin
-                    # still holds the latest snapshot, then the plugin switches stats off.
+                    plugin = BpfMetricsPlugin(telemetry.provider, options=options, sampler=sampler)
                     await stack.enter_async_context(plugin)
+                    # Exit order is reversed: the final export runs while the plugin's
+                    # instruments are still open, then the plugin switches stats off.
                     stack.push_async_callback(_final_export, telemetry)
-                    sampler = plugin.sampler
-                else:
-                    stack.enter_context(stats_enabled())
-                    sampler = Sampler(interval=config.interval, owners=config.owners)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_on_signal, tg.cancel_scope)
                     await tg.start(sampler.run)
-                log.info(
-                    "sampling every %g s%s",
-                    config.interval,
-                    "; exporting to " + ", ".join(telemetry.targets)
-                    if telemetry.targets
-                    else "; no exporter",
-                )
-                tg.start_soon(run.consume, sampler, tg.cancel_scope)
-                if config.live:
-                    tg.start_soon(run.live, sampler, tg.cancel_scope)
+                    log.info(
+                        "sampling every %g s; %s",
+                        config.interval,
+                        "exporting to " + ", ".join(telemetry.targets)
+                        if telemetry.targets
+                        else "no exporter",
+                    )
+                    tg.start_soon(run.consume, sampler, tg.cancel_scope)
+                    if config.live:
+                        tg.start_soon(run.live, sampler, tg.cancel_scope)
         finally:
             state = stats_state()
             log.info("stopped after %d ticks; stats now %s", run.ticks, state.describe())
@@ -235,6 +242,13 @@ def _guard(fn: Callable[[], int]) -> int:
         if exporter is not None:
             _error(str(exporter))
             return cli_args.EXIT_RUNTIME
+        if "otel_bpf.demo" in sys.modules:
+            from otel_bpf.demo import DemoWorkloadError
+
+            demo = _find(exc, DemoWorkloadError)
+            if demo is not None:
+                _error(f"demo workload: {demo}")
+                return cli_args.EXIT_RUNTIME
         if _only(exc, (KeyboardInterrupt, _Terminated)):
             return cli_args.EXIT_OK
         broken = _find(exc, BrokenPipeError)

@@ -1,0 +1,87 @@
+"""Bad input to the real ``bpftop-otel`` process: every flag and every OTEL_* variable it
+reads, given an invalid value, gives one clear message, exit status 2 and no traceback.
+
+These runs fail before touching the kernel, so they need no privileges.
+"""
+
+from __future__ import annotations
+
+import pytest
+from peers import cli_env, run_cli
+
+pytestmark = [pytest.mark.timeout(60)]
+
+BAD_FLAGS = [
+    (["--interval", "0"], "--interval"),
+    (["--interval", "abc"], "--interval"),
+    (["--count", "-1"], "--count"),
+    (["--exporter", "jaeger"], "--exporter"),
+    (["--endpoint", "127.0.0.1:4317"], "--endpoint"),
+    (["--protocol", "thrift"], "--protocol"),
+    (["--export-interval", "-5"], "--export-interval"),
+    (["--prometheus-host", ""], "--prometheus-host"),
+    (["--prometheus-port", "99999"], "--prometheus-port"),
+    (["--attributes", "everything"], "--attributes"),
+    (["--type", ""], "--type"),
+    (["--name", ""], "--name"),
+    (["--owner", ""], "--owner"),
+    (["--log-level", "verbose"], "--log-level"),
+    (["--live", "--json"], "--json"),
+    (["--no-such-flag"], "--no-such-flag"),
+]
+
+BAD_ENV = [
+    ("OTEL_METRICS_EXPORTER", "otlp,kafka"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
+    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "grpc://collector:4317"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpcs"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "authorization"),
+    ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x y=1"),
+    ("OTEL_EXPORTER_OTLP_INSECURE", "maybe"),
+    ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "on"),
+    ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+    ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/nonexistent/ca.pem"),
+    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/nonexistent/key.pem"),
+    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", "/nonexistent/cert.pem"),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten"),
+    ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "0"),
+    ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
+    ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "sometimes"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+    ("OTEL_METRIC_EXPORT_TIMEOUT", "-1"),
+    ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+    ("OTEL_LOG_LEVEL", "trace"),
+]
+
+BAD_PROMETHEUS_ENV = [("OTEL_EXPORTER_PROMETHEUS_PORT", "port")]
+
+
+def check(proc_stderr: str, returncode: int, needle: str) -> None:
+    assert returncode == 2, proc_stderr
+    assert "Traceback" not in proc_stderr
+    errors = [x for x in proc_stderr.splitlines() if x.startswith("bpftop-otel: error:")]
+    assert len(errors) == 1, proc_stderr
+    assert needle in errors[0], proc_stderr
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_invalid_flag(argv: list[str], needle: str) -> None:
+    proc = run_cli([*argv, "--count", "1"], timeout=30)
+    check(proc.stderr, proc.returncode, needle)
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_ENV, ids=[n for n, _ in BAD_ENV])
+def test_invalid_environment(name: str, value: str) -> None:
+    proc = run_cli(["--count", "1"], timeout=30, env=cli_env(**{name: value}))
+    check(proc.stderr, proc.returncode, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), BAD_PROMETHEUS_ENV, ids=[n for n, _ in BAD_PROMETHEUS_ENV]
+)
+def test_invalid_prometheus_environment(name: str, value: str) -> None:
+    proc = run_cli(
+        ["--count", "1", "--exporter", "prometheus"], timeout=30, env=cli_env(**{name: value})
+    )
+    check(proc.stderr, proc.returncode, name)
