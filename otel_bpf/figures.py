@@ -10,12 +10,23 @@ from __future__ import annotations
 from otel_bpf.records import ProgramRecord
 
 
+LOAD_TIME_TOLERANCE = 1.0
+"""Seconds two readings' load times may differ and still be the same program.
+
+The kernel reports load time in ns since boot; turning it into wall-clock time uses the boot
+time, which each pass derives from two clock reads, so the same program's load time wobbles by
+microseconds between passes (and jumps when the wall clock is stepped).  A reused id always
+belongs to a program loaded later than the previous one was last seen, and the kernel hands ids
+out cyclically, so a one-second tolerance cannot merge two different programs in practice; the
+counters-went-backwards check below catches the rest."""
+
+
 def comparable(prev: ProgramRecord | None, cur: ProgramRecord) -> bool:
     """Whether ``prev`` is an earlier reading of the very program ``cur`` describes."""
     return (
         prev is not None
         and prev.id == cur.id
-        and prev.load_time == cur.load_time
+        and abs(prev.load_time - cur.load_time) <= LOAD_TIME_TOLERANCE
         and cur.run_cnt >= prev.run_cnt
         and cur.run_time_ns >= prev.run_time_ns
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from otel_bpf.figures import LOAD_TIME_TOLERANCE
 from otel_bpf.otel import names
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.records import ProgramRecord
@@ -50,12 +51,11 @@ def program_attributes(program: ProgramRecord, options: MetricsOptions) -> dict[
 
 
 _SeriesKey = tuple[tuple[str, str | int], ...]
-_ProgKey = tuple[int, float]
-"""(id, load_time): ids are reused by the kernel, the pair is not."""
 
 
 @dataclass(slots=True)
 class _Totals:
+    load_time: float = 0.0
     run_time_ns: int = 0
     run_cnt: int = 0
     recursion_misses: int = 0
@@ -67,14 +67,25 @@ class _Totals:
 
 
 def _totals(p: ProgramRecord) -> _Totals:
-    return _Totals(p.run_time_ns, p.run_cnt, p.recursion_misses or 0)
+    return _Totals(p.load_time, p.run_time_ns, p.run_cnt, p.recursion_misses or 0)
+
+
+def _same_program(before: _Totals, now: _Totals) -> bool:
+    """``now`` is a later reading of the program ``before`` was read from (not a reused id)."""
+    return (
+        abs(before.load_time - now.load_time) <= LOAD_TIME_TOLERANCE
+        and now.run_time_ns >= before.run_time_ns
+        and now.run_cnt >= before.run_cnt
+        and now.recursion_misses >= before.recursion_misses
+    )
 
 
 @dataclass(slots=True)
 class _Aggregate:
     attributes: dict[str, str | int]
     offset: _Totals = field(default_factory=_Totals)
-    live: dict[_ProgKey, _Totals] = field(default_factory=dict)
+    live: dict[int, _Totals] = field(default_factory=dict)
+    """Last totals of each loaded program of the series, by program id."""
     idle_passes: int = 0
     has_misses: bool = False
 
@@ -128,7 +139,7 @@ class SeriesTable:
 
     def _feed_aggregates(self, snapshot: Snapshot) -> None:
         opts = self.options
-        seen: dict[_SeriesKey, dict[_ProgKey, _Totals]] = {}
+        seen: dict[_SeriesKey, dict[int, _Totals]] = {}
         for sample in snapshot.programs:
             p = sample.program
             if not opts.matches(p):
@@ -140,12 +151,14 @@ class SeriesTable:
                 agg = self._aggregates[key] = _Aggregate(attributes=attrs)
             if p.recursion_misses is not None:
                 agg.has_misses = True
-            seen.setdefault(key, {})[(p.id, p.load_time)] = _totals(p)
+            seen.setdefault(key, {})[p.id] = _totals(p)
         for key in list(self._aggregates):
             agg = self._aggregates[key]
             now = seen.get(key, {})
-            for prog_key, last in agg.live.items():
-                if prog_key not in now:
+            for prog_id, last in agg.live.items():
+                current = now.get(prog_id)
+                if current is None or not _same_program(last, current):
+                    # Unloaded (or its id now names another program): keep what it counted.
                     agg.offset.add(last)
             agg.live = now
             if now:

@@ -397,3 +397,19 @@ def test_instruments_work_without_an_sdk_provider() -> None:
     feed.push([prog(1)])
     inst = create_instruments(NoOpMeterProvider(), feed)
     assert inst.frame().get("bpf.program.runs")
+
+
+def test_by_name_type_tolerates_load_time_wobble_and_id_reuse() -> None:
+    from dataclasses import replace
+
+    feed, reader, mp, _ = setup(MetricsOptions(attributes="by_name_type"))
+    key = ((names.PROGRAM_NAME, "w"), (names.PROGRAM_TYPE, "socket_filter"))
+    base = prog(1, name="w", run_cnt=10)
+    feed.push([base])
+    # The same program, its load time re-derived a few microseconds apart: not a new program.
+    feed.push([replace(base, run_cnt=20, load_time=base.load_time + 3e-6)])
+    assert points(collect(reader)["bpf.program.runs"]) == {key: 20}
+    # Id 1 now names another program (counters restarted): the old one's 20 runs stay.
+    feed.push([replace(base, run_cnt=4, load_time=base.load_time + 500)])
+    assert points(collect(reader)["bpf.program.runs"]) == {key: 24}
+    mp.shutdown()

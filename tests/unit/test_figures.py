@@ -1,0 +1,148 @@
+"""The derived figures as pure functions: known values, first samples, no runs, resets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from otel_bpf import figures
+from otel_bpf.records import ProgramRecord
+
+A = ProgramRecord(
+    id=7,
+    type="xdp",
+    type_id=6,
+    name="fw",
+    tag="0123456789abcdef",
+    run_time_ns=1_000_000,
+    run_cnt=1_000,
+    recursion_misses=0,
+    load_time=1_700_000_000.5,
+    uid=0,
+    verified_insns=30,
+    xlated_size=240,
+    jited_size=180,
+    map_ids=(),
+    btf_id=0,
+    memlock_bytes=4096,
+)
+
+
+def later(run_cnt: int, run_time_ns: int, rec: ProgramRecord = A) -> ProgramRecord:
+    return replace(rec, run_cnt=run_cnt, run_time_ns=run_time_ns)
+
+
+B = later(run_cnt=3_000, run_time_ns=5_000_000)  # 2000 runs, 4 ms more than A
+
+
+def test_period_average_runtime() -> None:
+    assert figures.period_avg_runtime_ns(A, B) == 2_000.0
+
+
+def test_total_average_runtime() -> None:
+    assert figures.total_avg_runtime_ns(A) == 1_000.0
+    assert figures.total_avg_runtime_ns(B) == pytest.approx(5_000_000 / 3_000)
+
+
+def test_events_per_second() -> None:
+    assert figures.events_per_sec(A, B, 2.0) == 1_000.0
+    assert figures.events_per_sec(A, B, 0.5) == 4_000.0
+
+
+def test_cpu_percent_is_of_one_core_and_can_exceed_100() -> None:
+    # 4 ms of run time in 2 s = 0.2 % of one core.
+    assert figures.cpu_percent(A, B, 2.0) == pytest.approx(0.2)
+    # 3 s of run time in 1 s = three cores busy = 300 %.
+    busy = later(run_cnt=4_000, run_time_ns=A.run_time_ns + 3_000_000_000)
+    assert figures.cpu_percent(A, busy, 1.0) == pytest.approx(300.0)
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4, 96])
+def test_cpu_utilization_is_percent_over_100_over_online_cpus(cpus: int) -> None:
+    busy = later(run_cnt=4_000, run_time_ns=A.run_time_ns + 3_000_000_000)
+    pct = figures.cpu_percent(A, busy, 1.0)
+    assert pct is not None
+    assert figures.cpu_utilization(A, busy, 1.0, cpus) == pytest.approx(pct / 100 / cpus)
+    assert figures.cpu_utilization(A, B, 2.0, cpus) == pytest.approx(0.002 / cpus)
+
+
+def test_first_sample_has_no_rates() -> None:
+    assert figures.period_avg_runtime_ns(None, B) is None
+    assert figures.events_per_sec(None, B, 1.0) is None
+    assert figures.cpu_percent(None, B, 1.0) is None
+    assert figures.cpu_utilization(None, B, 1.0, 4) is None
+    # The lifetime average does not need a previous sample.
+    assert figures.total_avg_runtime_ns(B) is not None
+
+
+def test_no_runs_in_the_period() -> None:
+    same = later(run_cnt=A.run_cnt, run_time_ns=A.run_time_ns)
+    assert figures.period_avg_runtime_ns(A, same) is None
+    assert figures.events_per_sec(A, same, 1.0) == 0.0
+    assert figures.cpu_percent(A, same, 1.0) == 0.0
+    assert figures.cpu_utilization(A, same, 1.0, 2) == 0.0
+
+
+def test_never_ran() -> None:
+    fresh = later(run_cnt=0, run_time_ns=0)
+    assert figures.total_avg_runtime_ns(fresh) is None
+    assert figures.period_avg_runtime_ns(fresh, fresh) is None
+
+
+@pytest.mark.parametrize(
+    "cur",
+    [
+        later(run_cnt=A.run_cnt - 1, run_time_ns=A.run_time_ns + 10),
+        later(run_cnt=A.run_cnt + 1, run_time_ns=A.run_time_ns - 10),
+        replace(B, load_time=A.load_time + 60),
+        replace(B, id=A.id + 1),
+    ],
+    ids=["runs-backwards", "time-backwards", "reloaded", "other-id"],
+)
+def test_a_different_program_starts_afresh(cur: ProgramRecord) -> None:
+    assert not figures.comparable(A, cur)
+    assert figures.period_avg_runtime_ns(A, cur) is None
+    assert figures.events_per_sec(A, cur, 1.0) is None
+    assert figures.cpu_percent(A, cur, 1.0) is None
+    assert figures.cpu_utilization(A, cur, 1.0, 2) is None
+
+
+def test_load_time_wobble_of_the_same_program_is_tolerated() -> None:
+    wobbly = replace(B, load_time=A.load_time + 2e-6)
+    assert figures.comparable(A, wobbly)
+    assert figures.events_per_sec(A, wobbly, 2.0) == 1_000.0
+
+
+@pytest.mark.parametrize("dt", [None, 0.0, -1.0])
+def test_no_elapsed_time_no_rates(dt: float | None) -> None:
+    assert figures.events_per_sec(A, B, dt) is None
+    assert figures.cpu_percent(A, B, dt) is None
+    assert figures.cpu_utilization(A, B, dt, 2) is None
+
+
+def test_zero_online_cpus_gives_no_utilization() -> None:
+    assert figures.cpu_utilization(A, B, 1.0, 0) is None
+
+
+@given(
+    runs=st.integers(min_value=0, max_value=10**12),
+    ns=st.integers(min_value=0, max_value=10**15),
+    dt=st.floats(min_value=1e-3, max_value=3600),
+    cpus=st.integers(min_value=1, max_value=1024),
+)
+def test_rates_are_never_negative_and_consistent(runs: int, ns: int, dt: float, cpus: int) -> None:
+    cur = later(run_cnt=A.run_cnt + runs, run_time_ns=A.run_time_ns + ns)
+    eps = figures.events_per_sec(A, cur, dt)
+    pct = figures.cpu_percent(A, cur, dt)
+    util = figures.cpu_utilization(A, cur, dt, cpus)
+    assert eps is not None and eps >= 0
+    assert pct is not None and pct >= 0
+    assert util == pytest.approx(pct / 100 / cpus)
+    avg = figures.period_avg_runtime_ns(A, cur)
+    if runs == 0:
+        assert avg is None
+    else:
+        assert avg == pytest.approx(ns / runs)
