@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from otel_bpf.records import ProgramRecord
 
-
 LOAD_TIME_TOLERANCE = 1.0
 """Seconds two readings' load times may differ and still be the same program.
 
@@ -49,7 +48,9 @@ def total_avg_runtime_ns(cur: ProgramRecord) -> float | None:
     return cur.run_time_ns / cur.run_cnt
 
 
-def events_per_sec(prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None) -> float | None:
+def events_per_sec(
+    prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None
+) -> float | None:
     """Runs per second over the period of ``dt`` seconds."""
     if prev is None or dt is None or dt <= 0 or not comparable(prev, cur):
         return None
