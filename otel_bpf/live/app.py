@@ -39,6 +39,11 @@ QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 """End the view cleanly (SIGINT is Ctrl-C: the terminal stays in cbreak, which keeps ISIG)."""
 
 
+def stop_self() -> None:
+    """Stop this process as the shell's Ctrl-Z would; returns once continued (``fg``)."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class LiveView:
     """The view's state plus the one place that draws it."""
 
@@ -141,7 +146,7 @@ async def _handle_signals(view: LiveView, scope: CancelScope) -> None:
                 # Our handler replaced the default stop action: restore the terminal, stop
                 # for real, and come back in live mode when the shell continues us (fg).
                 view.terminal.leave()
-                os.kill(os.getpid(), signal.SIGSTOP)
+                stop_self()
                 view.terminal.enter()
             view.draw()  # SIGWINCH, SIGCONT, and the resume after SIGTSTP: full frame now
 

@@ -58,16 +58,16 @@ def fmt_rate(value: float | None, width: int = 0) -> str:
 
 
 def fmt_percent(value: float | None) -> str:
-    """CPU % of one core: two decimals from 0.01 up, the first significant digit below
-    (``0.0004``), ``0`` for exactly nothing."""
+    """CPU % of one core: two decimals from 1 up (``12.35``), two significant digits below
+    (``0.015``, ``0.00042``), ``0`` for exactly nothing."""
     if not _finite(value):
         return UNKNOWN
     assert value is not None
     if value == 0:
         return "0"
-    if abs(value) >= 0.01:
+    if abs(value) >= 0.995:
         return f"{value:.2f}"
-    digits = min(-math.floor(math.log10(abs(value))), 9)
+    digits = min(-math.floor(math.log10(abs(value))) + 1, 9)
     return f"{value:.{digits}f}"
 
 

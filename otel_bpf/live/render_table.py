@@ -55,7 +55,7 @@ DROP_ORDER: tuple[Column, ...] = (
 )
 """On a narrow terminal these columns go first, in this order (ID, Name, CPU % stay)."""
 
-FLEXIBLE_MIN = {Column.NAME: 8, Column.PROCESS: 8, Column.TYPE: 10}
+FLEXIBLE_MIN = {Column.NAME: 16, Column.PROCESS: 10, Column.TYPE: 10}
 """Text columns may be cut (ending in ``~``) down to these widths."""
 
 MARKER = "> "

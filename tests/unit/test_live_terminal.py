@@ -1,0 +1,373 @@
+"""Escape-level checks: frames through a VT emulator (pyte), live mode on a real pty, and
+``run_live`` end to end on a pty with both anyio backends."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import struct
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import anyio
+import pyte
+import pytest
+from live_samples import STATS_ON, program
+
+from otel_bpf.live import app as live_app
+from otel_bpf.live.app import run_live
+from otel_bpf.live.context import RenderContext
+from otel_bpf.live.options import Glyphs, LiveOptions
+from otel_bpf.live.screen import render_screen
+from otel_bpf.live.state import Mode, ViewState
+from otel_bpf.live.terminal import (
+    Esc,
+    Line,
+    Style,
+    Terminal,
+    TerminalUnavailable,
+    check_terminal,
+    compose_frame,
+)
+from otel_bpf.records import Owner, ProgramRecord
+from otel_bpf.sampler import Sampler
+
+EVIL = Owner(pid=4242, comm="\x1b[2J\x1b]0;x\x07\x1b[31m", executable="x", via="prog")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_frame_through_a_vt_emulator() -> None:
+    screen = pyte.Screen(40, 6)
+    stream = pyte.ByteStream(screen)
+    stream.feed(b"old junk everywhere\r\n" * 6)
+    lines = [Line("title".ljust(40), Style.TITLE), Line("> row".ljust(40), Style.SELECTED)]
+    lines.append(Line("plain".ljust(40)))
+    frame = compose_frame(lines, 6)
+    assert frame.startswith(Esc.SYNC_BEGIN.value) and frame.endswith(Esc.SYNC_END.value)
+    assert Esc.CLEAR_SCREEN.value not in frame  # never cleared first: no flicker
+    stream.feed(frame.encode())
+    assert screen.display[:3] == [line.text for line in lines]
+    assert screen.display[3:] == [" " * 40] * 3  # the rest erased below
+    assert screen.buffer[0][0].bold
+    assert screen.buffer[1][0].reverse and not screen.buffer[2][0].reverse
+    assert not screen.buffer[2][0].bold  # attributes reset after each styled line
+
+
+def test_rendered_frame_with_hostile_names_cannot_act_on_the_terminal() -> None:
+    from live_samples import snapshots
+
+    history = snapshots(
+        [
+            [program(1, "\x1b[H\x1b[2Jname", owners=(EVIL,))],
+            [program(1, "\x1b[H\x1b[2Jname", owners=(EVIL,), run_time_ns=100, run_cnt=1)],
+        ]
+    )
+    for state in (ViewState(), ViewState(mode=Mode.DETAIL, detail_id=1)):
+        ctx = RenderContext(history[-1], tuple(history), 160, 30, Glyphs.ASCII, "h", "k", 1.0, 0)
+        lines, _, _ = render_screen(ctx, state)
+        screen = pyte.Screen(160, 30)
+        pyte.ByteStream(screen).feed(compose_frame(lines, 30).encode())
+        assert screen.display == [line.text for line in lines]
+        assert screen.title == ""
+        assert all(cell.fg == "default" for row in screen.buffer.values() for cell in row.values())
+        shown = "\n".join(screen.display)
+        assert "\\x1b[2J\\x1b]0;x\\x07\\x1b[31m(4242)" in shown
+        assert "\\x1b[H\\x1b[2Jname" in shown
+
+
+@dataclass
+class Pty:
+    master: int
+    slave: int
+    screen: pyte.Screen
+    output: bytearray
+
+    def resize(self, columns: int, lines: int) -> None:
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        self.screen.resize(lines, columns)
+
+    def text(self) -> str:
+        return "\n".join(self.screen.display)
+
+
+@pytest.fixture
+def pty(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pty]:
+    monkeypatch.setenv("TERM", "xterm")
+    master, slave = os.openpty()
+    screen = pyte.Screen(100, 30)
+    stream = pyte.ByteStream(screen)
+    output = bytearray()
+    lock = threading.Lock()
+    term = Pty(master, slave, screen, output)
+    term.resize(100, 30)
+
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with lock:
+                output.extend(data)
+                stream.feed(data)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    yield term
+    os.close(slave)
+    os.close(master)
+    reader.join(2)
+
+
+def test_terminal_enter_and_leave_on_a_pty(pty: Pty) -> None:
+    before = termios.tcgetattr(pty.slave)
+    term = Terminal(pty.slave, pty.slave)
+    with term:
+        inside = termios.tcgetattr(pty.slave)
+        assert not inside[3] & termios.ICANON and not inside[3] & termios.ECHO
+        assert inside[3] & termios.ISIG  # cbreak, not raw: Ctrl-C and Ctrl-Z still signal
+    assert termios.tcgetattr(pty.slave) == before
+    deadline = time.monotonic() + 2
+    want = (Esc.WRAP_ON.value + Esc.CURSOR_SHOW.value + Esc.ALT_SCREEN_OFF.value).encode()
+    while want not in pty.output and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out = bytes(pty.output)
+    entered = (Esc.ALT_SCREEN_ON.value + Esc.CURSOR_HIDE.value + Esc.WRAP_OFF.value).encode()
+    assert out.startswith(entered)
+    assert out.endswith(want)
+    assert not pty.screen.cursor.hidden
+
+
+def test_every_undo_step_runs_even_when_one_fails(pty: Pty) -> None:
+    before = termios.tcgetattr(pty.slave)
+    out = os.dup(pty.slave)
+    term = Terminal(pty.slave, out)
+    term.enter()
+    os.close(out)  # every write of the restore now fails (EBADF), as on a hung-up tty
+    failures = term.leave()
+    assert len(failures) == 3 and all(isinstance(f, OSError) for f in failures)
+    assert termios.tcgetattr(pty.slave) == before  # the termios step still ran
+    assert not term.active
+
+
+def test_check_terminal(pty: Pty) -> None:
+    r, w = os.pipe()
+    try:
+        assert "not a tty" in (check_terminal(pty.slave, w, {"TERM": "xterm"}) or "")
+        assert "standard input" in (check_terminal(r, pty.slave, {"TERM": "xterm"}) or "")
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "TERM is dumb" in (check_terminal(pty.slave, pty.slave, {"TERM": "dumb"}) or "")
+    assert "TERM is unset" in (check_terminal(pty.slave, pty.slave, {}) or "")
+    assert check_terminal(pty.slave, pty.slave, {"TERM": "xterm-256color"}) is None
+
+
+class Programs:
+    """Counters that grow by a fixed amount per pass (programs 1..3; 2 can be unloaded)."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.unload_2 = False
+
+    @dataclass
+    class Result:
+        records: list[ProgramRecord]
+        errors: list[str]
+
+    def __call__(self) -> Programs.Result:
+        self.passes += 1
+        p = self.passes
+        records = [
+            program(
+                i,
+                f"otel_test_{i}",
+                run_time_ns=100 * i * p * 10,
+                run_cnt=10 * i * p,
+                owners=(EVIL,) if i == 3 else (),
+            )
+            for i in (1, 2, 3)
+            if not (i == 2 and self.unload_2)
+        ]
+        return Programs.Result(records, [])
+
+
+async def wait_for(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``check`` (the pty is read by a thread, so there is no event to wait on)."""
+    with anyio.fail_after(within):
+        while not check():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+async def live_session(
+    pty: Pty, body: Callable[[Programs, Sampler], object], interval: float = 0.2
+) -> Programs:
+    programs = Programs()
+    sampler = Sampler(
+        interval=interval, source=programs, stats_state=lambda: STATS_ON, online_cpus=lambda: 2
+    )
+    options = LiveOptions(stdin_fd=pty.slave, stdout_fd=pty.slave, ascii=True)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(sampler.run)
+
+            async def drive() -> None:
+                await wait_for(lambda: "otel_test_3" in pty.text())
+                result = body(programs, sampler)
+                if hasattr(result, "__await__"):
+                    await result  # type: ignore[misc]
+
+            tg.start_soon(drive)
+            await run_live(sampler, options)
+            tg.cancel_scope.cancel()
+    return programs
+
+
+def restored(pty: Pty) -> bool:
+    return bytes(pty.output).endswith(Esc.ALT_SCREEN_OFF.value.encode())
+
+
+@pytest.mark.anyio
+async def test_run_live_keys_selection_and_quit(pty: Pty) -> None:
+    before = termios.tcgetattr(pty.slave)
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        await wait_for(lambda: "otel_test_3" in pty.text() and "0.0" in pty.text())
+        assert "\\x1b[2J" in pty.text()  # the hostile comm, shown escaped
+        os.write(pty.master, b"i")  # sort by id: at once, not at the next sample
+        await wait_for(lambda: "ID ^" in pty.text(), 1.0)
+        os.write(pty.master, b"\x1b[B")  # down: program 2
+        await wait_for(lambda: any(r.startswith("> 2 ") for r in pty.screen.display), 1.0)
+        os.write(pty.master, b"c")  # CPU desc: 3, 2, 1; program 2 stays selected
+        await wait_for(lambda: "CPU % v" in pty.text(), 1.0)
+        assert any(r.startswith("> 2 ") for r in pty.screen.display)
+        os.write(pty.master, b"\r")  # detail of program 2
+        await wait_for(lambda: "Program 2 (otel_test_2)" in pty.text(), 1.0)
+        programs.unload_2 = True
+        await wait_for(lambda: "GONE: program 2" in pty.text(), 3.0)
+        os.write(pty.master, b"\x1b")  # lone Escape: back after the quiet time
+        await wait_for(lambda: "Period Avg" in pty.text(), 1.0)
+        os.write(pty.master, b"fotel_test_1")
+        await wait_for(lambda: "filter: otel_test_1_" in pty.text(), 1.0)
+        assert "otel_test_3" not in pty.text()
+        os.write(pty.master, b"\r?")
+        await wait_for(lambda: "keys" in pty.text() and "Ctrl-Z" in pty.text(), 1.0)
+        os.write(pty.master, b"xq")
+
+    await live_session(pty, body)
+    await wait_for(lambda: restored(pty), 2.0)
+    assert termios.tcgetattr(pty.slave) == before
+    assert not pty.screen.cursor.hidden
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+async def test_run_live_quits_on_signals(pty: Pty, signum: int) -> None:
+    def body(programs: Programs, sampler: Sampler) -> None:
+        os.kill(os.getpid(), signum)
+
+    await live_session(pty, body)
+    await wait_for(lambda: restored(pty), 2.0)
+
+
+@pytest.mark.anyio
+async def test_resize_redraws_at_once(pty: Pty) -> None:
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        width_before = max(len(r.rstrip()) for r in pty.screen.display)
+        assert width_before > 60
+        passes = programs.passes
+        pty.resize(60, 20)
+        os.kill(os.getpid(), signal.SIGWINCH)
+        await wait_for(lambda: "Ev/s" in pty.text() or "Avg ns" in pty.text(), 1.0)
+        assert programs.passes == passes  # redrawn before the next sample
+        os.write(pty.master, b"q")
+
+    await live_session(pty, body, interval=5.0)
+
+
+@pytest.mark.anyio
+async def test_suspend_leaves_and_resumes(pty: Pty, monkeypatch: pytest.MonkeyPatch) -> None:
+    stops: list[bytes] = []
+
+    def fake_stop() -> None:
+        # A real SIGSTOP would stop the test run (the tmux test does it for real); record
+        # what the terminal saw at that moment instead.
+        time.sleep(0.1)
+        stops.append(bytes(pty.output))
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        monkeypatch.setattr(live_app, "stop_self", fake_stop)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        await wait_for(lambda: bool(stops), 2.0)
+        assert stops[0].endswith(Esc.ALT_SCREEN_OFF.value.encode())
+        mark = len(stops[0])
+        await wait_for(lambda: Esc.ALT_SCREEN_ON.value.encode() in pty.output[mark:], 2.0)
+        await wait_for(lambda: b"otel_test_3" in pty.output[mark:], 2.0)  # full redraw
+        os.write(pty.master, b"q")
+
+    await live_session(pty, body)
+    await wait_for(lambda: restored(pty), 2.0)
+
+
+def contains(exc: BaseException, kind: type[BaseException]) -> bool:
+    """``exc`` is ``kind`` or an exception group holding one."""
+    if isinstance(exc, kind):
+        return True
+    return any(contains(e, kind) for e in getattr(exc, "exceptions", ()))
+
+
+@pytest.mark.anyio
+async def test_exception_in_the_view_restores_the_terminal(
+    pty: Pty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = termios.tcgetattr(pty.slave)
+
+    def broken(*args: object) -> object:
+        raise ZeroDivisionError("render bug")
+
+    def body(programs: Programs, sampler: Sampler) -> None:
+        monkeypatch.setattr(live_app, "render_screen", broken)
+        os.write(pty.master, b"j")
+
+    with pytest.raises(BaseException) as info:
+        await live_session(pty, body)
+    assert contains(info.value, ZeroDivisionError)
+    await wait_for(lambda: restored(pty), 2.0)
+    assert termios.tcgetattr(pty.slave) == before
+
+
+@pytest.mark.anyio
+async def test_log_records_are_kept_off_the_screen_and_replayed(
+    pty: Pty, caplog: pytest.LogCaptureFixture
+) -> None:
+    def body(programs: Programs, sampler: Sampler) -> None:
+        logging.getLogger("otel_bpf.test").warning("LOGGED-WHILE-LIVE")
+        os.write(pty.master, b"q")
+
+    with caplog.at_level(logging.WARNING):
+        await live_session(pty, body)
+    assert b"LOGGED-WHILE-LIVE" not in pty.output
+    assert "LOGGED-WHILE-LIVE" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_run_live_refuses_a_non_terminal() -> None:
+    r, w = os.pipe()
+    try:
+        sampler = Sampler(source=Programs(), stats_state=lambda: STATS_ON, online_cpus=lambda: 2)
+        with pytest.raises(TerminalUnavailable, match="not a tty"):
+            await run_live(sampler, LiveOptions(stdin_fd=r, stdout_fd=w))
+    finally:
+        os.close(r)
+        os.close(w)
