@@ -15,7 +15,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -161,49 +160,12 @@ class BurstReportingExporter(MetricExporter):
             self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
-class DeferredHandler(logging.Handler):
-    """Keeps the last ``capacity`` formatted lines and writes them to stderr when closed.
-
-    Used while the live view owns the terminal: a log line written in the middle of a
-    frame would corrupt it, and the lines are still wanted after the view exits.
-    """
-
-    def __init__(self, capacity: int = 200) -> None:
-        super().__init__()
-        self._lines: deque[str] = deque(maxlen=capacity)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._lines.append(self.format(record))
-        except Exception:
-            self.handleError(record)
-
-    def close(self) -> None:
-        lines, self._lines = list(self._lines), deque(maxlen=self._lines.maxlen)
-        if lines:
-            try:
-                sys.stderr.write("\n".join(lines) + "\n")
-                sys.stderr.flush()
-            except OSError:
-                pass
-        super().close()
-
-
 def setup_logging(
-    level: str,
-    gate: ExportLogGate | None = None,
-    *,
-    deferred: bool = False,
-    stream: TextIO | None = None,
+    level: str, gate: ExportLogGate | None = None, *, stream: TextIO | None = None
 ) -> logging.Handler:
-    """One handler on the root logger with a UTC timestamped one-line format.
-
-    It writes to ``stream`` (default stderr), or with ``deferred`` buffers (bounded) until
-    it is closed.
-    """
-    handler: logging.Handler = (
-        DeferredHandler() if deferred else logging.StreamHandler(stream or sys.stderr)
-    )
+    """One handler on the root logger writing one UTC-timestamped line per record to
+    ``stream`` (default stderr).  While the live view is up it diverts records itself."""
+    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_UtcFormatter(LOG_FORMAT))
     if gate is not None:
         handler.addFilter(gate)

@@ -203,7 +203,10 @@ async def _run(config: Config, telemetry: Telemetry) -> int:
                     # instruments are still open, then the plugin switches stats off.
                     stack.push_async_callback(_final_export, telemetry)
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(cancel_on_signal, tg.cancel_scope)
+                    if not config.live:
+                        # The live view handles SIGINT/SIGTERM itself (it must restore the
+                        # terminal first); a second receiver would replace its handlers.
+                        tg.start_soon(cancel_on_signal, tg.cancel_scope)
                     await tg.start(sampler.run)
                     log.info(
                         "sampling every %g s; %s",
@@ -279,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     gate = ExportLogGate()
-    handler = setup_logging(config.log_level, gate, deferred=config.live)
+    handler = setup_logging(config.log_level, gate)
     try:
         if config.live:
             from otel_bpf.live.terminal import check_terminal

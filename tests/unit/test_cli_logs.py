@@ -11,7 +11,6 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 
 from otel_bpf.cli.logs import (
     BurstReportingExporter,
-    DeferredHandler,
     ExportLogGate,
     setup_logging,
     teardown_logging,
@@ -113,22 +112,3 @@ def test_log_line_format(logs: Captured) -> None:
     date, level, rest = line.split(" ", 2)
     assert date.endswith("Z") and "T" in date
     assert level == "WARNING" and rest == "bpftop-otel: hello"
-
-
-def test_deferred_handler_is_bounded_and_flushes_on_close(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    handler = DeferredHandler(capacity=3)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("test.deferred")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        for i in range(10):
-            log.warning("line %d", i)
-        assert capsys.readouterr().err == ""
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
-        handler.close()
-    assert capsys.readouterr().err.splitlines() == ["line 7", "line 8", "line 9"]
