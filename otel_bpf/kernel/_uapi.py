@@ -237,3 +237,66 @@ class ProgType(enum.IntEnum):
     XDP = 6
     CGROUP_SKB = 8
     TRACING = 26
+
+
+class BtfLoadAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_BTF_LOAD``."""
+
+    _fields_ = [
+        ("btf", u64),
+        ("btf_log_buf", u64),
+        ("btf_size", u32),
+        ("btf_log_size", u32),
+        ("btf_log_level", u32),
+        ("btf_log_true_size", u32),  # 6.4
+        ("btf_flags", u32),  # 6.9
+        ("btf_token_fd", u32),  # 6.9
+    ]
+
+
+class LinkCreateAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_LINK_CREATE`` (5.7), with the tail zeroed."""
+
+    _fields_ = [
+        ("prog_fd", u32),
+        ("target_fd", u32),  # also target_ifindex
+        ("attach_type", u32),
+        ("flags", u32),
+        ("_tail", u64 * 6),  # per-attach-type unions we do not use; must stay zero
+    ]
+
+
+class MapType(enum.IntEnum):
+    """``enum bpf_map_type`` values the project creates itself."""
+
+    HASH = 1
+    ARRAY = 2
+
+
+class AttachType(enum.IntEnum):
+    """``enum bpf_attach_type`` values the project attaches with."""
+
+    CGROUP_INET_INGRESS = 0
+    CGROUP_INET_EGRESS = 1
+    XDP = 37
+
+
+class MapCreateAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_MAP_CREATE``."""
+
+    _fields_ = [
+        ("map_type", u32),
+        ("key_size", u32),
+        ("value_size", u32),
+        ("max_entries", u32),
+        ("map_flags", u32),
+        ("inner_map_fd", u32),
+        ("numa_node", u32),
+        ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("map_ifindex", u32),
+        ("btf_fd", u32),
+        ("btf_key_type_id", u32),
+        ("btf_value_type_id", u32),
+        ("btf_vmlinux_value_type_id", u32),
+        ("map_extra", u64),  # 5.16
+    ]

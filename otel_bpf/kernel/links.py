@@ -1,46 +1,32 @@
-"""BPF links (``BPF_LINK_CREATE``, Linux 5.7): attachments that end when their fd closes.
-
-A link fd owns the attachment, so a process that dies (even by SIGKILL) detaches its
-programs; nothing is left attached to an interface or a cgroup.
-"""
+"""BPF links (``BPF_LINK_CREATE``) and the network namespace a test link can live in."""
 
 from __future__ import annotations
 
-from otel_bpf.kernel._uapi import AttachType, Cmd, LinkCreateAttr
+import ctypes
+import os
+
+from otel_bpf.kernel._uapi import Cmd, LinkCreateAttr
 from otel_bpf.kernel.syscall import bpf
 
-# linux/if_link.h: XDP attach modes, passed as link_create.flags for BPF_XDP.
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> int:
-    """Attach ``prog_fd`` to ``target_fd`` (a cgroup directory fd, or an ifindex for XDP and
-    tcx) and return the link fd; closing it detaches the program."""
-    attr = LinkCreateAttr()
-    attr.prog_fd = prog_fd
-    attr.target_fd = target_fd
-    attr.attach_type = attach_type
-    attr.flags = flags
-    detail = f"attach type {_attach_name(attach_type)}"
-    return bpf(Cmd.LINK_CREATE, attr, detail)
+    """Attach ``prog_fd`` to ``target_fd`` (an fd, or an ifindex for XDP) and return the link fd.
+
+    The attachment lasts as long as the link fd (or a pin) exists; closing the program fd
+    afterwards keeps the program loaded through the link.
+    """
+    attr = LinkCreateAttr(
+        prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type, flags=flags
+    )
+    return bpf(Cmd.LINK_CREATE, attr, f"prog fd {prog_fd} -> {target_fd}")
 
 
-def attach_xdp(prog_fd: int, ifindex: int, *, generic: bool = True) -> int:
-    """Attach an XDP program to interface ``ifindex``; generic (SKB) mode by default, which
-    every driver supports.  Returns the link fd."""
-    flags = XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
-    return link_create(prog_fd, ifindex, AttachType.XDP, flags)
-
-
-def attach_cgroup(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
-    """Attach a cgroup program (e.g. cgroup_skb egress) to the cgroup open as ``cgroup_fd``.
-    Returns the link fd."""
-    return link_create(prog_fd, cgroup_fd, attach_type)
-
-
-def _attach_name(attach_type: int) -> str:
-    try:
-        return AttachType(attach_type).name.lower()
-    except ValueError:
-        return str(attach_type)
+def unshare_netns() -> None:
+    """Move the calling thread into a new network namespace (it holds only ``lo``, down)."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")

@@ -1,0 +1,64 @@
+"""Host facts read from sysfs/procfs: CPUs, kernel release, hostname, the boot-time offset."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """CPU numbers of a sysfs cpu list such as ``0-3,5,7-8``."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        if sep:
+            cpus.extend(range(int(first), int(last) + 1))
+        else:
+            cpus.append(int(first))
+    return cpus
+
+
+def _cpu_count(path: str) -> int:
+    try:
+        with open(path) as f:
+            count = len(parse_cpu_list(f.read()))
+    except (OSError, ValueError):
+        count = 0
+    return count or os.cpu_count() or 1
+
+
+def online_cpus() -> int:
+    """Number of online CPUs (``/sys/devices/system/cpu/online``)."""
+    return _cpu_count("/sys/devices/system/cpu/online")
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the size of per-CPU map values (``.../cpu/possible``)."""
+    return _cpu_count("/sys/devices/system/cpu/possible")
+
+
+def kernel_release() -> str:
+    """The running kernel's release, e.g. ``6.8.0-45-generic``."""
+    return os.uname().release
+
+
+def hostname() -> str:
+    """This host's name."""
+    return socket.gethostname()
+
+
+def boot_time_offset() -> float:
+    """Wall-clock time of boot in seconds since the epoch, for CLOCK_BOOTTIME stamps.
+
+    A program's ``load_time`` is nanoseconds of CLOCK_BOOTTIME; bpftool turns it into wall
+    time as ``now(REALTIME) - now(BOOTTIME) + load_time``, and so do we.
+    """
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boottime_to_wall(boottime_ns: int, offset: float | None = None) -> float:
+    """Seconds since the epoch of a CLOCK_BOOTTIME stamp in nanoseconds."""
+    return (boot_time_offset() if offset is None else offset) + boottime_ns / 1e9
