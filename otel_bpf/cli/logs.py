@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import (
 
 LOGGER_NAME = "bpftop-otel"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_REASON_MAX = 300
+_REASON_MAX = 500
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -61,6 +61,7 @@ class ExportLogGate(logging.Filter):
     def exporting(self) -> Iterator[None]:
         """Records from ``opentelemetry.*`` loggers inside this block are swallowed."""
         self._local.active = True
+        self._local.first = ""
         self._local.reason = ""
         try:
             yield
@@ -69,8 +70,18 @@ class ExportLogGate(logging.Filter):
 
     @property
     def reason(self) -> str:
-        """The last swallowed WARNING-or-worse message of this thread's current export."""
-        return str(getattr(self._local, "reason", ""))
+        """Why this thread's current export failed, from the records it swallowed.
+
+        The last WARNING-or-worse message, which is the exporter's summary.  The HTTP
+        exporter's summary after retries ("... due to timeout, max retries or shutdown")
+        does not say what went wrong; its first message ("Transient error <cause> ...")
+        does, so then both are given.
+        """
+        last = str(getattr(self._local, "reason", ""))
+        first = str(getattr(self._local, "first", ""))
+        if first and first != last and "max retries" in last:
+            return _first_line(f"{last} First error: {first}")
+        return last
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(self._local, "active", False):
@@ -79,9 +90,12 @@ class ExportLogGate(logging.Filter):
             return True
         if record.levelno >= logging.WARNING:
             try:
-                self._local.reason = _first_line(record.getMessage())
+                message = _first_line(record.getMessage())
             except Exception:  # a broken log call must not break the export
-                self._local.reason = _first_line(str(record.msg))
+                message = _first_line(str(record.msg))
+            if not getattr(self._local, "first", ""):
+                self._local.first = message
+            self._local.reason = message
         return False
 
 

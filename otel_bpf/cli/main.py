@@ -125,9 +125,14 @@ class _Run:
 
     async def consume(self, sampler: Sampler, scope: anyio.CancelScope) -> None:
         """Follow the sampler tick by tick: JSON Lines when asked, and the --count limit."""
+        from otel_bpf.broadcast import BroadcastClosed
+
         seq = 0
         while True:
-            snap = await sampler.wait_next(seq)
+            try:
+                snap = await sampler.wait_next(seq)
+            except BroadcastClosed:  # the sampler stopped: the run is ending
+                return
             seq = snap.seq
             if self.config.json:
                 _write_lines(jsonl.snapshot_lines(snap))
