@@ -41,10 +41,7 @@ log = logging.getLogger("bpftop-otel")
 FINAL_EXPORT_TIMEOUT = 10.0
 """Seconds the final collection and export may take at exit."""
 
-PRIVILEGE_HINT = (
-    "bpftop-otel needs CAP_BPF and CAP_SYS_ADMIN (run it as root, or grant them, e.g. "
-    "systemd AmbientCapabilities=CAP_BPF CAP_SYS_ADMIN CAP_PERFMON)"
-)
+PRIVILEGE_HINT = "bpftop-otel needs CAP_SYS_ADMIN and CAP_BPF (CAP_PERFMON for some program types)"
 
 E = TypeVar("E", bound=BaseException)
 
