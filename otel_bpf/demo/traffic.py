@@ -89,7 +89,8 @@ class TrafficDriver:
         for s in self._streams.values():
             if s.rate <= 0.0:
                 continue
-            due = s.base_count + int(s.rate * (now - s.base_time))
+            # The epsilon keeps 100/s * 0.1 s at 10 sends, not 9 by float rounding.
+            due = s.base_count + int(s.rate * (now - s.base_time) + 1e-6)
             owed = due - s.sent
             limit = max(1, int(s.rate * self.max_catchup))
             if owed > limit:
@@ -113,4 +114,6 @@ class TrafficDriver:
 
     def next_step(self, now: float) -> float:
         """When to call :meth:`step` next: the next tick boundary after ``now``."""
-        return (math.floor(now / self.tick) + 1) * self.tick
+        nxt = (math.floor(now / self.tick) + 1) * self.tick
+        # Float rounding can put the product on or before ``now``; never return the past.
+        return nxt if nxt > now else nxt + self.tick

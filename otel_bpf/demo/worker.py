@@ -32,7 +32,6 @@ from typing import Any
 from otel_bpf.demo import programs as demo
 from otel_bpf.demo.traffic import TrafficDriver
 from otel_bpf.kernel import cgroup, lifetime, netns
-from otel_bpf.kernel.links import attach_cgroup, attach_xdp
 from otel_bpf.kernel.loader import VerifierError, attach_socket_filter, load_program, program_id
 from otel_bpf.kernel.syscall import close as close_fd
 
@@ -104,7 +103,7 @@ class Workload:
         netns.create_veth(VETH, VETH_PEER)
         netns.set_link_up(VETH)
         netns.set_link_up(VETH_PEER)
-        self.fds.append(attach_xdp(self.load(demo.XDP), netns.ifindex(VETH)))
+        self.fds.append(netns.attach_xdp(self.load(demo.XDP), VETH))
         pkt = self._sock(socket.AF_PACKET, socket.SOCK_RAW, 0)
         pkt.bind((VETH_PEER, 0))
         frame = (
@@ -122,7 +121,7 @@ class Workload:
         self.cgroup_dir = cgroup.create(f"{CGROUP_PREFIX}{os.getpid()}")
         cg_fd = cgroup.open_dir(self.cgroup_dir)
         self.fds.append(cg_fd)
-        self.fds.append(attach_cgroup(cgskb_fd, cg_fd, demo.BPF_CGROUP_INET_EGRESS))
+        self.fds.append(cgroup.attach_program(cgskb_fd, cg_fd, demo.BPF_CGROUP_INET_EGRESS))
         cgroup.join(self.cgroup_dir)
         try:
             cg_tx = self._sock(socket.AF_INET, socket.SOCK_DGRAM)

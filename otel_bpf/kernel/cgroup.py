@@ -10,6 +10,8 @@ import contextlib
 import errno
 import os
 
+from otel_bpf.kernel.links import link_create
+
 
 class CgroupError(OSError):
     """The cgroup v2 hierarchy is missing or an operation on it failed."""
@@ -107,3 +109,9 @@ def remove_stale(prefix: str, parent: str | None = None) -> list[str]:
             if remove(path):
                 removed.append(path)
     return removed
+
+
+def attach_program(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+    """Attach a cgroup program (e.g. cgroup_skb egress) to the cgroup open as ``cgroup_fd``
+    through a BPF link; returns the link fd, whose closing detaches the program."""
+    return link_create(prog_fd, cgroup_fd, attach_type)

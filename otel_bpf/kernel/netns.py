@@ -13,6 +13,8 @@ import os
 import socket
 import struct
 
+from otel_bpf.kernel.links import link_create
+
 CLONE_NEWNET = 0x40000000
 
 # linux/sockios.h
@@ -36,6 +38,10 @@ IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
+# XDP attach modes (link_create.flags for BPF_XDP) and the attach type itself.
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+BPF_XDP = 37
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -135,3 +141,13 @@ def mac_address(ifname: str) -> bytes:
         res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)
     # struct sockaddr: sa_family (2 bytes), then the address.
     return bytes(res[IFNAMSIZ + 2 : IFNAMSIZ + 8])
+
+
+def attach_xdp(prog_fd: int, ifname: str, *, generic: bool = True) -> int:
+    """Attach an XDP program to ``ifname`` through a BPF link; returns the link fd.
+
+    Generic (SKB) mode by default, which every driver supports.  The link goes away with
+    its fd, or with the interface when the namespace is destroyed.
+    """
+    flags = XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
+    return link_create(prog_fd, ifindex(ifname), BPF_XDP, flags)
