@@ -78,7 +78,7 @@ class LiveView:
         """Render the whole frame and write it in one go."""
         ctx = self.context()
         lines, self.state, self.page = render_screen(ctx, self.state)
-        self.terminal.write(compose_frame(lines, ctx.height))
+        self.terminal.write(compose_frame(lines, ctx.height, ctx.width))
         self.frames += 1
 
     def handle(self, keys: list[KeyEvent]) -> bool:

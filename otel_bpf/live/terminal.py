@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from otel_bpf.live.sanitize import display_width
+
 
 class Esc(str, enum.Enum):
     """The escape sequences of the live view (ECMA-48 / xterm private modes)."""
@@ -63,11 +65,14 @@ class Line:
     style: Style = Style.NORMAL
 
 
-def compose_frame(lines: Sequence[Line], height: int) -> str:
-    """A whole frame as one string: BSU, each line addressed and erased to its end, ESU.
+def compose_frame(lines: Sequence[Line], height: int, width: int) -> str:
+    """A whole frame as one string: BSU, each line addressed and written, ESU.
 
     Lines are addressed one by one (never ``\\r\\n``) so a full last line cannot scroll the
-    screen, and nothing is cleared first, so the frame never flickers.
+    screen, and nothing is cleared first, so the frame never flickers.  A line narrower
+    than the screen is followed by erase-to-end-of-line; a full-width one is not, because
+    with line wrap off the cursor stays on the last column and the erase would take that
+    column's character with it.
     """
     parts = [Esc.SYNC_BEGIN.value, Esc.HOME.value]
     for row, line in enumerate(lines[:height], start=1):
@@ -76,7 +81,8 @@ def compose_frame(lines: Sequence[Line], height: int) -> str:
             parts.append(line.text)
         else:
             parts.append(line.style.value + line.text + Esc.SGR_RESET.value)
-        parts.append(Esc.ERASE_LINE_END.value)
+        if display_width(line.text) < width:
+            parts.append(Esc.ERASE_LINE_END.value)
     if len(lines) < height:
         parts.append(move_to(len(lines) + 1))
         parts.append(Esc.ERASE_BELOW.value)

@@ -50,12 +50,15 @@ def test_frame_through_a_vt_emulator() -> None:
     stream = pyte.ByteStream(screen)
     stream.feed(b"old junk everywhere\r\n" * 6)
     lines = [Line("title".ljust(40), Style.TITLE), Line("> row".ljust(40), Style.SELECTED)]
-    lines.append(Line("plain".ljust(40)))
-    frame = compose_frame(lines, 6)
+    lines.append(Line("short"))  # narrower than the screen: the old text must go
+    frame = compose_frame(lines, 6, 40)
+    # A full-width line is not followed by erase-to-end: with wrap off the cursor sits on
+    # the last column and the erase would remove the line's last character.
+    assert ("title".ljust(40) + Esc.SGR_RESET.value + Esc.ERASE_LINE_END.value) not in frame
     assert frame.startswith(Esc.SYNC_BEGIN.value) and frame.endswith(Esc.SYNC_END.value)
     assert Esc.CLEAR_SCREEN.value not in frame  # never cleared first: no flicker
     stream.feed(frame.encode())
-    assert screen.display[:3] == [line.text for line in lines]
+    assert screen.display[:3] == [line.text.ljust(40) for line in lines]
     assert screen.display[3:] == [" " * 40] * 3  # the rest erased below
     assert screen.buffer[0][0].bold
     assert screen.buffer[1][0].reverse and not screen.buffer[2][0].reverse
@@ -75,7 +78,7 @@ def test_rendered_frame_with_hostile_names_cannot_act_on_the_terminal() -> None:
         ctx = RenderContext(history[-1], tuple(history), 160, 30, Glyphs.ASCII, "h", "k", 1.0, 0)
         lines, _, _ = render_screen(ctx, state)
         screen = pyte.Screen(160, 30)
-        pyte.ByteStream(screen).feed(compose_frame(lines, 30).encode())
+        pyte.ByteStream(screen).feed(compose_frame(lines, 30, 160).encode())
         assert screen.display == [line.text for line in lines]
         assert screen.title == ""
         assert all(cell.fg == "default" for row in screen.buffer.values() for cell in row.values())
