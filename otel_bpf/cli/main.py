@@ -15,8 +15,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -166,26 +166,31 @@ async def _final_export(telemetry: Telemetry) -> None:
         log.info("final export done (%d successful exports)", telemetry.otlp.exports_ok)
 
 
-async def _run(config: Config, telemetry: Telemetry) -> int:
+@contextmanager
+def _demo_workload() -> Iterator[None]:
+    """The demo workload for the run, with its program ids logged (tests read them)."""
+    from otel_bpf.demo import DemoWorkload
+
+    with DemoWorkload() as demo:
+        log.info(
+            "demo workload running (pid %d): %s",
+            demo.pid,
+            ", ".join(f"{name} id {prog_id}" for name, prog_id in demo.program_ids.items()),
+        )
+        yield
+    log.info("demo workload stopped")
+
+
+async def _run(config: Config, telemetry: Telemetry, options: MetricsOptions) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
     from otel_bpf.sampler import Sampler
 
     run = _Run(config, telemetry)
     with ExitStack() as sync_stack:
         if config.demo:
-            from otel_bpf.demo import DemoWorkload
-
-            demo = DemoWorkload()
-            sync_stack.enter_context(demo)
-            log.info(
-                "demo workload running (pid %d): %s",
-                demo.pid,
-                ", ".join(f"{name} id {pid}" for name, pid in demo.program_ids.items()),
-            )
-            sync_stack.callback(log.info, "demo workload stopped")
+            sync_stack.enter_context(_demo_workload())
         try:
             async with AsyncExitStack() as stack:
-                options = _metrics_options(config)
                 local = config.json or config.live or telemetry.provider is None
                 if local:
                     # JSON and the live view need counting stats whatever the exporter's
@@ -282,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return cli_args.EXIT_USAGE
 
+    try:
+        options = _metrics_options(config)
+    except (TypeError, ValueError) as exc:
+        _error(f"--type/--name/--owner: {exc}")
+        return cli_args.EXIT_USAGE
+
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     gate = ExportLogGate()
     handler = setup_logging(config.log_level, gate)
@@ -293,18 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problem is not None:
                 _error(problem)
                 return cli_args.EXIT_USAGE
-        return _guard(lambda: _start(config, gate))
+        return _guard(lambda: _start(config, gate, options))
     finally:
         teardown_logging([handler])
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _start(config: Config, gate: ExportLogGate) -> int:
+def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
     _preflight()
     telemetry = build_telemetry(config, gate)
     try:
-        return anyio.run(_run, config, telemetry)
+        return anyio.run(_run, config, telemetry, options)
     finally:
         # Normally already shut down by _run; this covers failures before the plugin started.
         if telemetry.provider is not None:

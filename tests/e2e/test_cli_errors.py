@@ -24,6 +24,7 @@ BAD_FLAGS = [
     (["--attributes", "everything"], "--attributes"),
     (["--type", ""], "--type"),
     (["--name", ""], "--name"),
+    (["--name", "re:("], "--name"),
     (["--owner", ""], "--owner"),
     (["--log-level", "verbose"], "--log-level"),
     (["--live", "--json"], "--json"),
