@@ -21,12 +21,18 @@ from dataclasses import dataclass, field, replace
 
 from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
 from otel_bpf.kernel.btf import BtfFormatError, program_btf_name
-from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
+from otel_bpf.kernel.errors import BpfError, BpfNotFoundError, BpfPermissionError
 from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.prog_types import prog_type_name
 from otel_bpf.kernel.syscall import bpf, close
 from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.records import ProgramRecord
+
+LIST_PERMISSION_MESSAGE = (
+    "permission denied listing BPF programs (BPF_PROG_GET_NEXT_ID): needs CAP_SYS_ADMIN "
+    "(CAP_BPF lets a process load programs but not list everyone's); run as root, or grant "
+    "CAP_SYS_ADMIN and CAP_BPF with setcap or systemd AmbientCapabilities"
+)
 
 _INFO_SIZE = ctypes.sizeof(ProgInfo)
 _MAP_IDS_CAPACITY = 64
@@ -149,6 +155,8 @@ class ProgramReader:
                 bpf(Cmd.PROG_GET_NEXT_ID, id_attr)
             except BpfNotFoundError:
                 break  # no program after prog_id: the pass is complete
+            except BpfPermissionError as err:
+                raise BpfPermissionError(err.errno, LIST_PERMISSION_MESSAGE) from None
             prog_id = id_attr.next_id
             try:
                 record = self._read_one(prog_id, boot_offset, memlock, seen_names)

@@ -1,0 +1,100 @@
+"""Real BPF programs for the kernel tests: a counting socket filter, named and BTF-named loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from otel_bpf.kernel import asm, btf
+from otel_bpf.kernel._uapi import MapType, ProgType
+from otel_bpf.kernel.fdinfo import parse_fdinfo
+from otel_bpf.kernel.loader import attach_socket_filter, load_program
+from otel_bpf.kernel.maps import create_map
+from otel_bpf.kernel.syscall import close
+
+# Return -1: keep the whole packet, so the receiver sees every packet the filter ran on.
+PASS_ALL = asm.assemble([asm.mov64_imm(asm.R0, -1), asm.exit_()])
+
+
+def pass_all_with_map(map_fd: int) -> bytes:
+    """A pass-all socket filter that references ``map_fd`` (so the program has a map id)."""
+    return asm.assemble([*asm.ld_map_fd(asm.R1, map_fd), asm.mov64_imm(asm.R0, -1), asm.exit_()])
+
+
+def prog_id_of_fd(fd: int) -> int:
+    """The id of one of our program (or link) fds, from fdinfo."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return int(parse_fdinfo(f.read())["prog_id"])
+
+
+def load_named(name: str, insns: bytes = PASS_ALL) -> int:
+    """A socket filter with the kernel name ``name`` (cut to 15 characters)."""
+    return load_program(ProgType.SOCKET_FILTER, insns, name)
+
+
+def load_btf_named(full_name: str, insns: bytes = PASS_ALL) -> int:
+    """A socket filter whose full name survives through BTF func_info."""
+    btf_fd = btf.load_btf(btf.build_func_btf(full_name))
+    try:
+        return load_program(
+            ProgType.SOCKET_FILTER,
+            insns,
+            full_name,
+            btf_fd=btf_fd,
+            func_info=btf.func_info_records((0, btf.BUILT_FUNC_TYPE_ID)),
+        )
+    finally:
+        close(btf_fd)
+
+
+@dataclass
+class CountingFilter:
+    """A socket filter on a loopback UDP socket: it runs once per packet sent to it."""
+
+    prog_fd: int
+    prog_id: int
+    map_fd: int
+    receiver: socket.socket
+    sender: socket.socket
+
+    def send(self, count: int, timeout: float = 5.0) -> None:
+        """Send ``count`` datagrams and receive them all (so the filter has run on each)."""
+        addr = self.receiver.getsockname()
+        self.receiver.settimeout(timeout)
+        for i in range(count):
+            self.sender.sendto(b"%d" % i, addr)
+        for _ in range(count):
+            self.receiver.recv(64)
+
+
+@contextmanager
+def counting_filter(name: str = "otel_t_counter") -> Iterator[CountingFilter]:
+    """Load, attach and finally unload a counting socket filter with one array map."""
+    map_fd = create_map(MapType.ARRAY, 4, 8, 4, "otel_t_map")
+    prog_fd = -1
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        prog_fd = load_named(name, pass_all_with_map(map_fd))
+        attach_socket_filter(receiver, prog_fd)
+        yield CountingFilter(prog_fd, prog_id_of_fd(prog_fd), map_fd, receiver, sender)
+    finally:
+        receiver.close()
+        sender.close()
+        if prog_fd >= 0:
+            os.close(prog_fd)
+        os.close(map_fd)
+
+
+def bpftool_json(*args: str) -> object:
+    """``bpftool -j ARGS`` parsed."""
+    out = subprocess.run(
+        ["bpftool", "-j", *args], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return json.loads(out)
