@@ -1,0 +1,96 @@
+"""``bpftop-otel --json --count N --interval 1 --demo``: events/s match the driven rates.
+
+The demo drives each program at a known rate (``DEFAULT_RATES``).  From the second tick
+on, the JSON ``events_per_sec`` of each of this run's demo programs must be within 5 % of
+its rate.  The machine is shared, so one tick may be disturbed: the median over the ticks
+and the rate over the whole window must both be within 5 %; one full rerun is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers import cli_env, run_cli
+
+from otel_bpf.cli import jsonl
+from otel_bpf.demo import DEFAULT_RATES, PROGRAM_NAMES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
+
+TICKS = 7
+TOLERANCE = 0.05
+
+
+def demo_ids(stderr: str) -> dict[str, int]:
+    """Program ids of this run's demo, from the start-up log line."""
+    line = next((x for x in stderr.splitlines() if "demo workload running" in x), "")
+    return {name: int(pid) for name, pid in re.findall(r"(otel_demo_\w+) id (\d+)", line)}
+
+
+def check_rates(objs: list[dict[str, Any]], ids: dict[str, int]) -> list[str]:
+    """Problems found (empty when every demo program runs at its rate)."""
+    problems = []
+    for name, prog_id in ids.items():
+        rows = sorted((o for o in objs if o["id"] == prog_id), key=lambda o: o["seq"])
+        later = [o for o in rows if o["seq"] >= 2]
+        if len(later) < TICKS - 2:
+            problems.append(f"{name}: only {len(later)} ticks after the first")
+            continue
+        rates = [o["events_per_sec"] for o in later]
+        if any(r is None for r in rates):
+            problems.append(f"{name}: events_per_sec null after the first tick: {rates}")
+            continue
+        want = DEFAULT_RATES[name]
+        median = statistics.median(rates)
+        first, last = rows[1], rows[-1]
+        span = (
+            jsonl_time(last["timestamp"]) - jsonl_time(first["timestamp"])
+            if last is not first
+            else 0.0
+        )
+        window = (last["run_cnt"] - first["run_cnt"]) / span if span > 0 else 0.0
+        for what, got in (("median", median), ("window", window)):
+            if abs(got - want) > TOLERANCE * want:
+                problems.append(
+                    f"{name}: {what} {got:.1f}/s vs driven {want:g}/s (ticks: "
+                    + ", ".join(f"{r:.0f}" for r in rates)
+                    + ")"
+                )
+    return problems
+
+
+def jsonl_time(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def test_events_per_sec_match_the_driven_rates(tmp_path: Path) -> None:
+    problems: list[str] = []
+    for _attempt in range(2):
+        proc = run_cli(
+            ["--json", "--count", str(TICKS), "--interval", "1", "--demo", "--exporter", "none"],
+            timeout=90,
+            env=cli_env(),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        objs = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert objs, proc.stderr
+        assert all(tuple(o) == jsonl.FIELDS for o in objs)
+        assert max(o["seq"] for o in objs) == TICKS
+        ids = demo_ids(proc.stderr)
+        assert set(ids) == set(PROGRAM_NAMES), proc.stderr
+        for o in objs:
+            if o["id"] in ids.values():
+                assert o["name"] in PROGRAM_NAMES
+                if o["seq"] == 1:
+                    assert o["events_per_sec"] is None and o["cpu_percent"] is None
+        problems = check_rates(objs, ids)
+        if not problems:
+            break
+    assert not problems, "\n".join(problems)

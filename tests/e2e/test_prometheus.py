@@ -1,0 +1,87 @@
+"""A real Prometheus server scrapes ``bpftop-otel --exporter prometheus``; its HTTP API
+returns the demo programs' series under the names the OpenTelemetry Prometheus exporter
+translates ours to (``bpf.program.runs`` -> ``bpf_program_runs_total``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers import Cli, Prometheus, cli_env, free_port, wait_for_port, wait_until
+
+from otel_bpf.demo import PROGRAM_NAMES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
+
+DEMO = 'bpf_program_name=~"otel_demo_.*"'
+
+
+def demo_ids(stderr: str) -> dict[str, int]:
+    line = next((x for x in stderr.splitlines() if "demo workload running" in x), "")
+    return {name: int(pid) for name, pid in re.findall(r"(otel_demo_\w+) id (\d+)", line)}
+
+
+def by_id(result: list[dict[str, Any]]) -> dict[int, float]:
+    return {int(r["metric"]["bpf_program_id"]): float(r["value"][1]) for r in result}
+
+
+def test_prometheus_scrapes_the_demo_series(tmp_path: Path) -> None:
+    port = free_port()
+    args = [
+        "--demo",
+        "--interval",
+        "0.5",
+        "--exporter",
+        "prometheus",
+        "--prometheus-port",
+        str(port),
+    ]
+    with Cli(tmp_path, args, cli_env()) as cli:
+        assert wait_for_port(port, 30, cli.proc), f"no scrape endpoint\n{cli.describe()}"
+        assert wait_until(lambda: "sampling every" in cli.stderr(), 30), cli.describe()
+        ids = demo_ids(cli.stderr())
+        assert set(ids) == set(PROGRAM_NAMES), cli.describe()
+        assert f"http://127.0.0.1:{port}/metrics (Prometheus)" in cli.stderr()
+
+        with Prometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prom:
+
+            def all_demo_runs() -> dict[int, float] | None:
+                got = by_id(prom.query(f"bpf_program_runs_total{{{DEMO}}}"))
+                return got if all(got.get(i, 0) > 0 for i in ids.values()) else None
+
+            runs = wait_until(all_demo_runs, 60, 1.0)
+            assert runs, f"demo series never scraped:\n{prom.query('up')}\n{cli.describe()}"
+
+            def rates() -> dict[int, float] | None:
+                got = by_id(prom.query(f"rate(bpf_program_runs_total{{{DEMO}}}[5s])"))
+                return got if all(got.get(i, 0) > 0 for i in ids.values()) else None
+
+            assert wait_until(rates, 30, 1.0), "runs never increased between scrapes"
+
+            run_time = by_id(prom.query(f"bpf_program_run_time_seconds_total{{{DEMO}}}"))
+            assert all(run_time.get(i, 0) > 0 for i in ids.values()), run_time
+            cpu = prom.query(f"bpf_program_cpu_utilization{{{DEMO}}}")
+            assert cpu and all(0 <= float(r["value"][1]) <= 1 for r in cpu)
+            per_run = prom.query(f"bpf_program_run_rate_per_second{{{DEMO}}}")
+            assert per_run
+            series = prom.query(f"bpf_program_runs_total{{{DEMO}}}")
+            types = {
+                r["metric"]["bpf_program_name"]: r["metric"]["bpf_program_type"] for r in series
+            }
+            assert types["otel_demo_xdp"] == "xdp"
+            assert types["otel_demo_cgskb"] == "cgroup_skb"
+            assert types["otel_demo_sock"] == "socket_filter"
+            stats = prom.query("bpf_stats_enabled")
+            assert stats and float(stats[0]["value"][1]) == 1
+            up = prom.query('up{job="bpftop-otel"}')
+            assert up and float(up[0]["value"][1]) == 1
+            target = prom.query("target_info")
+            assert target and target[0]["metric"]["service_name"] == "bpftop-otel"
+
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(30) == 0, cli.describe()
+    assert "Traceback" not in cli.stderr()

@@ -1,0 +1,162 @@
+"""``bpftop-otel`` exporting to a real OTLP collector (rotel) over gRPC and HTTP/protobuf.
+
+The demo workload drives four real programs; the collector prints every data point it
+receives, and the test checks names, units, instrument kinds, attributes and that the
+counters grow, as a dashboard would see them.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from peers import Cli, DataPoint, Rotel, cli_env, wait_until
+
+from otel_bpf.demo import PROGRAM_NAMES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
+
+# The metrics contract (design notes): name -> (unit, data type, monotonic).
+CONTRACT = {
+    "bpf.program.run.time": ("s", "Sum", True),
+    "bpf.program.runs": ("{run}", "Sum", True),
+    "bpf.program.recursion.misses": ("{miss}", "Sum", True),
+    "bpf.program.run.time.average": ("s", "Gauge", None),
+    "bpf.program.run.rate": ("{run}/s", "Gauge", None),
+    "bpf.program.cpu.utilization": ("1", "Gauge", None),
+    "bpf.program.count": ("{program}", "Sum", False),
+    "bpf.stats.enabled": ("1", "Gauge", None),
+}
+DEMO_TYPES = {
+    "otel_demo_sock": "socket_filter",
+    "otel_demo_xdp": "xdp",
+    "otel_demo_cgskb": "cgroup_skb",
+    "otel_demo_slow": "socket_filter",
+}
+
+
+def runs_by_series(points: list[DataPoint]) -> dict[tuple[str, str], list[DataPoint]]:
+    """``bpf.program.runs`` points of the demo programs, keyed by (name, id)."""
+    series: dict[tuple[str, str], list[DataPoint]] = defaultdict(list)
+    for p in points:
+        name = p.attributes.get("bpf.program.name", "")
+        if p.metric == "bpf.program.runs" and name in PROGRAM_NAMES:
+            series[(name, p.attributes.get("bpf.program.id", ""))].append(p)
+    return series
+
+
+def grown(points: list[DataPoint]) -> bool:
+    """Every demo program has a series with at least three increasing exports."""
+    names = set()
+    for (name, _id), pts in runs_by_series(points).items():
+        values = [p.value for p in sorted(pts, key=lambda p: p.time_ns)]
+        if len(values) >= 3 and values[-1] > values[0]:
+            names.add(name)
+    return names == set(PROGRAM_NAMES)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str) -> None:
+    with Rotel(tmp_path / "rotel") as rotel:
+        endpoint = rotel.grpc_url if protocol == "grpc" else rotel.http_url
+        args = [
+            "--demo",
+            "--interval",
+            "0.5",
+            "--export-interval",
+            "1",
+            "--protocol",
+            protocol,
+            "--endpoint",
+            endpoint,
+        ]
+        env = cli_env(OTEL_RESOURCE_ATTRIBUTES="deployment.environment=e2e")
+        with Cli(tmp_path, args, env) as cli:
+            points = rotel.wait_points(grown, 60, "growing bpf.program.runs for every demo program")
+            cli.signal(signal.SIGTERM)
+            status = cli.wait(30)
+        assert status == 0, cli.describe()
+
+    received = {p.metric for p in points}
+    assert set(CONTRACT) <= received, f"missing {set(CONTRACT) - received}"
+    for p in points:
+        if p.metric in CONTRACT:
+            unit, data_type, monotonic = CONTRACT[p.metric]
+            assert (p.unit, p.data_type, p.monotonic) == (unit, data_type, monotonic), p
+
+    assert points[0].resource["service.name"] == "bpftop-otel"
+    assert points[0].resource["deployment.environment"] == "e2e"
+
+    # Attributes of the demo series: id, name, type as bpftool names them.
+    series = runs_by_series(points)
+    for (name, prog_id), pts in series.items():
+        assert prog_id.isdigit(), pts[0].attributes
+        assert pts[0].attributes["bpf.program.type"] == DEMO_TYPES[name]
+    # Counters are cumulative: never go down within a series.
+    for pts in series.values():
+        values = [p.value for p in sorted(pts, key=lambda p: p.time_ns)]
+        assert values == sorted(values)
+
+    run_time = [
+        p
+        for p in points
+        if p.metric == "bpf.program.run.time"
+        and p.attributes.get("bpf.program.name") in PROGRAM_NAMES
+    ]
+    assert run_time and max(p.value for p in run_time) > 0
+    stats = [p.value for p in points if p.metric == "bpf.stats.enabled"]
+    assert stats and stats[-1] == 1
+    err = cli.stderr()
+    assert "Traceback" not in err
+    assert not [line for line in err.splitlines() if " WARNING " in line], err
+
+
+def test_collector_unreachable_then_back(tmp_path: Path) -> None:
+    """Sampling goes on while the collector is down; one line per failure burst, no
+    traceback; when a collector appears on the port, export resumes with one line."""
+    rotel = Rotel(tmp_path / "rotel")
+    args = [
+        "--demo",
+        "--json",
+        "--interval",
+        "0.5",
+        "--export-interval",
+        "0.5",
+        "--endpoint",
+        rotel.grpc_url,
+        "--name",
+        "otel_demo_*",
+    ]
+    env = cli_env(OTEL_EXPORTER_OTLP_TIMEOUT="1")
+    with Cli(tmp_path, args, env) as cli:
+
+        def failure_lines() -> list[str]:
+            return [x for x in cli.stderr().splitlines() if " WARNING " in x and "export to" in x]
+
+        assert wait_until(failure_lines, 30), f"no failure line\n{cli.describe()}"
+        seq_at_failure = max(o["seq"] for o in cli.json_objects())
+        # Several more export intervals with the collector still down.
+        time.sleep(4)
+        assert max(o["seq"] for o in cli.json_objects()) >= seq_at_failure + 5, cli.describe()
+        assert len(failure_lines()) == 1, cli.describe()
+
+        with rotel:
+            rotel.wait_points(
+                lambda pts: any(p.metric == "bpf.stats.enabled" for p in pts),
+                60,
+                "metrics after the collector came back",
+            )
+            resumed = wait_until(
+                lambda: [x for x in cli.stderr().splitlines() if "resumed" in x], 10
+            )
+            assert resumed and len(resumed) == 1, cli.describe()
+            cli.signal(signal.SIGTERM)
+            assert cli.wait(30) == 0, cli.describe()
+    err = cli.stderr()
+    assert "Traceback" not in err
+    assert len(failure_lines()) == 1, err
+    # Nothing else from the exporter's retry loop reached stderr.
+    assert "Transient error" not in err and "UNAVAILABLE" not in err.replace(failure_lines()[0], "")
