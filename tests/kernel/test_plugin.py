@@ -1,0 +1,256 @@
+"""BpfMetricsPlugin in an asyncio app and a trio app, against the real kernel.
+
+A tiny socket filter of our own on a loopback UDP socket runs once per datagram; the plugin
+exports it through a real SDK MeterProvider read by an InMemoryMetricReader.  The kernel's
+stats fd (``anon_inode:bpf-stats`` in /proc/self/fd) must follow the provider's life.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader, Sum
+
+from otel_bpf import BpfMetricsPlugin, MetricsOptions
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel.loader import attach_socket_filter, load_program, program_id
+from otel_bpf.kernel.syscall import close
+from otel_bpf.otel import names
+
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed since listed
+        return ""
+
+
+def stats_fds() -> int:
+    """BPF_ENABLE_STATS fds this process holds."""
+    return sum(
+        _link(f"/proc/self/fd/{fd}") == "anon_inode:bpf-stats" for fd in os.listdir("/proc/self/fd")
+    )
+
+
+class Filter:
+    """A socket filter that drops every datagram on a bound loopback socket (one run each)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        insns = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
+        self.fd = load_program(ProgType.SOCKET_FILTER, insns, name)
+        self.id = program_id(self.fd)
+        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.bind(("127.0.0.1", 0))
+        attach_socket_filter(self.rx, self.fd)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, n: int) -> None:
+        addr = self.rx.getsockname()
+        for _ in range(n):
+            self.tx.sendto(b"x", addr)
+
+    def close(self) -> None:
+        self.rx.close()
+        self.tx.close()
+        close(self.fd)
+
+
+@contextmanager
+def socket_filter() -> Iterator[Filter]:
+    f = Filter(f"otp{os.getpid() % 100000}")
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def metrics_by_name(reader: InMemoryMetricReader) -> dict[str, Any]:
+    data = reader.get_metrics_data()
+    out: dict[str, Any] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                out[m.name] = m
+    return out
+
+
+def value_for(metric: Any, prog_id: int) -> float | None:
+    for p in metric.data.data_points:
+        if p.attributes.get(names.PROGRAM_ID) == prog_id:
+            return float(p.value)
+    return None
+
+
+async def wait_for(predicate: Any, within: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await anyio.sleep(step)
+    return bool(predicate())
+
+
+async def next_pass_after_now(plugin: BpfMetricsPlugin) -> None:
+    """Wait for a pass that started after this call (the current one may have begun before)."""
+    snap = plugin.sampler.latest
+    assert snap is not None
+    await plugin.sampler.wait_next(snap.seq + 1)
+
+
+async def test_exports_the_contract_for_a_real_socket_filter() -> None:
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    with socket_filter() as f:
+        options = MetricsOptions(names=(f.name,), memory=True, code_size=True)
+        with anyio.fail_after(60):
+            async with BpfMetricsPlugin(mp, interval=0.2, options=options) as plugin:
+                first = metrics_by_name(reader)
+                runs0 = value_for(first[names.RUNS.name], f.id)
+                assert runs0 is not None
+                sent = anyio.Event()
+
+                async def drive() -> None:
+                    # 1000 datagrams spread over about a second: every period has runs.
+                    for _ in range(20):
+                        f.send(50)
+                        await anyio.sleep(0.05)
+                    sent.set()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drive)
+                    await next_pass_after_now(plugin)
+                    mid = metrics_by_name(reader)
+                    await sent.wait()
+                await next_pass_after_now(plugin)
+                got = metrics_by_name(reader)
+                f.send(300)
+                await next_pass_after_now(plugin)
+                again = metrics_by_name(reader)
+        mp.shutdown()
+
+    for metric in names.ALWAYS + (names.MEMORY_USAGE, names.CODE_SIZE):
+        assert metric.name in mid, metric.name
+        m = mid[metric.name]
+        assert m.unit == metric.unit, metric.name
+        assert m.description == metric.description
+        expected_kind = Gauge if metric.kind == "gauge" else Sum
+        assert isinstance(m.data, expected_kind), metric.name
+        if isinstance(m.data, Sum):
+            assert m.data.is_monotonic is (metric.kind == "counter"), metric.name
+
+    point = next(
+        p for p in got[names.RUNS.name].data.data_points if p.attributes[names.PROGRAM_ID] == f.id
+    )
+    assert dict(point.attributes) == {
+        names.PROGRAM_ID: f.id,
+        names.PROGRAM_NAME: f.name,
+        names.PROGRAM_TYPE: "socket_filter",
+    }
+    # Every datagram ran the filter once: with stats held, run_cnt counts them exactly.
+    runs1 = value_for(got[names.RUNS.name], f.id)
+    runs2 = value_for(again[names.RUNS.name], f.id)
+    assert runs1 == runs0 + 1000
+    assert runs2 == runs1 + 300
+    t0 = value_for(first[names.RUN_TIME.name], f.id)
+    t1 = value_for(got[names.RUN_TIME.name], f.id)
+    t2 = value_for(again[names.RUN_TIME.name], f.id)
+    assert t0 is not None and t1 is not None and t2 is not None
+    assert t0 <= t1 < t2
+    avg = value_for(mid[names.RUN_TIME_AVERAGE.name], f.id)
+    assert avg is not None and 0 < avg < 1e-3
+    # About 1000 runs/s are driven; a busy machine may bunch them, so only the order of magnitude.
+    rate = value_for(mid[names.RUN_RATE.name], f.id)
+    assert rate is not None and 100 < rate < 10_000
+    util = value_for(mid[names.CPU_UTILIZATION.name], f.id)
+    assert util is not None and 0 < util < 0.01
+    count = {
+        p.attributes[names.PROGRAM_TYPE]: p.value
+        for p in again[names.PROGRAM_COUNT.name].data.data_points
+    }
+    assert count == {"socket_filter": 1}
+    (enabled,) = again[names.STATS_ENABLED.name].data.data_points
+    assert enabled.value == 1 and dict(enabled.attributes) == {}
+    code = value_for(again[names.CODE_SIZE.name], f.id)
+    assert code is not None and code > 0
+    mem = value_for(again[names.MEMORY_USAGE.name], f.id)
+    assert mem is not None and mem > 0
+
+
+async def test_stats_fd_follows_the_provider_shutdown_and_plugin_exit() -> None:
+    assert stats_fds() == 0, "another holder of BPF stats in this test process"
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            plugin = BpfMetricsPlugin(mp, interval=0.2, options=MetricsOptions(names=("x",)))
+            await tg.start(plugin.run)
+            assert stats_fds() == 1 and plugin.stats_held
+            metrics_by_name(reader)
+            # Shutting the provider down switches stats off while the plugin keeps running.
+            mp.shutdown()
+            assert await wait_for(lambda: stats_fds() == 0, within=2.0)
+            assert not plugin.stats_held
+            await anyio.sleep(0.5)
+            assert plugin.sampler.running and stats_fds() == 0
+            tg.cancel_scope.cancel()
+    assert stats_fds() == 0
+
+    # A plugin that exits switches its stats off at once.
+    reader2 = InMemoryMetricReader()
+    mp2 = MeterProvider(metric_readers=[reader2], shutdown_on_exit=False)
+    with anyio.fail_after(60):
+        async with BpfMetricsPlugin(mp2, interval=0.2, options=MetricsOptions(names=("x",))):
+            assert stats_fds() == 1
+        assert stats_fds() == 0
+    mp2.shutdown()
+
+
+async def test_stats_pause_without_collection_and_resume_with_it() -> None:
+    assert stats_fds() == 0, "another holder of BPF stats in this test process"
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(
+        mp,
+        interval=0.1,
+        options=MetricsOptions(names=("x",)),
+        collection_interval=0.3,
+        idle_collections=3,
+    )
+    with anyio.fail_after(60):
+        async with plugin:
+            assert stats_fds() == 1
+            # Collected regularly: stays on well past three collection intervals.
+            for _ in range(8):
+                await anyio.sleep(0.2)
+                metrics_by_name(reader)
+                stopped = time.monotonic()
+                assert stats_fds() == 1
+            # No collection: off after 3 x 0.3 s (plus the supervisor's polling).
+            assert await wait_for(lambda: stats_fds() == 0, within=5.0)
+            paused_after = time.monotonic() - stopped
+            assert 0.9 <= paused_after <= 3.0, paused_after
+            await anyio.sleep(0.5)
+            assert stats_fds() == 0
+            # Collection resumes: stats come back on.
+            metrics_by_name(reader)
+            assert await wait_for(lambda: stats_fds() == 1, within=2.0)
+            assert plugin.stats_held
+        assert stats_fds() == 0
+    mp.shutdown()
