@@ -1,0 +1,114 @@
+"""The meter provider bpftop-otel builds: exporter class per protocol, settings passed
+through, resource, Prometheus endpoint on loopback, and clear errors."""
+
+from __future__ import annotations
+
+import builtins
+import socket
+import urllib.request
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GrpcExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as HttpExporter,
+)
+
+from otel_bpf.cli import args as cli_args
+from otel_bpf.cli.config import resolve
+from otel_bpf.cli.exporters import ExporterError, Telemetry, build_telemetry
+from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
+
+
+def telemetry(argv: list[str], env: dict[str, str] | None = None) -> Telemetry:
+    return build_telemetry(resolve(cli_args.parse_args(argv), env or {}), ExportLogGate())
+
+
+def inner(t: Telemetry) -> Any:
+    assert isinstance(t.otlp, BurstReportingExporter)
+    return t.otlp._inner
+
+
+def test_no_exporter_no_provider() -> None:
+    t = telemetry(["--exporter", "none"])
+    assert t.provider is None and t.targets == []
+    t.shutdown(1)
+
+
+def test_grpc_exporter_gets_the_resolved_settings() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "3",
+        "OTEL_SERVICE_NAME": "edge-1",
+    }
+    t = telemetry(["--endpoint", "http://127.0.0.1:1", "--export-interval", "5"], env)
+    try:
+        exporter = inner(t)
+        assert isinstance(exporter, GrpcExporter)
+        assert exporter._endpoint == "127.0.0.1:1"
+        assert exporter._insecure is True
+        assert dict(exporter._headers) == {"authorization": "Bearer t"}
+        assert exporter._timeout == 3.0
+        assert t.targets == ["http://127.0.0.1:1 (OTLP grpc)"]
+        assert t.provider is not None
+        resource = t.provider._sdk_config.resource.attributes
+        assert resource["service.name"] == "edge-1"
+        reader = t.provider._metric_readers[0]
+        assert reader._export_interval_millis == 5000
+    finally:
+        t.shutdown(1)
+
+
+def test_http_exporter_for_http_protobuf() -> None:
+    t = telemetry(["--protocol", "http/protobuf", "--endpoint", "http://127.0.0.1:1"])
+    try:
+        exporter = inner(t)
+        assert isinstance(exporter, HttpExporter)
+        assert exporter._endpoint == "http://127.0.0.1:1/v1/metrics"
+        assert t.provider is not None
+        assert t.provider._sdk_config.resource.attributes["service.name"] == "bpftop-otel"
+    finally:
+        t.shutdown(1)
+
+
+def test_console_and_shutdown_is_idempotent() -> None:
+    t = telemetry(["--exporter", "console", "--export-interval", "3600"])
+    assert t.targets == ["console"]
+    t.shutdown(1)
+    t.shutdown(1)
+
+
+def test_prometheus_endpoint_on_loopback() -> None:
+    t = telemetry(["--exporter", "prometheus", "--prometheus-port", "0"])
+    try:
+        (target,) = t.targets
+        assert target.startswith("http://127.0.0.1:") and target.endswith("/metrics (Prometheus)")
+        url = target.split(" ")[0]
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        t.shutdown(1)
+
+
+def test_prometheus_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ExporterError, match=rf"cannot listen on 127.0.0.1:{port}"):
+            telemetry(["--exporter", "prometheus", "--prometheus-port", str(port)])
+
+
+def test_missing_prometheus_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_prometheus(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("opentelemetry.exporter.prometheus"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_prometheus)
+    with pytest.raises(ExporterError, match=r"otel-bpf\[prometheus\]"):
+        telemetry(["--exporter", "prometheus"])
