@@ -9,9 +9,11 @@ are built once and shared by every callback of a collection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -43,6 +45,24 @@ def enabled_metrics(options: MetricsOptions) -> tuple[names.MetricName, ...]:
     return tuple(chosen)
 
 
+class _Route:
+    """The callback the SDK holds for one instrument; it calls the instrument's current owner."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.owner: BpfInstruments | None = None
+        self.instrument: object = None
+
+    def __call__(self, options: CallbackOptions) -> Iterable[Observation]:
+        owner = self.owner
+        return owner._observe(self.metric, self.instrument) if owner is not None else []
+
+
+_routes: weakref.WeakKeyDictionary[object, _Route] = weakref.WeakKeyDictionary()
+"""SDK instrument -> its route, so a later BpfInstruments on the same meter takes it over."""
+_routes_lock = threading.Lock()
+
+
 class BpfInstruments:
     """Creates the instruments on ``meter`` and observes the newest snapshot.
 
@@ -54,7 +74,9 @@ class BpfInstruments:
     series that stopped being observed (see :mod:`otel_bpf.otel.stale_series`).
 
     Instruments cannot be removed from a meter; :meth:`close` makes their callbacks observe
-    nothing from then on (and releases their series).
+    nothing from then on (and releases their series).  A meter returns the instrument it
+    already has for a name, so a later ``BpfInstruments`` on the same meter takes the
+    instruments over: one active ``BpfInstruments`` per meter provider.
     """
 
     def __init__(
@@ -124,31 +146,33 @@ class BpfInstruments:
     # -- callbacks ---------------------------------------------------------------------
 
     def _create(self, meter: Meter, metric: names.MetricName) -> object:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            return self._observe(metric.name, instrument_ref)
-
-        instrument_ref: list[object] = []
+        route = _Route(metric.name)
         create = {
             "counter": meter.create_observable_counter,
             "updowncounter": meter.create_observable_up_down_counter,
             "gauge": meter.create_observable_gauge,
         }[metric.kind]
         instrument = create(
-            metric.name, callbacks=[callback], unit=metric.unit, description=metric.description
+            metric.name, callbacks=[route], unit=metric.unit, description=metric.description
         )
-        instrument_ref.append(instrument)
+        with _routes_lock:
+            # A meter hands back the instrument it already has under this name, with the
+            # callbacks of its first registration: point those at this object instead.
+            # (An instrument that cannot be weakly referenced is never shared: TypeError.)
+            with contextlib.suppress(TypeError):
+                route = _routes.setdefault(instrument, route)
+            route.instrument = instrument
+            route.owner = self
         return instrument
 
-    def _observe(self, metric: str, instrument_ref: list[object]) -> list[Observation]:
+    def _observe(self, metric: str, instrument: object) -> list[Observation]:
         try:
             if metric == self._first:
                 self._start_collection()
             points = () if self._closed else self.frame().get(metric)
             observations = [Observation(v, a) for v, a in points]
-            if self._pruner is not None and instrument_ref:
-                self._pruner.prune(
-                    instrument_ref[0], (attribute_key(o.attributes) for o in observations)
-                )
+            if self._pruner is not None and instrument is not None:
+                self._pruner.prune(instrument, (attribute_key(o.attributes) for o in observations))
             if self._failing:
                 self._failing = False
                 _log.warning("BPF metrics callbacks work again")

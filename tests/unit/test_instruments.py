@@ -413,3 +413,18 @@ def test_by_name_type_tolerates_load_time_wobble_and_id_reuse() -> None:
     feed.push([replace(base, run_cnt=4, load_time=base.load_time + 500)])
     assert points(collect(reader)["bpf.program.runs"]) == {key: 24}
     mp.shutdown()
+
+
+def test_a_second_set_of_instruments_on_the_same_provider_takes_over() -> None:
+    feed, reader, mp, first = setup()
+    feed.push([prog(1, run_cnt=5)])
+    assert points(collect(reader)["bpf.program.runs"]) == {attrs(1): 5}
+    first.close()
+    # The meter returns the instruments it already has (with their first callbacks); the new
+    # object must still be the one observed.
+    other = Feed()
+    other.push([prog(2, run_cnt=9)])
+    second = create_instruments(mp, other)
+    assert points(collect(reader)["bpf.program.runs"]) == {attrs(2): 9}
+    assert second.collections == 1
+    mp.shutdown()
