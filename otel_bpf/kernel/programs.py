@@ -16,15 +16,21 @@ without privileges (:func:`prog_info_from_bytes`).
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
+import struct
 import threading
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
+from errno import EINTR, ENOENT
+from typing import Any
 
 from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
 from otel_bpf.kernel.btf import BtfFormatError, program_btf_name
-from otel_bpf.kernel.errors import BpfError, BpfNotFoundError, BpfPermissionError
+from otel_bpf.kernel.errors import BpfError, BpfPermissionError, error_for, unsupported_command
 from otel_bpf.kernel.fdinfo import memlock_of_fd
-from otel_bpf.kernel.prog_types import prog_type_name
-from otel_bpf.kernel.syscall import bpf, close
+from otel_bpf.kernel.prog_types import PROG_TYPE_NAMES
+from otel_bpf.kernel.syscall import bpf, command_known, syscall_number
 from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.records import ProgramRecord
 
@@ -40,6 +46,38 @@ _MAP_IDS_CAPACITY = 64
 _OFF_RECURSION_MISSES = ProgInfo.recursion_misses.offset + ProgInfo.recursion_misses.size
 _OFF_VERIFIED_INSNS = ProgInfo.verified_insns.offset + ProgInfo.verified_insns.size
 _OFF_RUN_CNT = ProgInfo.run_cnt.offset + ProgInfo.run_cnt.size
+
+
+def _struct_layout(cls: type[ctypes.Structure]) -> tuple[struct.Struct, dict[str, int]]:
+    """A ``struct`` format equal to a ctypes layout, and each field's index in the tuple.
+
+    One ``unpack_from`` turns the whole info buffer into Python values, which is several
+    times cheaper than reading the ctypes fields one by one.
+    """
+    codes: dict[Any, str] = {ctypes.c_uint8: "B", ctypes.c_uint32: "I", ctypes.c_uint64: "Q"}
+    fmt, pos, index = "<", 0, {}
+    for i, (name, ctype, *_bits) in enumerate(cls._fields_):
+        desc = getattr(cls, name)
+        fmt += "x" * (desc.offset - pos)
+        code = codes.get(ctype)
+        fmt += code if code is not None else f"{desc.size}s"  # arrays: tag, name
+        pos = desc.offset + desc.size
+        index[name] = i
+    fmt += "x" * (ctypes.sizeof(cls) - pos)
+    return struct.Struct(fmt), index
+
+
+_LAYOUT, _IX = _struct_layout(ProgInfo)
+_TYPE, _ID, _TAG, _JITED, _XLATED = (
+    _IX[k] for k in ("type", "id", "tag", "jited_prog_len", "xlated_prog_len")
+)
+_LOAD_TIME, _UID, _NR_MAP_IDS, _NAME, _BTF_ID = (
+    _IX[k] for k in ("load_time", "created_by_uid", "nr_map_ids", "name", "btf_id")
+)
+_FUNC_INFO_REC_SIZE, _NR_FUNC_INFO = _IX["func_info_rec_size"], _IX["nr_func_info"]
+_RUN_TIME_NS, _RUN_CNT = _IX["run_time_ns"], _IX["run_cnt"]
+_RECURSION_MISSES, _VERIFIED_INSNS = _IX["recursion_misses"], _IX["verified_insns"]
+_CUT_NAME_LEN = BPF_OBJ_NAME_LEN - 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +100,11 @@ def prog_info_from_bytes(data: bytes) -> tuple[ProgInfo, int]:
     return info, size
 
 
+def _short_name(raw: bytes) -> bytes:
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
 def kernel_name(info: ProgInfo) -> str:
     """The name as the kernel keeps it (at most 15 characters)."""
     return bytes(info.name).decode(errors="replace")
@@ -81,43 +124,73 @@ def record_from_info(
     ``name`` overrides the kernel's (the BTF full name); ``boot_offset`` is
     :func:`otel_bpf.kernel.system.boot_time_offset` taken once per pass.
     """
+    v = _LAYOUT.unpack_from(info)
+    if name is None:
+        name = _short_name(v[_NAME]).decode(errors="replace")
+    return _record(v, info_len, boot_offset, map_ids, name, memlock)
+
+
+def _record(
+    v: tuple[Any, ...],
+    info_len: int,
+    boot_offset: float,
+    map_ids: tuple[int, ...],
+    name: str,
+    memlock: int | None,
+) -> ProgramRecord:
     stats = info_len >= _OFF_RUN_CNT  # run_time_ns/run_cnt arrived together in 5.1
+    type_id = v[_TYPE]
     return ProgramRecord(
-        id=info.id,
-        type=prog_type_name(info.type),
-        type_id=info.type,
-        name=kernel_name(info) if name is None else name,
-        tag=bytes(info.tag).hex(),
-        run_time_ns=info.run_time_ns if stats else 0,
-        run_cnt=info.run_cnt if stats else 0,
-        recursion_misses=info.recursion_misses if info_len >= _OFF_RECURSION_MISSES else None,
-        load_time=boot_offset + info.load_time / 1e9,
-        uid=info.created_by_uid,
-        verified_insns=info.verified_insns if info_len >= _OFF_VERIFIED_INSNS else None,
-        xlated_size=info.xlated_prog_len,
-        jited_size=info.jited_prog_len,
+        id=v[_ID],
+        type=PROG_TYPE_NAMES[type_id] if type_id < len(PROG_TYPE_NAMES) else f"type_{type_id}",
+        type_id=type_id,
+        name=name,
+        tag=v[_TAG].hex(),
+        run_time_ns=v[_RUN_TIME_NS] if stats else 0,
+        run_cnt=v[_RUN_CNT] if stats else 0,
+        recursion_misses=v[_RECURSION_MISSES] if info_len >= _OFF_RECURSION_MISSES else None,
+        load_time=boot_offset + v[_LOAD_TIME] / 1e9,
+        uid=v[_UID],
+        verified_insns=v[_VERIFIED_INSNS] if info_len >= _OFF_VERIFIED_INSNS else None,
+        xlated_size=v[_XLATED],
+        jited_size=v[_JITED],
         map_ids=map_ids,
-        btf_id=info.btf_id,
+        btf_id=v[_BTF_ID],
         memlock_bytes=memlock,
     )
 
 
-class ProgramReader:
-    """Reads every program; keeps its buffers and the BTF name cache between passes.
+def _error(err: int, cmd: Cmd, detail: str = "") -> BpfError:
+    """The same typed error :func:`otel_bpf.kernel.syscall.bpf` raises for ``err``."""
+    if err == errno.EINVAL and not command_known(cmd):
+        return unsupported_command(cmd.uapi_name)
+    return error_for(err, cmd.uapi_name, detail)
 
-    Thread-safe: passes through one reader run one at a time.
+
+_NOT_READ = -1
+
+# A second handle on libc's syscall() without argtypes: the hot loop passes prebuilt ctypes
+# arguments, which skips the per-call conversion the typed wrapper in syscall.py does.
+_raw_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_raw_syscall.restype = ctypes.c_long
+
+
+class ProgramReader:
+    """Reads every program; keeps its buffers and per-program static facts between passes.
+
+    The full name (BTF) and memlock of a program never change after load, so each is read
+    once per program, keyed by (id, load_time): ids are not reused until they wrap around,
+    and load_time tells a reused id apart. Passes through one reader run one at a time.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._info = ProgInfo()
-        self._info_ptr = ctypes.addressof(self._info)
         self._map_ids = (ctypes.c_uint32 * _MAP_IDS_CAPACITY)()
-        self._info_attr = InfoByFdAttr()
+        self._info_attr = InfoByFdAttr(info_len=_INFO_SIZE, info=ctypes.addressof(self._info))
         self._id_attr = GetIdAttr()
-        # (prog id, load_time ns) -> full name; a reloaded program gets a new id anyway,
-        # load_time guards against id reuse after wrap-around.
-        self._names: dict[tuple[int, int], str] = {}
+        # (id, load_time) -> (name, memlock or None, or _NOT_READ when never asked)
+        self._static: dict[tuple[int, int], tuple[str, int | None]] = {}
 
     def read_all(
         self, *, owners: bool = False, maps: bool = False, memlock: bool = True
@@ -141,85 +214,104 @@ class ProgramReader:
         return ReadResult(records, errors)
 
     def _pass(self, memlock: bool) -> tuple[list[ProgramRecord], list[str]]:
+        # The hot loop: three syscalls per program through the raw ctypes function with
+        # prebuilt attrs, one memset and one unpack; the typed-error path only on failure.
         records: list[ProgramRecord] = []
         errors: list[str] = []
-        seen_names: dict[tuple[int, int], str] = {}
-        id_attr = self._id_attr
+        old_static, static = self._static, {}
+        raw, get_errno = _raw_syscall, ctypes.get_errno
+        memset, unpack_from, close_fd = ctypes.memset, _LAYOUT.unpack_from, os.close
+        info, map_buf = self._info, self._map_ids
+        info_ptr, map_buf_ptr = ctypes.addressof(info), ctypes.addressof(map_buf)
+        id_attr, info_attr = self._id_attr, self._info_attr
+        id_ptr, id_size = ctypes.addressof(id_attr), ctypes.sizeof(id_attr)
+        info_attr_ptr, info_attr_size = ctypes.addressof(info_attr), ctypes.sizeof(info_attr)
+        nr, long_ = ctypes.c_long(syscall_number()), ctypes.c_long
+        id_args = (ctypes.c_void_p(id_ptr), ctypes.c_uint(id_size))
+        next_args = (nr, long_(Cmd.PROG_GET_NEXT_ID), *id_args)
+        fd_args = (nr, long_(Cmd.PROG_GET_FD_BY_ID), *id_args)
+        info_args = (
+            nr,
+            long_(Cmd.OBJ_GET_INFO_BY_FD),
+            ctypes.c_void_p(info_attr_ptr),
+            ctypes.c_uint(info_attr_size),
+        )
         boot_offset = boot_time_offset()
-        prog_id = 0
+        id_attr.start_id = id_attr.next_id = id_attr.open_flags = 0
         while True:
-            id_attr.start_id = prog_id
+            while (ret := raw(*next_args)) < 0 and get_errno() == EINTR:
+                pass
+            if ret < 0:
+                err = get_errno()
+                if err == ENOENT:
+                    break  # no program after start_id: the pass is complete
+                if err in (errno.EPERM, errno.EACCES):
+                    raise BpfPermissionError(err, LIST_PERMISSION_MESSAGE)
+                raise _error(err, Cmd.PROG_GET_NEXT_ID)
+            # GET_FD_BY_ID checks that everything after prog_id is zero.
+            prog_id = id_attr.start_id = id_attr.next_id
             id_attr.next_id = 0
-            id_attr.open_flags = 0
+            while (fd := raw(*fd_args)) < 0 and get_errno() == EINTR:
+                pass
+            if fd < 0:
+                err = get_errno()
+                if err != ENOENT:  # ENOENT: unloaded since GET_NEXT_ID, nothing to report
+                    errors.append(f"program {prog_id}: {_error(err, Cmd.PROG_GET_FD_BY_ID)}")
+                continue
             try:
-                bpf(Cmd.PROG_GET_NEXT_ID, id_attr)
-            except BpfNotFoundError:
-                break  # no program after prog_id: the pass is complete
-            except BpfPermissionError as err:
-                raise BpfPermissionError(err.errno, LIST_PERMISSION_MESSAGE) from None
-            prog_id = id_attr.next_id
-            try:
-                record = self._read_one(prog_id, boot_offset, memlock, seen_names)
-            except BpfNotFoundError:
-                continue  # unloaded between GET_NEXT_ID and GET_FD_BY_ID
+                # Zero everything: a stale nr_* count with a NULL pointer would make the
+                # kernel write through NULL (EFAULT).
+                memset(info_ptr, 0, _INFO_SIZE)
+                info.nr_map_ids = _MAP_IDS_CAPACITY
+                info.map_ids = map_buf_ptr
+                info_attr.bpf_fd = fd
+                info_attr.info_len = _INFO_SIZE
+                while (ret := raw(*info_args)) < 0 and (get_errno() == EINTR):
+                    pass
+                if ret < 0:
+                    err = get_errno()
+                    errors.append(f"program {prog_id}: {_error(err, Cmd.OBJ_GET_INFO_BY_FD)}")
+                    continue
+                v = unpack_from(info)
+                count = v[_NR_MAP_IDS]
+                if not count:
+                    map_ids: tuple[int, ...] = ()
+                elif count <= _MAP_IDS_CAPACITY:
+                    map_ids = tuple(map_buf[:count])
+                else:
+                    map_ids = _all_map_ids(fd, count)
+                key = (prog_id, v[_LOAD_TIME])
+                known = old_static.get(key)
+                if known is None or (memlock and known[1] == _NOT_READ):
+                    known = self._static_facts(fd, v, memlock, known)
+                static[key] = known
+                mem = known[1] if memlock else None
+                records.append(_record(v, info_attr.info_len, boot_offset, map_ids, known[0], mem))
             except (BpfError, OSError) as err:
                 errors.append(f"program {prog_id}: {err}")
-                continue
-            records.append(record)
-        self._names = seen_names  # forget programs that are gone
+            finally:
+                close_fd(fd)
+        self._static = static  # programs that are gone are forgotten
         return records, errors
 
-    def _read_one(
-        self, prog_id: int, boot_offset: float, memlock: bool, names: dict[tuple[int, int], str]
-    ) -> ProgramRecord:
-        id_attr = self._id_attr
-        id_attr.start_id = prog_id
-        id_attr.next_id = 0
-        fd = bpf(Cmd.PROG_GET_FD_BY_ID, id_attr)
-        try:
-            info = self._info
-            ctypes.memset(self._info_ptr, 0, _INFO_SIZE)
-            info.nr_map_ids = _MAP_IDS_CAPACITY
-            info.map_ids = ctypes.addressof(self._map_ids)
-            attr = self._info_attr
-            attr.bpf_fd = fd
-            attr.info_len = _INFO_SIZE
-            attr.info = self._info_ptr
-            bpf(Cmd.OBJ_GET_INFO_BY_FD, attr)
-            info_len = attr.info_len
-            count = info.nr_map_ids
-            if count <= _MAP_IDS_CAPACITY:
-                map_ids = tuple(self._map_ids[:count])
-            else:
-                map_ids = _all_map_ids(fd, count)
-            raw_name = info.name
-            name: str | None = None
-            if len(raw_name) == BPF_OBJ_NAME_LEN - 1 and info.btf_id and info.nr_func_info:
-                name = self._full_name(fd, info, names)
-            return record_from_info(
-                info,
-                info_len,
-                boot_offset=boot_offset,
-                map_ids=map_ids,
-                name=name,
-                memlock=memlock_of_fd(fd) if memlock else None,
-            )
-        finally:
-            close(fd)
-
-    def _full_name(self, fd: int, info: ProgInfo, names: dict[tuple[int, int], str]) -> str:
-        key = (info.id, info.load_time)
-        name = self._names.get(key)
-        if name is None:
-            short = kernel_name(info)
-            btf_id, rec_size = info.btf_id, info.func_info_rec_size
-            try:
-                name = program_btf_name(fd, btf_id, rec_size) or short
-            except (BpfError, BtfFormatError):
-                # bpftool falls back to the kernel name too; not worth an error line.
-                name = short
-        names[key] = name
-        return name
+    def _static_facts(
+        self,
+        fd: int,
+        v: tuple[Any, ...],
+        memlock: bool,
+        known: tuple[str, int | None] | None,
+    ) -> tuple[str, int | None]:
+        """Name (BTF-resolved when cut) and memlock of a program seen for the first time."""
+        if known is not None:
+            name = known[0]
+        else:
+            short = _short_name(v[_NAME])
+            name = short.decode(errors="replace")
+            if len(short) == _CUT_NAME_LEN and v[_BTF_ID] and v[_NR_FUNC_INFO]:
+                # On any failure bpftool falls back to the kernel's name, and so do we.
+                with suppress(BpfError, BtfFormatError):
+                    name = program_btf_name(fd, v[_BTF_ID], v[_FUNC_INFO_REC_SIZE]) or name
+        return name, (memlock_of_fd(fd) if memlock else _NOT_READ)
 
 
 def _all_map_ids(fd: int, count: int) -> tuple[int, ...]:
