@@ -238,3 +238,39 @@ def test_program_loaded_now_has_a_recent_wall_clock_load_time() -> None:
         assert abs(rec.load_time - time.time()) < 60
     finally:
         os.close(fd)
+
+
+def test_one_failing_program_never_ends_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel cannot be made to fail one program's info read on demand, so this fault
+    # is injected at the syscall; every other program is still read for real.
+    import ctypes
+    import errno
+
+    reader = ProgramReader()
+    real = programs._raw_syscall
+    fds = [load_named(f"otel_t_fault{i}") for i in range(3)]
+    try:
+        gone_id, broken_id, fine_id = (prog_id_of_fd(fd) for fd in fds)
+
+        def faulty(*args: Any) -> int:
+            cmd, current = args[1].value, reader._id_attr.start_id
+            if cmd == programs.Cmd.PROG_GET_FD_BY_ID and current == gone_id:
+                ctypes.set_errno(errno.ENOENT)
+                return -1
+            if cmd == programs.Cmd.OBJ_GET_INFO_BY_FD and current == broken_id:
+                ctypes.set_errno(errno.EFAULT)
+                return -1
+            return int(real(*args))
+
+        monkeypatch.setattr(programs, "_raw_syscall", faulty)
+        result = reader.read_all()
+        ids = {r.id for r in result.records}
+        assert fine_id in ids and gone_id not in ids and broken_id not in ids
+        assert len(result.errors) == 1
+        assert result.errors[0].startswith(f"program {broken_id}: ")
+        assert "BPF_OBJ_GET_INFO_BY_FD" in result.errors[0]
+        # ids after the failures were still read
+        assert any(i > broken_id for i in ids)
+    finally:
+        for fd in fds:
+            os.close(fd)
