@@ -171,14 +171,19 @@ def _demo_workload() -> Iterator[None]:
     """The demo workload for the run, with its program ids logged (tests read them)."""
     from otel_bpf.demo import DemoWorkload
 
-    with DemoWorkload() as demo:
-        log.info(
-            "demo workload running (pid %d): %s",
-            demo.pid,
-            ", ".join(f"{name} id {prog_id}" for name, prog_id in demo.program_ids.items()),
-        )
-        yield
-    log.info("demo workload stopped")
+    started = False
+    try:
+        with DemoWorkload() as demo:
+            started = True
+            log.info(
+                "demo workload running (pid %d): %s",
+                demo.pid,
+                ", ".join(f"{name} id {prog_id}" for name, prog_id in demo.program_ids.items()),
+            )
+            yield
+    finally:
+        if started:
+            log.info("demo workload stopped")
 
 
 async def _run(config: Config, telemetry: Telemetry, options: MetricsOptions) -> int:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import cli_env, run_cli
+from peers import cli_command, cli_env, run_cli
 
 from otel_bpf.cli import jsonl
 from otel_bpf.demo import DEFAULT_RATES, PROGRAM_NAMES
@@ -94,3 +95,51 @@ def test_events_per_sec_match_the_driven_rates(tmp_path: Path) -> None:
         if not problems:
             break
     assert not problems, "\n".join(problems)
+
+
+def test_owners_name_the_demo_process() -> None:
+    proc = run_cli(
+        ["--json", "--count", "2", "--interval", "0.5", "--demo", "--owners", "--exporter", "none"],
+        timeout=60,
+        env=cli_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    ids = demo_ids(proc.stderr)
+    found = re.search(r"demo workload running \(pid (\d+)\)", proc.stderr)
+    assert found, proc.stderr
+    demo_pid = int(found[1])
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all(isinstance(o["owners"], list) for o in objs)
+    for name, prog_id in ids.items():
+        owners = [o["owners"] for o in objs if o["id"] == prog_id]
+        assert owners, name
+        assert any(demo_pid in {h["pid"] for h in hs} for hs in owners), (name, owners)
+        assert all(set(h) == {"pid", "comm"} for hs in owners for h in hs)
+
+
+def test_json_into_a_closed_pipe_ends_quietly() -> None:
+    """``bpftop-otel --json | head -1``: exit 0 when the reader goes away, no traceback,
+    and the demo is still cleaned up."""
+    proc = subprocess.Popen(
+        [*cli_command(), "--json", "--interval", "0.5", "--demo", "--exporter", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert json.loads(first)["seq"] == 1
+        proc.stdout.close()
+        status = proc.wait(30)
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert status == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert "demo workload stopped" in err
