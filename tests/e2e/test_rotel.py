@@ -160,3 +160,36 @@ def test_collector_unreachable_then_back(tmp_path: Path) -> None:
     assert len(failure_lines()) == 1, err
     # Nothing else from the exporter's retry loop reached stderr.
     assert "Transient error" not in err and "UNAVAILABLE" not in err.replace(failure_lines()[0], "")
+
+
+def test_attribute_set_and_filters_reach_the_exporter(tmp_path: Path) -> None:
+    """``--attributes by-name-type --type socket_filter --name 'otel_demo_*'``: only the two
+    demo socket filters are exported, keyed by name and type, without ``bpf.program.id``."""
+    with Rotel(tmp_path / "rotel") as rotel:
+        args = [
+            "--demo",
+            "--interval",
+            "0.5",
+            "--export-interval",
+            "1",
+            "--endpoint",
+            rotel.grpc_url,
+            "--attributes",
+            "by-name-type",
+            "--type",
+            "socket_filter",
+            "--name",
+            "otel_demo_*",
+        ]
+        with Cli(tmp_path, args, cli_env()) as cli:
+
+            def two_exports(pts: list[DataPoint]) -> bool:
+                return len({p.time_ns for p in pts if p.metric == "bpf.program.runs"}) >= 2
+
+            points = rotel.wait_points(two_exports, 60, "two exports of bpf.program.runs")
+            cli.signal(signal.SIGTERM)
+            assert cli.wait(30) == 0, cli.describe()
+    runs = [p for p in points if p.metric == "bpf.program.runs"]
+    assert {p.attributes["bpf.program.name"] for p in runs} == {"otel_demo_sock", "otel_demo_slow"}
+    assert all(p.attributes["bpf.program.type"] == "socket_filter" for p in runs)
+    assert not [p for p in points if "bpf.program.id" in p.attributes]
