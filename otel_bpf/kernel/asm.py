@@ -138,3 +138,92 @@ def ld_imm64(dst: int, imm: int, src: int = 0) -> list[Insn]:
 def ld_map_fd(dst: int, map_fd: int) -> list[Insn]:
     """``dst = &map`` for the map behind ``map_fd``."""
     return ld_imm64(dst, map_fd, BPF_PSEUDO_MAP_FD)
+
+
+# -- Pseudo sources for map values and kfuncs, and forward/backward jumps by label -------
+
+# ld_imm64 src_reg: imm is a map fd and the second slot's imm an offset into the value of
+# element 0 (array maps only); the register becomes a non-NULL pointer to map value.
+BPF_PSEUDO_MAP_VALUE = 2
+# call src_reg: imm is the BTF id of a kernel function (a kfunc) in vmlinux BTF.
+BPF_PSEUDO_KFUNC_CALL = 2
+
+
+def ld_map_value(dst: int, map_fd: int, offset: int = 0) -> list[Insn]:
+    """``dst = &value_of_element_0(map) + offset`` for the array map behind ``map_fd``."""
+    return [
+        Insn(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_VALUE, 0, map_fd),
+        Insn(0, 0, 0, 0, offset),
+    ]
+
+
+def kfunc_call(btf_id: int) -> Insn:
+    """Call the kernel function whose ``FUNC`` type in vmlinux BTF has id ``btf_id``."""
+    return Insn(BPF_JMP | JMP_OPS["call"], 0, BPF_PSEUDO_KFUNC_CALL, 0, btf_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _LabelJump:
+    insn: Insn
+    target: str
+
+
+class Builder:
+    """Collects instructions and resolves jumps to named labels when assembled.
+
+    ``b.jmp_imm("jeq", R0, 0, "out")`` ... ``b.label("out")``; a label may come before or
+    after its jumps.  Offsets count instruction slots, so ``ld_imm64`` counts twice.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[Insn | _LabelJump] = []
+        self._labels: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def emit(self, *insns: Insn | list[Insn]) -> None:
+        """Append instructions (a list, as ``ld_imm64`` returns, is flattened)."""
+        for item in insns:
+            if isinstance(item, list):
+                self._items.extend(item)
+            else:
+                self._items.append(item)
+
+    def label(self, name: str) -> None:
+        """Name the position of the next instruction."""
+        if name in self._labels:
+            raise ValueError(f"label {name!r} defined twice")
+        self._labels[name] = len(self._items)
+
+    def jmp_imm(self, op: str, dst: int, imm: int, target: str) -> None:
+        """``if (dst op imm) goto target``."""
+        self._items.append(_LabelJump(jmp_imm(op, dst, imm, 0), target))
+
+    def jmp_reg(self, op: str, dst: int, src: int, target: str) -> None:
+        """``if (dst op src) goto target``."""
+        self._items.append(_LabelJump(jmp_reg(op, dst, src, 0), target))
+
+    def ja(self, target: str) -> None:
+        """``goto target``."""
+        self._items.append(_LabelJump(ja(0), target))
+
+    def insns(self) -> list[Insn]:
+        """The instructions with every jump offset resolved."""
+        out: list[Insn] = []
+        for pc, item in enumerate(self._items):
+            if isinstance(item, _LabelJump):
+                if item.target not in self._labels:
+                    raise ValueError(f"jump to undefined label {item.target!r}")
+                off = self._labels[item.target] - pc - 1
+                if not -(1 << 15) <= off < (1 << 15):
+                    raise ValueError(f"jump to {item.target!r} too far ({off} slots)")
+                i = item.insn
+                out.append(Insn(i.code, i.dst, i.src, off, i.imm))
+            else:
+                out.append(item)
+        return out
+
+    def assemble(self) -> bytes:
+        """The encoded program."""
+        return assemble(self.insns())

@@ -1,0 +1,302 @@
+"""The ``iter/bpf_prog`` program: id, type, name, load time and summed stats of every program.
+
+Why the program looks the way it does (verified on 6.18 without ``CONFIG_KALLSYMS_ALL`` and
+without ``percpu`` BTF tags):
+
+* ``bpf_per_cpu_ptr(prog->stats, cpu)`` is rejected there (``stats`` is a plain pointer in
+  BTF), and per-CPU ksyms such as ``this_cpu_off`` cannot be resolved.  So the per-CPU offsets
+  are learned from a map of our own: for a one-element PERCPU_ARRAY,
+  ``bpf_map_lookup_percpu_elem(map, &0, cpu)`` (5.19) returns ``pptrs[0] + per_cpu_offset(cpu)``
+  and ``pptrs[0]`` is read at ``map + offsetof(struct bpf_array, pptrs)``.  The offsets are
+  computed on the first call and kept in an ARRAY map ("state").
+* A typed pointer cannot take an unbounded addend, so pointers become integers by spilling
+  them to the stack and reading them back with ``bpf_probe_read_kernel`` (a privileged loader
+  may pass any value as its source address).
+* The kernel sums ``for_each_possible_cpu`` (``bpf_prog_get_stats()``); the possible-CPU list
+  is read from sysfs and unrolled into the program, so sparse masks are summed exactly.
+* Each CPU's ``struct bpf_prog_stats`` is read with direct, fault-safe loads through the
+  ``bpf_rdonly_cast()`` kfunc where vmlinux BTF has it (6.2), else with one
+  ``bpf_probe_read_kernel`` per CPU (about 30 ns per CPU per program more).
+
+One 56-byte record per program: ``u32 id, u32 type, char name[16], u64 load_time,
+u64 run_time_ns, u64 run_cnt, u64 recursion_misses``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
+from otel_bpf.kernel.iterator._common import (
+    BPF_TRACE_ITER,
+    HELPER_MAP_LOOKUP_PERCPU_ELEM,
+    HELPER_PROBE_READ_KERNEL,
+    HELPER_SEQ_WRITE,
+    MAP_TYPE_ARRAY,
+    MAP_TYPE_PERCPU_ARRAY,
+    attach_iterator,
+    read_iterator,
+)
+from otel_bpf.kernel.loader import load_program, program_id
+from otel_bpf.kernel.maps import create_map
+from otel_bpf.kernel.syscall import close
+from otel_bpf.kernel.system import parse_cpu_list
+from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
+
+PROGRAM_NAME = "otel_bpf_progs"
+POSSIBLE_CPUS_PATH = "/sys/devices/system/cpu/possible"
+
+RECORD = struct.Struct("<II16sQQQQ")
+
+# Stack layout (offsets from R10).
+_REC = -56  # the record, 56 bytes
+_SCRATCH = -64  # an 8-byte value read back by probe_read_kernel
+_SPILL = -72  # a pointer spilled to become an integer
+_META = -80  # the bpf_iter_meta pointer, kept across calls
+_KEY = -84  # u32 key 0 for the percpu map
+_PPTR0 = -96  # pptrs[0] of the percpu map
+_STATS = -128  # one CPU's bpf_prog_stats (probe_read variant), 32 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProgRecordRaw:
+    """What the iterator reports for one program."""
+
+    id: int
+    type_id: int
+    name: str
+    load_time_ns: int
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProgIterLayout:
+    """BTF ids and byte offsets the program is assembled with (all from vmlinux BTF)."""
+
+    attach_btf_id: int  # FUNC bpf_iter_bpf_prog
+    rdonly_cast_id: int  # FUNC bpf_rdonly_cast; 0 selects the probe_read variant
+    stats_struct_id: int  # STRUCT bpf_prog_stats
+    ctx_meta: int
+    ctx_prog: int
+    meta_seq: int
+    prog_type: int
+    prog_stats: int
+    prog_aux: int
+    aux_id: int
+    aux_name: int
+    aux_load_time: int
+    stats_cnt: int
+    stats_nsecs: int
+    stats_misses: int
+    stats_size: int
+    array_pptrs: int
+
+    @classmethod
+    def from_btf(cls, btf: VmlinuxBtf, *, use_rdonly_cast: bool | None = None) -> ProgIterLayout:
+        """Read every id and offset; ``use_rdonly_cast=None`` uses the kfunc when present."""
+        if use_rdonly_cast is None:
+            use_rdonly_cast = btf.has_func("bpf_rdonly_cast")
+        off = btf.member_offset
+        return cls(
+            attach_btf_id=btf.func_id("bpf_iter_bpf_prog"),
+            rdonly_cast_id=btf.func_id("bpf_rdonly_cast") if use_rdonly_cast else 0,
+            stats_struct_id=btf.struct_id("bpf_prog_stats"),
+            ctx_meta=off("bpf_iter__bpf_prog", "meta"),
+            ctx_prog=off("bpf_iter__bpf_prog", "prog"),
+            meta_seq=off("bpf_iter_meta", "seq"),
+            prog_type=off("bpf_prog", "type"),
+            prog_stats=off("bpf_prog", "stats"),
+            prog_aux=off("bpf_prog", "aux"),
+            aux_id=off("bpf_prog_aux", "id"),
+            aux_name=off("bpf_prog_aux", "name"),
+            aux_load_time=off("bpf_prog_aux", "load_time"),
+            stats_cnt=off("bpf_prog_stats", "cnt"),
+            stats_nsecs=off("bpf_prog_stats", "nsecs"),
+            stats_misses=off("bpf_prog_stats", "misses"),
+            stats_size=btf.struct_size("bpf_prog_stats"),
+            array_pptrs=off("bpf_array", "pptrs"),
+        )
+
+    def with_overrides(self, overrides: Mapping[str, int]) -> ProgIterLayout:
+        """A copy with some fields replaced (to test the fallback with a wrong offset)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown layout fields: {sorted(unknown)}")
+        return replace(self, **overrides)
+
+    @property
+    def variant(self) -> str:
+        """``rdonly_cast`` or ``probe_read``."""
+        return "rdonly_cast" if self.rdonly_cast_id else "probe_read"
+
+
+def possible_cpus(path: str = POSSIBLE_CPUS_PATH) -> list[int]:
+    """The CPUs the kernel sums per-CPU stats over (``for_each_possible_cpu``)."""
+    with open(path) as f:
+        return parse_cpu_list(f.read())
+
+
+def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
+    """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
+    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
+    b.emit(asm.call(HELPER_PROBE_READ_KERNEL))
+
+
+def build_program(
+    layout: ProgIterLayout, cpus: Sequence[int], state_fd: int, pcpu_fd: int
+) -> list[asm.Insn]:
+    """The iterator program for ``cpus``, using the two maps' fds."""
+    lay = layout
+    b = Builder()
+    # R6 = ctx, R7 = prog (NULL on the final call), R8 = &state.
+    b.emit(asm.mov64_reg(R6, R1))
+    b.emit(asm.ldx_mem(8, R7, R6, lay.ctx_prog))
+    b.jmp_imm("jeq", R7, 0, "out")
+    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta))
+    b.emit(asm.stx_mem(8, R10, R1, _META))
+    b.emit(asm.ld_map_value(R8, state_fd, 0))
+    b.emit(asm.ldx_mem(8, R1, R8, 0))
+    b.jmp_imm("jne", R1, 0, "ready")
+
+    # First call: state.cpu_off[i] = lookup_percpu_elem(pcpu, 0, cpus[i]) - pcpu.pptrs[0].
+    b.emit(asm.ld_map_fd(R1, pcpu_fd))
+    b.emit(asm.stx_mem(8, R10, R1, _SPILL))
+    b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
+    _probe_read(b, _SCRATCH, 8)  # the map's address, as an integer
+    b.jmp_imm("jne", R0, 0, "out")
+    b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH), asm.alu64_imm("add", R3, lay.array_pptrs))
+    _probe_read(b, _PPTR0, 8)
+    b.jmp_imm("jne", R0, 0, "out")
+    b.emit(asm.st_mem(4, R10, _KEY, 0))
+    for i, cpu in enumerate(cpus):
+        b.emit(asm.ld_map_fd(R1, pcpu_fd))
+        b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _KEY), asm.mov64_imm(R3, cpu))
+        b.emit(asm.call(HELPER_MAP_LOOKUP_PERCPU_ELEM))
+        b.jmp_imm("jeq", R0, 0, "out")
+        b.emit(asm.stx_mem(8, R10, R0, _SPILL))
+        b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
+        _probe_read(b, _SCRATCH, 8)
+        b.jmp_imm("jne", R0, 0, "out")
+        b.emit(asm.ldx_mem(8, R1, R10, _SCRATCH), asm.ldx_mem(8, R2, R10, _PPTR0))
+        b.emit(asm.alu64_reg("sub", R1, R2), asm.stx_mem(8, R8, R1, 8 + 8 * i))
+    b.emit(asm.st_mem(8, R8, 0, 1))
+
+    b.label("ready")
+    # Plain BTF loads: id, type, name (two 8-byte loads), load time.
+    b.emit(asm.ldx_mem(8, R9, R7, lay.prog_aux))
+    b.emit(asm.ldx_mem(4, R1, R9, lay.aux_id), asm.stx_mem(4, R10, R1, _REC))
+    b.emit(asm.ldx_mem(4, R1, R7, lay.prog_type), asm.stx_mem(4, R10, R1, _REC + 4))
+    b.emit(asm.ldx_mem(8, R1, R9, lay.aux_name), asm.stx_mem(8, R10, R1, _REC + 8))
+    b.emit(asm.ldx_mem(8, R1, R9, lay.aux_name + 8), asm.stx_mem(8, R10, R1, _REC + 16))
+    b.emit(asm.ldx_mem(8, R1, R9, lay.aux_load_time), asm.stx_mem(8, R10, R1, _REC + 24))
+    # Sums: R9 = nsecs, R7 = cnt (prog is no longer needed once stats is read), misses on
+    # the stack.  The stats pointer is read as an integer.
+    b.emit(asm.st_mem(8, R10, _REC + 48, 0))
+    b.emit(asm.mov64_reg(R3, R7), asm.alu64_imm("add", R3, lay.prog_stats))
+    _probe_read(b, _SCRATCH, 8)
+    b.emit(asm.mov64_imm(R9, 0), asm.mov64_imm(R7, 0))
+    b.jmp_imm("jne", R0, 0, "write")
+    b.emit(asm.ldx_mem(8, R6, R10, _SCRATCH))
+    b.jmp_imm("jeq", R6, 0, "write")
+    span = max(lay.stats_cnt, lay.stats_nsecs, lay.stats_misses) + 8
+    for i in range(len(cpus)):
+        b.emit(asm.ldx_mem(8, R3, R8, 8 + 8 * i), asm.alu64_reg("add", R3, R6))
+        if lay.rdonly_cast_id:
+            b.emit(asm.mov64_reg(R1, R3), asm.mov64_imm(R2, lay.stats_struct_id))
+            b.emit(asm.kfunc_call(lay.rdonly_cast_id))
+            base, cnt, nsecs, misses = R0, lay.stats_cnt, lay.stats_nsecs, lay.stats_misses
+        else:
+            _probe_read(b, _STATS, span)
+            base = R10
+            cnt, nsecs, misses = (
+                _STATS + lay.stats_cnt,
+                _STATS + lay.stats_nsecs,
+                _STATS + lay.stats_misses,
+            )
+        b.emit(asm.ldx_mem(8, R1, base, nsecs), asm.alu64_reg("add", R9, R1))
+        b.emit(asm.ldx_mem(8, R1, base, cnt), asm.alu64_reg("add", R7, R1))
+        b.emit(asm.ldx_mem(8, R1, base, misses), asm.ldx_mem(8, R2, R10, _REC + 48))
+        b.emit(asm.alu64_reg("add", R2, R1), asm.stx_mem(8, R10, R2, _REC + 48))
+
+    b.label("write")
+    b.emit(asm.stx_mem(8, R10, R9, _REC + 32), asm.stx_mem(8, R10, R7, _REC + 40))
+    b.emit(asm.ldx_mem(8, R1, R10, _META), asm.ldx_mem(8, R1, R1, lay.meta_seq))
+    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
+    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(HELPER_SEQ_WRITE))
+    b.label("out")
+    b.emit(asm.mov64_imm(R0, 0), asm.exit_())
+    return b.insns()
+
+
+def decode(data: bytes) -> list[ProgRecordRaw]:
+    """Records of one pass (a torn tail, which the kernel never writes, is ignored)."""
+    usable = len(data) - len(data) % RECORD.size
+    return [
+        ProgRecordRaw(pid, ptype, name.split(b"\0", 1)[0].decode(errors="replace"), lt, ns, cnt, m)
+        for pid, ptype, name, lt, ns, cnt, m in RECORD.iter_unpack(data[:usable])
+    ]
+
+
+class ProgIterator:
+    """The loaded ``iter/bpf_prog`` program and its link.  Close it (or use ``with``).
+
+    Nothing is pinned: the maps, program and link live as long as this object's fds (and
+    die with the process).
+    """
+
+    def __init__(self, layout: ProgIterLayout, cpus: Sequence[int] | None = None) -> None:
+        self.layout = layout
+        self.cpus = list(possible_cpus() if cpus is None else cpus)
+        self._fds: list[int] = []
+        try:
+            state_fd = self._keep(
+                create_map(MAP_TYPE_ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
+            )
+            pcpu_fd = self._keep(create_map(MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
+            insns = build_program(layout, self.cpus, state_fd, pcpu_fd)
+            self.insn_count = len(insns)
+            self.prog_fd = self._keep(
+                load_program(
+                    ProgType.TRACING,
+                    asm.assemble(insns),
+                    PROGRAM_NAME,
+                    license="GPL",  # probe_read_kernel and seq_write are GPL-only
+                    expected_attach_type=BPF_TRACE_ITER,
+                    attach_btf_id=layout.attach_btf_id,
+                )
+            )
+            self.prog_id = program_id(self.prog_fd)
+            self.link_fd = self._keep(attach_iterator(self.prog_fd))
+        except BaseException:
+            self.close()
+            raise
+
+    def _keep(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def read_raw(self) -> bytes:
+        """One pass, undecoded."""
+        return read_iterator(self.link_fd)
+
+    def read(self) -> list[ProgRecordRaw]:
+        """One pass: a record per program loaded right now (this one included)."""
+        return decode(read_iterator(self.link_fd))
+
+    def close(self) -> None:
+        """Release the link, the program and the maps."""
+        while self._fds:
+            close(self._fds.pop())
+
+    def __enter__(self) -> ProgIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,270 @@
+"""The iterator sampling path: ``IteratorSource.read_all()`` returns what the syscall path does.
+
+Per pass, the counters (run time, run count, recursion misses), id, type and kernel name of
+every program come from one ``iter/bpf_prog`` read.  The fields that do not change while a
+program lives (tag, uid, sizes, verified instructions, map ids, BTF id and full name, memlock)
+are read through the syscall path once per new program and cached by (id, load time), so a
+pass costs one ``ITER_CREATE`` + a few ``read()`` calls however many programs are loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
+from otel_bpf.kernel.btf import program_btf_name
+from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
+from otel_bpf.kernel.fdinfo import memlock_of_fd
+from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout, ProgRecordRaw
+from otel_bpf.kernel.programs import ReadResult, record_from_info
+from otel_bpf.kernel.syscall import bpf, close
+from otel_bpf.kernel.system import boot_time_offset
+from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
+from otel_bpf.records import Owner, ProgramRecord
+
+_log = logging.getLogger(__name__)
+
+_INFO_SIZE = ctypes.sizeof(ProgInfo)
+_MAP_IDS_CAPACITY = 64
+
+
+@dataclass(frozen=True)
+class IteratorReadResult(ReadResult):
+    """A :class:`ReadResult` that says it came from the iterator path."""
+
+    sampling_path: str = "iterator"
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """Static fields of one program, and the last record built from them."""
+
+    static: ProgramRecord
+    last: ProgramRecord
+
+
+class IteratorSource:
+    """Owns the iterator programs' fds; a context manager, and a zero-argument callable for
+    :class:`otel_bpf.sampler.Sampler` (``source=``) using the options given here.
+
+    ``layout_overrides`` replaces ids/offsets read from BTF (tests use it to make the
+    self-check fail); ``use_rdonly_cast`` forces a variant (None: the kfunc when present).
+    """
+
+    def __init__(
+        self,
+        *,
+        owners: bool = False,
+        maps: bool = False,
+        memlock: bool = True,
+        include_self: bool = False,
+        layout_overrides: Mapping[str, int] | None = None,
+        use_rdonly_cast: bool | None = None,
+        cpus: Sequence[int] | None = None,
+    ) -> None:
+        self.owners = owners
+        self.maps = maps
+        self.memlock = memlock
+        self.include_self = include_self
+        with VmlinuxBtf() as btf:
+            layout = ProgIterLayout.from_btf(btf, use_rdonly_cast=use_rdonly_cast)
+            try:
+                self._owners_layout: OwnersLayout | None = OwnersLayout.from_btf(btf)
+                self._owners_error: str | None = None
+            except BpfError as err:
+                self._owners_layout, self._owners_error = None, str(err)
+        if layout_overrides:
+            layout = layout.with_overrides(layout_overrides)
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._progs = ProgIterator(layout, cpus)
+        self._owners_iter: OwnersIterator | None = None
+        self._cache: dict[tuple[int, int], _Cached] = {}
+        self._closed = False
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def variant(self) -> str:
+        """``rdonly_cast`` or ``probe_read``."""
+        return self.layout.variant
+
+    @property
+    def self_ids(self) -> frozenset[int]:
+        """Ids of this source's own iterator programs."""
+        ids = {self._progs.prog_id}
+        if self._owners_iter is not None:
+            ids.add(self._owners_iter.prog_id)
+        return frozenset(ids)
+
+    @property
+    def owners_path(self) -> str:
+        """``iterator`` once the task_file program is loaded, else ``procfs``."""
+        return "iterator" if self._owners_iter is not None else "procfs"
+
+    def close(self) -> None:
+        """Unload the iterator programs (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._progs.close()
+            if self._owners_iter is not None:
+                self._owners_iter.close()
+
+    def __enter__(self) -> IteratorSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self) -> IteratorReadResult:
+        return self.read_all()
+
+    # -- passes --------------------------------------------------------------------------
+
+    def read_raw(self) -> list[ProgRecordRaw]:
+        """One iterator pass, undecorated: what the kernel walk reports (own programs too)."""
+        with self._lock:
+            return self._progs.read()
+
+    def read_all(
+        self,
+        *,
+        owners: bool | None = None,
+        maps: bool | None = None,
+        memlock: bool | None = None,
+        include_self: bool | None = None,
+    ) -> IteratorReadResult:
+        """One pass over every program, sorted by id; None options take the constructor's."""
+        owners = self.owners if owners is None else owners
+        maps = self.maps if maps is None else maps
+        memlock = self.memlock if memlock is None else memlock
+        include_self = self.include_self if include_self is None else include_self
+        with self._lock:
+            if self._closed:
+                raise BpfError(0, "the iterator source is closed")
+            raw = self._progs.read()
+            records, errors = self._merge(raw, memlock)
+            by_prog = self._owners_pass() if owners else None
+        if not include_self:
+            own = self.self_ids
+            records = [r for r in records if r.id not in own]
+        if maps:
+            from otel_bpf.kernel.maps import read_maps
+
+            found, map_errors = read_maps(i for r in records for i in r.map_ids)
+            errors.extend(map_errors)
+            records = [
+                replace(r, maps=tuple(found[i] for i in r.map_ids if i in found)) for r in records
+            ]
+        if by_prog is not None:
+            records = [replace(r, owners=by_prog.get(r.id, ())) for r in records]
+        records.sort(key=_by_id)
+        return IteratorReadResult(records, errors)
+
+    def _merge(
+        self, raw: list[ProgRecordRaw], memlock: bool
+    ) -> tuple[list[ProgramRecord], list[str]]:
+        records: list[ProgramRecord] = []
+        errors: list[str] = []
+        cache, seen = self._cache, {}
+        boot_offset: float | None = None
+        for r in raw:
+            key = (r.id, r.load_time_ns)
+            entry = cache.get(key)
+            if entry is None:
+                if boot_offset is None:
+                    boot_offset = boot_time_offset()
+                try:
+                    static = _static_record(r.id, boot_offset)
+                except BpfNotFoundError:
+                    continue  # unloaded since the walk saw it
+                except (BpfError, OSError) as err:
+                    errors.append(f"program {r.id}: {err}")
+                    continue
+                entry = _Cached(static, static)
+            last = entry.last
+            if (
+                last.run_time_ns != r.run_time_ns
+                or last.run_cnt != r.run_cnt
+                or last.recursion_misses != r.recursion_misses
+            ):
+                s = entry.static
+                last = ProgramRecord(
+                    s.id, s.type, s.type_id, s.name, s.tag, r.run_time_ns, r.run_cnt,
+                    r.recursion_misses, s.load_time, s.uid, s.verified_insns, s.xlated_size,
+                    s.jited_size, s.map_ids, s.btf_id, s.memlock_bytes,
+                )  # fmt: skip
+                entry = _Cached(s, last)
+            seen[key] = entry
+            records.append(last if memlock else _without_memlock(last))
+        self._cache = seen  # forget programs that are gone
+        return records, errors
+
+    def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
+        if self._owners_iter is None and self._owners_error is None:
+            assert self._owners_layout is not None
+            try:
+                self._owners_iter = OwnersIterator(self._owners_layout)
+            except (BpfError, OSError) as err:
+                self._owners_error = str(err).splitlines()[0]
+                _log.warning(
+                    "process owners: scanning /proc (iter/task_file unavailable: %s)",
+                    self._owners_error,
+                )
+        if self._owners_iter is not None:
+            try:
+                return self._owners_iter.owners()
+            except (BpfError, OSError) as err:
+                _log.warning("process owners: iter/task_file read failed (%s); scanning /proc", err)
+        from otel_bpf.kernel.owners import scan_owners
+
+        return scan_owners()
+
+
+def _by_id(record: ProgramRecord) -> int:
+    return record.id
+
+
+def _without_memlock(record: ProgramRecord) -> ProgramRecord:
+    return record if record.memlock_bytes is None else replace(record, memlock_bytes=None)
+
+
+def _static_record(prog_id: int, boot_offset: float) -> ProgramRecord:
+    """One program's record through the syscall path (counters as of now, static fields)."""
+    fd = bpf(Cmd.PROG_GET_FD_BY_ID, GetIdAttr(prog_id, 0, 0), f"program {prog_id}")
+    try:
+        info = ProgInfo()
+        map_ids = (ctypes.c_uint32 * _MAP_IDS_CAPACITY)()
+        info.nr_map_ids = _MAP_IDS_CAPACITY
+        info.map_ids = ctypes.addressof(map_ids)
+        attr = InfoByFdAttr(fd, _INFO_SIZE, ctypes.addressof(info))
+        bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program {prog_id}")
+        count = info.nr_map_ids
+        if count > _MAP_IDS_CAPACITY:
+            map_ids = (ctypes.c_uint32 * count)()
+            info2 = ProgInfo()
+            info2.nr_map_ids = count
+            info2.map_ids = ctypes.addressof(map_ids)
+            bpf(Cmd.OBJ_GET_INFO_BY_FD, InfoByFdAttr(fd, _INFO_SIZE, ctypes.addressof(info2)))
+            count = min(count, info2.nr_map_ids)
+        name = None
+        if len(info.name) == BPF_OBJ_NAME_LEN - 1 and info.btf_id and info.nr_func_info:
+            try:
+                name = program_btf_name(fd, info.btf_id, info.func_info_rec_size)
+            except (BpfError, ValueError):
+                name = None  # bpftool shows the kernel name then, and so does the syscall path
+        return record_from_info(
+            info,
+            attr.info_len,
+            boot_offset=boot_offset,
+            map_ids=tuple(map_ids[:count]),
+            name=name,
+            memlock=memlock_of_fd(fd),
+        )
+    finally:
+        close(fd)

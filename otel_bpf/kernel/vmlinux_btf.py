@@ -1,0 +1,310 @@
+"""Fast look-ups in the kernel's own BTF (``/sys/kernel/btf/vmlinux``): type ids and offsets.
+
+The iterator programs need a few FUNC ids (attach targets, kfuncs), STRUCT ids and member
+offsets, and they need them at start-up.  vmlinux BTF holds ~126k types in ~5 MiB; indexing
+all of it in Python costs ~100 ms, so this module does not.  A BTF type id is the record's
+position in the type section, which has variable-sized records, so ids can only be counted
+by walking from the start.  The walk is kept short:
+
+1. the name is found with one ``find`` in the string section (each string is there once),
+2. the records that may carry it are found with ``find`` on the 4-byte ``name_off`` in the
+   type section (a hit must be 4-byte aligned and have the right kind),
+3. records are counted from the start only up to the last such hit, keeping an anchor
+   every 1024 ids so later look-ups (an anonymous member's type) restart near their target.
+
+Since Linux 6.16 the file can be mmap()ed, which touches only the pages the walk reads; older
+kernels allow only ``read()`` (in 4 KiB steps for sysfs binary files), which is slower.
+
+Record layout (``include/uapi/linux/btf.h``): a 24-byte header, then the type section (each
+type a 12-byte ``btf_type`` followed by kind-specific data), then the string section.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from types import TracebackType
+
+# The kind-specific sizes are defined once, next to the program-BTF parser.
+from otel_bpf.kernel.btf import _FIXED_EXTRA, _PER_VLEN_EXTRA, BTF_MAGIC
+from otel_bpf.kernel.errors import BpfUnsupportedError
+
+VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+KIND_INT = 1
+KIND_PTR = 2
+KIND_STRUCT = 4
+KIND_UNION = 5
+KIND_FUNC = 12
+
+_HEADER = struct.Struct("<HBBIIIII")
+_ANCHOR_SHIFT = 10  # one anchor every 1024 type ids
+_ANCHOR_EVERY = 1 << _ANCHOR_SHIFT
+
+
+class VmlinuxBtfError(BpfUnsupportedError):
+    """vmlinux BTF is missing, malformed, or lacks a type/member the caller needs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A struct/union member: byte offset from the start of the outer type, and its type."""
+
+    offset: int
+    type_id: int
+    bitfield: bool
+
+
+def _step_words(info: int) -> int:
+    """Length in 4-byte words of a record whose ``info`` word is ``info``."""
+    kind = (info >> 24) & 0x1F
+    extra = _FIXED_EXTRA.get(kind, 0) + _PER_VLEN_EXTRA.get(kind, 0) * (info & 0xFFFF)
+    return 3 + extra // 4
+
+
+class VmlinuxBtf:
+    """One open view of vmlinux BTF.  Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: str = VMLINUX_BTF_PATH) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise VmlinuxBtfError(
+                err.errno or errno.ENOENT,
+                f"cannot open {path}: {err.strerror} (kernel built without CONFIG_DEBUG_INFO_BTF?)",
+            ) from None
+        self._map: mmap.mmap | None = None
+        data: mmap.mmap | bytes
+        try:
+            try:
+                self._map = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+                data = self._map
+            except (OSError, ValueError):
+                # Before 6.16 sysfs refuses mmap of this file.
+                data = _read_all(fd)
+        finally:
+            os.close(fd)
+        self._data = data
+        if len(data) < _HEADER.size:
+            raise VmlinuxBtfError(errno.EINVAL, f"{path}: shorter than a BTF header")
+        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
+            _HEADER.unpack_from(data)
+        )
+        if magic != BTF_MAGIC:
+            raise VmlinuxBtfError(errno.EINVAL, f"{path}: bad BTF magic {magic:#x}")
+        self._types_start = hdr_len + type_off
+        self._types_end = self._types_start + type_len
+        self._strs_start = hdr_len + str_off
+        self._strs_end = self._strs_start + str_len
+        if self._types_end > len(data) or self._strs_end > len(data) or self._types_start % 4:
+            raise VmlinuxBtfError(errno.EINVAL, f"{path}: BTF sections out of bounds")
+        self._words = memoryview(data)[self._types_start : self._types_end].cast("I")
+        self._steps: dict[int, int] = {}
+        # Walk state: position (in words) of the record with id _next_id.
+        self._pos = 0
+        self._next_id = 1
+        self._anchors: list[int] = []  # anchors[k] = word position of id k*1024 + 1
+        self._name_offs: dict[str, int | None] = {}
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the mapping; look-ups after this fail."""
+        self._words.release()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> VmlinuxBtf:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- public look-ups -----------------------------------------------------------------
+
+    def type_id(self, name: str, kind: int) -> int:
+        """The id of the first type called ``name`` of ``kind`` (``KIND_FUNC``, ...)."""
+        found = self._find(name, kind)
+        if found is None:
+            raise VmlinuxBtfError(
+                errno.ENOENT, f"vmlinux BTF has no {_KIND_NAMES.get(kind, kind)} {name!r}"
+            )
+        return found[0]
+
+    def func_id(self, name: str) -> int:
+        """The id of ``FUNC name`` (an attach target such as ``bpf_iter_bpf_prog``, a kfunc)."""
+        return self.type_id(name, KIND_FUNC)
+
+    def struct_id(self, name: str) -> int:
+        """The id of ``STRUCT name``."""
+        return self.type_id(name, KIND_STRUCT)
+
+    def has_func(self, name: str) -> bool:
+        """Whether ``FUNC name`` exists (e.g. a kfunc that only newer kernels have)."""
+        return self._find(name, KIND_FUNC) is not None
+
+    def struct_size(self, name: str) -> int:
+        """``sizeof(struct name)``."""
+        pos = self._position(self.struct_id(name))
+        return int(self._words[pos + 2])
+
+    def member(self, struct_name: str, member_name: str) -> Member:
+        """Member ``member_name`` of ``struct struct_name``, looking inside anonymous
+        structs and unions (``union { struct bpf_iter_meta *meta; }`` in iterator contexts)."""
+        want = self._name_off(member_name)
+        if want is not None:
+            found = self._member_in(self._position(self.struct_id(struct_name)), want, 0, 0)
+            if found is not None:
+                return found
+        raise VmlinuxBtfError(
+            errno.ENOENT, f"vmlinux BTF: struct {struct_name} has no member {member_name!r}"
+        )
+
+    def member_offset(self, struct_name: str, member_name: str) -> int:
+        """``offsetof(struct struct_name, member_name)`` in bytes."""
+        return self.member(struct_name, member_name).offset
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _name_off(self, name: str) -> int | None:
+        if name in self._name_offs:
+            return self._name_offs[name]
+        # Every string is preceded by a NUL (the section starts with the empty string).
+        hit = self._data.find(b"\0" + name.encode() + b"\0", self._strs_start, self._strs_end)
+        off = None if hit < 0 else hit + 1 - self._strs_start
+        self._name_offs[name] = off
+        return off
+
+    def _find(self, name: str, kind: int) -> tuple[int, int] | None:
+        name_off = self._name_off(name)
+        if name_off is None:
+            return None
+        needle = struct.pack("<I", name_off)
+        data, start, end = self._data, self._types_start, self._types_end
+        words = self._words
+        hit = data.find(needle, start, end)
+        while hit >= 0:
+            rel = hit - start
+            if rel % 4 == 0:
+                pos = rel // 4
+                if pos + 1 < len(words) and (words[pos + 1] >> 24) & 0x1F == kind:
+                    type_id = self._id_at(pos)
+                    if type_id is not None:
+                        return type_id, pos
+            hit = data.find(needle, hit + 1, end)
+        return None
+
+    def _id_at(self, pos: int) -> int | None:
+        """The id of the record starting at word ``pos``; None when no record starts there."""
+        if pos >= self._pos:
+            self._advance(stop_pos=pos)
+            return self._next_id if self._pos == pos else None
+        k = bisect.bisect_right(self._anchors, pos) - 1
+        cur, tid = self._anchors[k], (k << _ANCHOR_SHIFT) + 1
+        words, steps = self._words, self._steps
+        while cur < pos:
+            info = words[cur + 1]
+            step = steps.get(info)
+            if step is None:
+                step = steps[info] = _step_words(info)
+            cur += step
+            tid += 1
+        return tid if cur == pos else None
+
+    def _position(self, type_id: int) -> int:
+        """Word position of the record with id ``type_id``."""
+        if type_id >= self._next_id:
+            self._advance(stop_id=type_id)
+            if self._next_id != type_id:
+                raise VmlinuxBtfError(errno.ENOENT, f"vmlinux BTF has no type id {type_id}")
+            return self._pos
+        k = (type_id - 1) >> _ANCHOR_SHIFT
+        cur, tid = self._anchors[k], (k << _ANCHOR_SHIFT) + 1
+        words, steps = self._words, self._steps
+        while tid < type_id:
+            info = words[cur + 1]
+            step = steps.get(info)
+            if step is None:
+                step = steps[info] = _step_words(info)
+            cur += step
+            tid += 1
+        return cur
+
+    def _advance(self, *, stop_pos: int = -1, stop_id: int = -1) -> None:
+        """Walk forward until the record at ``stop_pos`` or with ``stop_id`` (or the end)."""
+        words, steps, anchors = self._words, self._steps, self._anchors
+        end = len(words)
+        pos, tid = self._pos, self._next_id
+        if stop_pos < 0:
+            stop_pos = end
+        if stop_id < 0:
+            stop_id = 1 << 32
+        stop_pos = min(stop_pos, end)
+        while pos < stop_pos and tid < stop_id:
+            if not (tid - 1) & (_ANCHOR_EVERY - 1):
+                anchors.append(pos)
+            # Inner run up to the next anchor without the anchor test.
+            run = min(_ANCHOR_EVERY - ((tid - 1) & (_ANCHOR_EVERY - 1)), stop_id - tid)
+            for _ in range(run):
+                info = words[pos + 1]
+                step = steps.get(info)
+                if step is None:
+                    step = steps[info] = _step_words(info)
+                pos += step
+                tid += 1
+                if pos >= stop_pos:
+                    break
+        if pos > end:
+            raise VmlinuxBtfError(errno.EINVAL, "vmlinux BTF: type section ends inside a record")
+        self._pos, self._next_id = pos, tid
+
+    def _member_in(self, pos: int, want: int, base: int, depth: int) -> Member | None:
+        words = self._words
+        info = words[pos + 1]
+        kind = (info >> 24) & 0x1F
+        if kind not in (KIND_STRUCT, KIND_UNION) or depth > 8:
+            return None
+        kind_flag = info >> 31
+        anonymous: list[tuple[int, int]] = []
+        for i in range(info & 0xFFFF):
+            m = pos + 3 + 3 * i
+            name_off, type_id, raw = words[m], words[m + 1], words[m + 2]
+            bit_off = raw & 0xFFFFFF if kind_flag else raw
+            bitfield = bool(kind_flag and raw >> 24)
+            if name_off == want:
+                return Member(base + bit_off // 8, type_id, bitfield)
+            if name_off == 0:
+                anonymous.append((type_id, base + bit_off // 8))
+        for type_id, offset in anonymous:
+            found = self._member_in(self._position(type_id), want, offset, depth + 1)
+            if found is not None:
+                return found
+        return None
+
+
+_KIND_NAMES = {
+    KIND_INT: "INT",
+    KIND_PTR: "PTR",
+    KIND_STRUCT: "STRUCT",
+    KIND_UNION: "UNION",
+    KIND_FUNC: "FUNC",
+}
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
