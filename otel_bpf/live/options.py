@@ -22,9 +22,10 @@ class Glyphs(enum.Enum):
 class LiveOptions:
     """How the live view looks and behaves.
 
-    The view reads owners and maps from the sampler's snapshots, so the sampler should be
-    created with ``Sampler(owners=True, maps=True)`` (``bpftop-otel --live`` does so); with
-    a sampler that does not look them up, the Process column and the maps list show ``-``.
+    The Process column and the detail view's maps come from the sampler's snapshots, so
+    they need ``Sampler(owners=True, maps=True)``.  :func:`~otel_bpf.live.app.run_live`
+    switches both lookups on for as long as the view is up and puts the previous settings
+    back when it ends; from the next pass on the snapshots carry them.
     """
 
     ascii: bool | None = None
@@ -37,9 +38,6 @@ class LiveOptions:
     """Where keys are read from (a tty)."""
     stdout_fd: int = 1
     """Where frames are written (a tty)."""
-    log_path: str | None = None
-    """While the view is up, log records go to this file (if given) and to a ring in
-    memory that is replayed to the normal handlers after the terminal is restored."""
 
     def resolve_glyphs(
         self, *, encoding: str | None = None, environ: dict[str, str] | None = None

@@ -116,36 +116,46 @@ def layout(rows: Sequence[list[str]], width: int, state: ViewState, glyphs: Glyp
     """Choose columns and widths for ``width`` terminal columns.
 
     Columns are dropped in :data:`DROP_ORDER` until the rest fit with their shortest
-    labels; within that set the longest labels that fit are used and spare room goes to
-    the Name, then the Process column.
+    labels and the text columns at their minimum widths.  Within that set the longest
+    labels that leave every cell whole are used (else the shortest), and the room left goes
+    to the Name, then the Type, then the Process column.
     """
     content = {
         c: max((display_width(r[i]) for r in rows), default=1) for i, c in enumerate(COLUMNS)
     }
     usable = width - len(MARKER)
+    gaps = len(GAP)
     for dropped in range(len(DROP_ORDER) + 1):
         cols = tuple(c for c in COLUMNS if c not in DROP_ORDER[:dropped])
+        tiers = []
         for tier in range(3):
             labels = tuple(header_label(c, tier, state, glyphs) for c in cols)
-            wanted = [
-                max(content[c], display_width(lb)) for c, lb in zip(cols, labels, strict=True)
-            ]
+            pairs = zip(cols, labels, strict=True)
+            wanted = [max(content[c], display_width(lb)) for c, lb in pairs]
             minimum = [
                 min(w, max(FLEXIBLE_MIN[c], display_width(lb))) if c in FLEXIBLE_MIN else w
                 for c, w, lb in zip(cols, wanted, labels, strict=True)
             ]
-            needed = sum(minimum) + len(GAP) * (len(cols) - 1)
-            if needed > usable and not (dropped == len(DROP_ORDER) and tier == 2):
+            tiers.append((labels, wanted, minimum))
+        # Longest labels with which every cell fits whole; else the shortest labels, so the
+        # text columns get as much room as there is.
+        chosen = next((t for t in tiers if sum(t[1]) + gaps * (len(cols) - 1) <= usable), None)
+        if chosen is None:
+            last = tiers[-1]
+            fits = sum(last[2]) + gaps * (len(cols) - 1) <= usable
+            if not fits and dropped < len(DROP_ORDER):
                 continue
-            widths = list(minimum)
-            spare = usable - needed
-            for flex in (Column.NAME, Column.PROCESS, Column.TYPE):
-                if flex in cols and spare > 0:
-                    i = cols.index(flex)
-                    extra = min(spare, wanted[i] - widths[i])
-                    widths[i] += extra
-                    spare -= extra
-            return Layout(cols, tuple(widths), labels)
+            chosen = last
+        labels, wanted, minimum = chosen
+        widths = list(minimum)
+        spare = usable - sum(minimum) - gaps * (len(cols) - 1)
+        for flex in (Column.NAME, Column.TYPE, Column.PROCESS):
+            if flex in cols and spare > 0:
+                k = cols.index(flex)
+                extra = min(spare, wanted[k] - widths[k])
+                widths[k] += extra
+                spare -= extra
+        return Layout(cols, tuple(widths), labels)
     raise AssertionError("unreachable: the last layout is always taken")
 
 

@@ -366,3 +366,17 @@ def test_glyph_choice() -> None:
     braille = LiveOptions(glyphs=Glyphs.BRAILLE)
     assert braille.resolve_glyphs(encoding="ascii", environ={}) is Glyphs.BRAILLE
     assert STATS_ON.enabled
+
+
+def test_a_process_holding_prog_and_link_is_listed_once() -> None:
+    held = (
+        Owner(pid=77, comm="agent", executable="agent-bin", via="link"),
+        Owner(pid=77, comm="agent", executable="agent-bin", via="prog"),
+        Owner(pid=78, comm="other", executable="", via="prog"),
+    )
+    history = snapshots([[program(5, "p", owners=held)]])
+    body = "\n".join(texts(render(history, 200)[0]))
+    assert "agent(77), other(78)" in body
+    detail = ViewState(mode=Mode.DETAIL, detail_id=5)
+    body = "\n".join(texts(render(history, 200, 30, detail)[0]))
+    assert "Owners: agent(77) [agent-bin] via link+prog, other(78) via prog" in body
