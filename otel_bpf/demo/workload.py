@@ -153,10 +153,10 @@ class DemoWorkload:
                 self._stderr.close()
                 self._stderr = None
             # The child removes its cgroup itself; this covers a child killed outright.
-            path = self._cgroup or os.path.join(
-                cgroup.cgroup2_mount(), f"{demo.CGROUP_PREFIX}{proc.pid}"
-            )
             with contextlib.suppress(OSError):
+                path = self._cgroup or os.path.join(
+                    cgroup.cgroup2_mount(), f"{demo.CGROUP_PREFIX}{proc.pid}"
+                )
                 cgroup.remove(path)
             self._cgroup = None
             self._buf = b""

@@ -133,6 +133,7 @@ PARENT = textwrap.dedent(
             "cgroup": w.cgroup_path,
             "netns": os.readlink(f"/proc/{w.pid}/ns/net"),
         }), flush=True)
+        sys.stdin.readline()  # the test looks at the running workload first
         if mode == "raise":
             raise RuntimeError("failure inside the with block")
         if mode == "kill-worker":
@@ -195,11 +196,12 @@ def assert_nothing_left(info: dict[str, object]) -> None:
 def start_parent(mode: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", PARENT, mode],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
+    assert proc.stdin is not None and proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         proc.wait(30)
@@ -209,6 +211,8 @@ def start_parent(mode: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
     assert os.path.isdir(str(info["cgroup"]))
     assert netns_users(str(info["netns"])) == [info["pid"]]
     assert info["netns"] != os.readlink("/proc/self/ns/net")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
     return proc, info
 
 
