@@ -37,6 +37,16 @@ def normalize_rates(rates: Mapping[str, float] | None) -> dict[str, float]:
     return out
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of the worker: ours, with this copy of otel_bpf first on its path,
+    so the child runs the same code even when the package was found through ``sys.path``
+    changes rather than an installation."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class DemoWorkload:
     """Real BPF programs driven by real packets, in a child process, for demos and tests.
 
@@ -105,6 +115,7 @@ class DemoWorkload:
             cmd.append("--pdeathsig")
         self._proc = subprocess.Popen(
             cmd,
+            env=_child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
