@@ -52,8 +52,9 @@ class IteratorSource:
     """Owns the iterator programs' fds; a context manager, and a zero-argument callable for
     :class:`otel_bpf.sampler.Sampler` (``source=``) using the options given here.
 
-    ``layout_overrides`` replaces ids/offsets read from BTF (tests use it to make the
-    self-check fail); ``use_rdonly_cast`` forces a variant (None: the kfunc when present).
+    ``layout_overrides`` and ``owners_layout_overrides`` replace ids/offsets read from BTF
+    (tests use them to make the self-check or the owners calibration fail);
+    ``use_rdonly_cast`` forces a variant (None: the kfunc when present).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class IteratorSource:
         memlock: bool = True,
         include_self: bool = False,
         layout_overrides: Mapping[str, int] | None = None,
+        owners_layout_overrides: Mapping[str, int] | None = None,
         use_rdonly_cast: bool | None = None,
         cpus: Sequence[int] | None = None,
     ) -> None:
@@ -80,6 +82,8 @@ class IteratorSource:
                 self._owners_layout, self._owners_error = None, str(err)
         if layout_overrides:
             layout = layout.with_overrides(layout_overrides)
+        if owners_layout_overrides and self._owners_layout is not None:
+            self._owners_layout = replace(self._owners_layout, **owners_layout_overrides)
         self.layout = layout
         self._lock = threading.Lock()
         self._progs = ProgIterator(layout, cpus)

@@ -1,0 +1,168 @@
+"""Owners through ``iter/task_file`` against the /proc scan, on the real kernel.
+
+The compared sets are (prog_id, pid, via).  Processes of other users of the machine come and
+go during a comparison, so the exact check covers the processes this test controls (this
+one, a child holding inherited fds, a child holding programs of its own) and, for the rest,
+the pairs that two /proc scans around the iterator reading agree on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from kernel_progs import load_named, prog_id_of_fd
+
+from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel.iterator.source import IteratorSource
+from otel_bpf.kernel.owners import scan_owners
+from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
+from otel_bpf.records import Owner
+
+pytestmark = pytest.mark.kernel
+
+Pairs = set[tuple[int, int, str]]
+
+CHILD = """
+import sys
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel.loader import load_program, program_id
+fds = [
+    load_program(ProgType.SOCKET_FILTER, asm.assemble([asm.mov64_imm(0, -1), asm.exit_()]),
+                 f"otel_t_child{i}")
+    for i in range(int(sys.argv[1]))
+]
+print(" ".join(str(program_id(fd)) for fd in fds), flush=True)
+sys.stdin.read()
+"""
+
+
+def _pairs(owners: dict[int, tuple[Owner, ...]]) -> Pairs:
+    return {(prog_id, o.pid, o.via) for prog_id, os_ in owners.items() for o in os_}
+
+
+def _spawn(args: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, pass_fds=pass_fds
+    )
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.stdin:
+            p.stdin.close()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+        if p.stdout:
+            p.stdout.close()
+
+
+def _check(it: OwnersIterator, ours: set[int]) -> None:
+    for _attempt in range(5):
+        before = _pairs(scan_owners())
+        by_iter = it.owners()
+        after = _pairs(scan_owners())
+        got = _pairs(by_iter)
+        # Processes under our control: exact.
+        assert {p for p in got if p[1] in ours} == {p for p in before if p[1] in ours}
+        # Everyone else: the pairs both scans agree on must be there, and the iterator may
+        # only add pairs one of the scans saw (a process starting or ending meanwhile).
+        stable = before & after
+        if stable <= got and got - stable <= before | after:
+            # comm and executable agree with /proc for this process
+            with open("/proc/self/comm") as f:
+                comm = f.read().strip()
+            exe = os.path.basename(os.readlink("/proc/self/exe"))
+            for owners in by_iter.values():
+                for o in owners:
+                    if o.pid == os.getpid():
+                        assert (o.comm, o.executable) == (comm, exe)
+            return
+    pytest.fail(f"iterator and /proc scans kept disagreeing: {sorted(got ^ stable)[:10]}")
+
+
+def test_owners_match_the_proc_scan_across_random_changes(
+    children: list[subprocess.Popen[str]],
+) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    with VmlinuxBtf() as btf:
+        layout = OwnersLayout.from_btf(btf)
+    mine: list[int] = []
+    try:
+        with OwnersIterator(layout) as it:
+            ours = {os.getpid()}
+            for round_no in range(4):
+                for fd in rng.sample(mine, k=len(mine) // 2):
+                    mine.remove(fd)
+                    os.close(fd)
+                mine.extend(load_named(f"otel_t_own{round_no}_{k}") for k in range(3))
+                # A child holding some of our fds (like a forked worker), one with its own.
+                shared = tuple(rng.sample(mine, k=2))
+                holder = _spawn([sys.executable, "-c", "import sys; sys.stdin.read()"], shared)
+                loader = _spawn([sys.executable, "-c", CHILD, str(rng.randint(1, 3))])
+                children.extend([holder, loader])
+                assert loader.stdout is not None
+                child_ids = [int(x) for x in loader.stdout.readline().split()]
+                ours |= {holder.pid, loader.pid}
+                _check(it, ours)
+                found = it.owners()
+                for fd in shared:
+                    assert holder.pid in {o.pid for o in found[prog_id_of_fd(fd)]}
+                for prog_id in child_ids:
+                    assert [o.pid for o in found[prog_id]] == [loader.pid]
+                # the iterator's own link and program are reported too, "via" told apart
+                assert {o.via for o in found[it.prog_id]} == {"prog", "link"}
+    finally:
+        for fd in mine:
+            os.close(fd)
+
+
+def test_source_owners_come_from_the_iterator() -> None:
+    fd = load_named("otel_t_src_own")
+    try:
+        with IteratorSource(owners=True) as source:
+            records = {r.id: r for r in source.read_all().records}
+            assert source.owners_path == "iterator"
+            owners = records[prog_id_of_fd(fd)].owners
+            assert owners is not None
+            assert [(o.pid, o.via) for o in owners] == [(os.getpid(), "prog")]
+            without = source.read_all(owners=False).records
+            assert all(r.owners is None for r in without)
+    finally:
+        os.close(fd)
+
+
+def test_owners_fall_back_to_the_proc_scan(caplog: pytest.LogCaptureFixture) -> None:
+    with VmlinuxBtf() as btf:
+        tgid = btf.member_offset("task_struct", "tgid")
+    fd = load_named("otel_t_own_fb")
+    try:
+        # A wrong tgid offset: calibration never recognises this process.
+        with (
+            caplog.at_level(logging.WARNING, logger="otel_bpf"),
+            IteratorSource(owners=True, owners_layout_overrides={"task_tgid": tgid + 4}) as source,
+        ):
+            first = {r.id: r for r in source.read_all().records}
+            second = {r.id: r for r in source.read_all().records}
+            assert source.owners_path == "procfs"
+        for records in (first, second):
+            owners = records[prog_id_of_fd(fd)].owners
+            assert owners is not None
+            assert [(o.pid, o.via) for o in owners] == [(os.getpid(), "prog")]
+        lines = [r for r in caplog.records if "process owners" in r.getMessage()]
+        assert len(lines) == 1
+        assert "scanning /proc" in lines[0].getMessage()
+    finally:
+        os.close(fd)
