@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import select
@@ -41,15 +40,6 @@ VETH_PEER = "otdemo1"
 # IEEE 802 "local experimental" EtherType: no protocol handler in the kernel claims it.
 ETH_P_EXPERIMENTAL = 0x88B5
 LOOPBACK = "127.0.0.1"
-
-
-class DemoSetupError(Exception):
-    """Setting up the workload failed; the message is one line meant for the user."""
-
-
-def cgroup_path_for(pid: int) -> str:
-    """The demo cgroup directory of worker ``pid``."""
-    return os.path.join(cgroup.cgroup2_mount(), f"{CGROUP_PREFIX}{pid}")
 
 
 class Workload:
@@ -291,6 +281,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
-    sys.exit(errno.EINTR)
+    sys.exit(main())
