@@ -45,7 +45,8 @@ environment (flags win over the environment):
   OTEL_EXPORTER_OTLP_[METRICS_]INSECURE true | false (gRPC without TLS)
   OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE, _CLIENT_KEY, _CLIENT_CERTIFICATE  PEM files
   OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT  export request timeout, seconds (as the
-                                        OpenTelemetry Python SDK reads it; default 10)
+                                        OpenTelemetry Python SDK reads it; default 10,
+                                        or the export interval if shorter, at least 1)
   OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION  gzip | none
   OTEL_METRIC_EXPORT_INTERVAL           milliseconds between exports (default 60000)
   OTEL_METRIC_EXPORT_TIMEOUT            milliseconds for one export (default 30000)

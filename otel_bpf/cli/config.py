@@ -168,7 +168,9 @@ def _with_metrics_path(url: str) -> str:
     return url.rstrip("/") + HTTP_METRICS_PATH
 
 
-def resolve_otlp(ns: argparse.Namespace, environ: Mapping[str, str]) -> OtlpSettings:
+def resolve_otlp(
+    ns: argparse.Namespace, environ: Mapping[str, str], export_interval: float
+) -> OtlpSettings:
     """The OTLP exporter settings from flags and ``OTEL_EXPORTER_OTLP_*``."""
     if ns.protocol is not None:
         protocol = ns.protocol
@@ -214,7 +216,9 @@ def resolve_otlp(ns: argparse.Namespace, environ: Mapping[str, str]) -> OtlpSett
             "(or their METRICS_ forms) must be set together"
         )
 
-    timeout = DEFAULT_OTLP_TIMEOUT_S
+    # Without a setting, an export may not outlast the export interval (down to 1 s):
+    # a collector that is down would otherwise stall collection for the whole retry time.
+    timeout = min(DEFAULT_OTLP_TIMEOUT_S, max(1.0, export_interval))
     if (found := _otlp_env(environ, "TIMEOUT")) is not None:
         timeout = parse_positive(found[1], found[0], "seconds")
 
@@ -316,7 +320,7 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         ascii=ns.ascii,
         owners=bool(ns.owners) or bool(owner_names),
         exporters=exporters,
-        otlp=resolve_otlp(ns, env) if "otlp" in exporters else None,
+        otlp=resolve_otlp(ns, env, export_interval) if "otlp" in exporters else None,
         export_interval=export_interval,
         export_timeout=export_timeout,
         prometheus_host=host,

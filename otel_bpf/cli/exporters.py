@@ -59,6 +59,11 @@ class Telemetry:
             server.server_close()
         self._servers.clear()
 
+    def abort(self) -> None:
+        """Stop an OTLP export that is still retrying (after the final-export timeout)."""
+        if self.otlp is not None:
+            self.otlp.abort()
+
 
 def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
     import grpc  # type: ignore[import-untyped]

@@ -119,6 +119,8 @@ class BurstReportingExporter(MetricExporter):
         self._failures = 0
         self.exports_ok = 0
         """Successful exports so far (read by tests and the shutdown log)."""
+        self.last_ok: bool | None = None
+        """Whether the latest export succeeded; None before the first."""
 
     @property
     def failing(self) -> bool:
@@ -141,6 +143,7 @@ class BurstReportingExporter(MetricExporter):
 
     def _record(self, result: MetricExportResult, reason: str) -> None:
         with self._lock:
+            self.last_ok = result is MetricExportResult.SUCCESS
             if result is MetricExportResult.SUCCESS:
                 self.exports_ok += 1
                 if self._failing_since is not None:
@@ -164,6 +167,11 @@ class BurstReportingExporter(MetricExporter):
                     self._target,
                     f": {reason}" if reason else "",
                 )
+
+    def abort(self) -> None:
+        """Shut the wrapped exporter down now: a retry loop in progress gives up."""
+        with self._gate.exporting():
+            self._inner.shutdown(timeout_millis=0)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         with self._gate.exporting():

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from types import FrameType
@@ -27,7 +28,7 @@ from otel_bpf.cli import args as cli_args
 from otel_bpf.cli import jsonl
 from otel_bpf.cli.config import Config, ConfigError, resolve
 from otel_bpf.cli.exporters import ExporterError, Telemetry, build_telemetry
-from otel_bpf.cli.logs import ExportLogGate, setup_logging, teardown_logging
+from otel_bpf.cli.logs import ExportLogGate, setup_logging
 from otel_bpf.cli.signals import cancel_on_signal
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 
@@ -150,20 +151,37 @@ def _write_lines(lines: list[str]) -> None:
 
 
 async def _final_export(telemetry: Telemetry) -> None:
-    """Flush and shut the provider down: shielded from cancellation, bounded in time."""
+    """Flush and shut the provider down: shielded from cancellation, bounded in time.
+
+    The work runs in a daemon thread, not an anyio worker: a worker thread left behind by
+    a timeout would keep the process alive at exit (anyio's workers are not daemons).
+    """
     if telemetry.provider is None:
         return
-    with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_EXPORT_TIMEOUT + 1) as scope:
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def shutdown() -> None:
         try:
-            await anyio.to_thread.run_sync(
-                telemetry.shutdown, FINAL_EXPORT_TIMEOUT, abandon_on_cancel=True
-            )
+            telemetry.shutdown(FINAL_EXPORT_TIMEOUT)
         except Exception as exc:
-            log.warning("final export failed: %s", exc)
-    if scope.cancelled_caught:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, name="bpftop-otel final export", daemon=True).start()
+    with anyio.CancelScope(shield=True):
+        finished = await anyio.to_thread.run_sync(done.wait, FINAL_EXPORT_TIMEOUT)
+    if not finished:
+        # Stop the exporter's retry loop so nothing more is attempted during exit.
+        telemetry.abort()
         log.warning("final export did not finish within %.0f s", FINAL_EXPORT_TIMEOUT)
-    elif telemetry.otlp is not None:
-        log.info("final export done (%d successful exports)", telemetry.otlp.exports_ok)
+    elif failure:
+        log.warning("final export failed: %s", failure[0])
+    elif telemetry.otlp is not None and not telemetry.otlp.last_ok:
+        log.warning("final export failed: the collector did not take it")
+    else:
+        log.info("final export done")
 
 
 @contextmanager
@@ -301,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     gate = ExportLogGate()
     handler = setup_logging(config.log_level, gate)
+    # The handler stays installed until the interpreter exits: an export abandoned by the
+    # final-export timeout may still log, and must go through the same filter.
     try:
         if config.live:
             from otel_bpf.live.terminal import check_terminal
@@ -311,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cli_args.EXIT_USAGE
         return _guard(lambda: _start(config, gate, options))
     finally:
-        teardown_logging([handler])
+        handler.flush()
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 

@@ -39,6 +39,13 @@ def test_defaults_follow_the_sdk() -> None:
     assert o.insecure is True and o.timeout == 10.0 and dict(o.headers) == {}
 
 
+def test_default_otlp_timeout_follows_a_short_export_interval() -> None:
+    assert otlp(["--export-interval", "3"]).timeout == 3.0
+    assert otlp(["--export-interval", "0.2"]).timeout == 1.0
+    assert otlp(["--export-interval", "30"]).timeout == 10.0
+    assert otlp(["--export-interval", "2"], {"OTEL_EXPORTER_OTLP_TIMEOUT": "7"}).timeout == 7.0
+
+
 def test_live_alone_exports_nothing_unless_asked() -> None:
     assert cfg(["--live"]).exporters == ()
     assert cfg(["--live"], {"OTEL_METRICS_EXPORTER": "otlp"}).exporters == ("otlp",)
