@@ -116,12 +116,13 @@ def scan_owners() -> dict[int, tuple[Owner, ...]]:
     return result
 
 
+def iter_stats_holders(exclude_pid: int | None = None) -> Iterator[int]:
+    """Pids of processes holding an ``anon_inode:bpf-stats`` fd (BPF_ENABLE_STATS), lazily."""
+    for pid in process_ids():
+        if pid != exclude_pid and any(t == STATS_FD_TARGET for _, t in fd_targets(pid)):
+            yield pid
+
+
 def stats_holders(exclude_pid: int | None = None) -> list[int]:
     """Pids of processes holding an ``anon_inode:bpf-stats`` fd (BPF_ENABLE_STATS)."""
-    pids = []
-    for pid in process_ids():
-        if pid == exclude_pid:
-            continue
-        if any(target == STATS_FD_TARGET for _, target in fd_targets(pid)):
-            pids.append(pid)
-    return pids
+    return list(iter_stats_holders(exclude_pid))

@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 
 from otel_bpf.kernel._uapi import BPF_STATS_RUN_TIME, Cmd, EnableStatsAttr
 from otel_bpf.kernel.errors import BpfUnsupportedError
-from otel_bpf.kernel.owners import stats_holders
+from otel_bpf.kernel.owners import iter_stats_holders
 from otel_bpf.kernel.syscall import bpf, close
 from otel_bpf.records import StatsState
 
@@ -155,10 +155,11 @@ def stats_enabled(*, allow_sysctl: bool = False) -> Iterator[StatsSwitch]:
 def stats_state() -> StatsState:
     """Whether stats are being counted right now, and who keeps them on.
 
-    ``others`` scans ``/proc/*/fd`` for ``anon_inode:bpf-stats`` outside this process.
+    ``others`` scans ``/proc/*/fd`` for ``anon_inode:bpf-stats`` outside this process (up to
+    the first holder found); on a host with thousands of processes this costs milliseconds.
     """
     return StatsState(
         ours=StatsSwitch().fd_held,
         sysctl=bool(read_sysctl()),
-        others=bool(stats_holders(exclude_pid=os.getpid())),
+        others=next(iter_stats_holders(exclude_pid=os.getpid()), None) is not None,
     )
