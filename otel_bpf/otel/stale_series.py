@@ -76,6 +76,9 @@ class StaleSeriesPruner:
         """Forget every attribute set of ``instrument`` that is not in ``observed``."""
         if self._disabled_reason is not None:
             return
+        # An instrument created through the API's proxy (global provider set later) is
+        # stored by the SDK under the real instrument the proxy wraps.
+        instrument = getattr(instrument, "_real_instrument", None) or instrument
         try:
             matches = self._matches_for(instrument)
             if matches is None:

@@ -428,3 +428,21 @@ def test_a_second_set_of_instruments_on_the_same_provider_takes_over() -> None:
     assert points(collect(reader)["bpf.program.runs"]) == {attrs(2): 9}
     assert second.collections == 1
     mp.shutdown()
+
+
+def test_global_provider_set_after_the_instruments_were_created() -> None:
+    # The API's proxy provider: instruments created before set_meter_provider() are proxies
+    # whose real instruments the SDK stores; stale series must still be released.
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    proxy = _ProxyMeterProvider()
+    feed = Feed()
+    inst = create_instruments(proxy, feed)  # type: ignore[arg-type]
+    reader = InMemoryMetricReader(cardinality_limits={ObservableCounter: 3})
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    proxy.on_set_meter_provider(mp)
+    for i in range(1, 10):
+        feed.push([prog(i, run_cnt=i)])
+        assert points(collect(reader)["bpf.program.runs"]) == {attrs(i): i}
+    assert inst.pruner is not None and inst.pruner.active and inst.pruner.released >= 8
+    mp.shutdown()

@@ -1,0 +1,182 @@
+"""When BpfMetricsPlugin holds kernel stats, with a synthetic source and a counting holder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+
+from otel_bpf.otel.plugin import BpfMetricsPlugin, reader_export_interval
+from otel_bpf.records import ProgramRecord, StatsState
+from otel_bpf.sampler import Sampler
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.count = 0
+        self.events: list[str] = []
+
+    def acquire(self) -> None:
+        self.count += 1
+        self.events.append("on")
+
+    def release(self) -> None:
+        self.count -= 1
+        self.events.append("off")
+
+
+@dataclass
+class Result:
+    records: list[ProgramRecord]
+    errors: list[str] = field(default_factory=list)
+
+
+def prog() -> ProgramRecord:
+    return ProgramRecord(
+        id=1,
+        type="xdp",
+        type_id=6,
+        name="p",
+        tag="00" * 8,
+        run_time_ns=0,
+        run_cnt=0,
+        recursion_misses=0,
+        load_time=1.0,
+        uid=0,
+        verified_insns=1,
+        xlated_size=8,
+        jited_size=8,
+        map_ids=(),
+        btf_id=0,
+        memlock_bytes=None,
+    )
+
+
+def fake_sampler(holder: Holder) -> Sampler:
+    return Sampler(
+        interval=0.1,
+        source=lambda: Result([prog()]),
+        stats_state=lambda: StatsState(ours=holder.count > 0, sysctl=False, others=False),
+        online_cpus=lambda: 1,
+    )
+
+
+async def eventually(predicate: Any, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await anyio.sleep(0.02)
+    return bool(predicate())
+
+
+class NullExporter(MetricExporter):
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+def test_reader_export_interval_is_found_on_the_provider() -> None:
+    periodic = PeriodicExportingMetricReader(NullExporter(), export_interval_millis=7_000)
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader(), periodic], shutdown_on_exit=False)
+    assert reader_export_interval(mp) == 7.0
+    mp.shutdown()
+    alone = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    assert reader_export_interval(alone) is None
+    alone.shutdown()
+
+
+async def test_idle_threshold_learned_from_collection_gaps() -> None:
+    holder = Holder()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    sampler = fake_sampler(holder)
+    plugin = BpfMetricsPlugin(mp, sampler=sampler, stats_holder=holder)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(sampler.run)
+            async with plugin:
+                assert holder.count == 1
+                for _ in range(6):
+                    reader.get_metrics_data()
+                    last = time.monotonic()
+                    await anyio.sleep(0.15)
+                # Gaps of about 0.15 s were seen: three of them without a collection is idle.
+                assert await eventually(lambda: holder.count == 0)
+                idle = time.monotonic() - last
+                assert 0.4 <= idle <= 2.5, idle
+                reader.get_metrics_data()
+                assert await eventually(lambda: holder.count == 1)
+            tg.cancel_scope.cancel()
+    assert holder.events == ["on", "off", "on", "off"]
+    mp.shutdown()
+
+
+async def test_a_provider_shut_down_before_start_never_gets_stats() -> None:
+    holder = Holder()
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    mp.shutdown()
+    sampler = fake_sampler(holder)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(sampler.run)
+            async with BpfMetricsPlugin(mp, sampler=sampler, stats_holder=holder) as plugin:
+                await anyio.sleep(0.3)
+                assert not plugin.stats_held
+            tg.cancel_scope.cancel()
+    assert holder.events == []
+
+
+async def test_a_plugin_runs_once_at_a_time_and_can_run_again() -> None:
+    holder = Holder()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    sampler = fake_sampler(holder)
+    plugin = BpfMetricsPlugin(mp, sampler=sampler, stats_holder=holder)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(sampler.run)
+            async with plugin:
+                with pytest.raises(RuntimeError, match="already running"):
+                    await plugin.run()
+            assert reader.get_metrics_data() is None  # closed: nothing observed
+            async with plugin:
+                data = reader.get_metrics_data()
+                assert data is not None
+            tg.cancel_scope.cancel()
+    assert holder.count == 0
+    mp.shutdown()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        BpfMetricsPlugin(interval=0.01)
+    with pytest.raises(ValueError, match="collection_interval"):
+        BpfMetricsPlugin(collection_interval=0)
+    with pytest.raises(ValueError, match="idle_collections"):
+        BpfMetricsPlugin(idle_collections=0)
