@@ -274,3 +274,46 @@ def test_one_failing_program_never_ends_the_pass(monkeypatch: pytest.MonkeyPatch
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _kernel_enum(text: str, enum: str, prefix: str) -> dict[int, set[str]]:
+    """Enumerators of ``enum`` in bpftool's raw BTF dump: value -> lowercase names."""
+    values: dict[int, set[str]] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith("[") and f"ENUM '{enum}'" in line:
+            break
+    else:
+        pytest.fail(f"enum {enum} not in vmlinux BTF")
+    for line in lines:
+        if not line.startswith("\t"):
+            break
+        name, _, val = line.strip().partition(" val=")
+        name = name.strip("'")
+        if name.startswith(prefix):
+            values.setdefault(int(val), set()).add(name[len(prefix) :].lower())
+    return values
+
+
+def test_every_type_the_running_kernel_knows_has_bpftools_name() -> None:
+    from otel_bpf.kernel.prog_types import map_type_name, prog_type_name
+
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool not installed (Debian package bpftool)")
+    dump = subprocess.run(
+        ["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "raw"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for enum, prefix, name_of in (
+        ("bpf_prog_type", "BPF_PROG_TYPE_", prog_type_name),
+        ("bpf_map_type", "BPF_MAP_TYPE_", map_type_name),
+    ):
+        known = _kernel_enum(dump, enum, prefix)
+        assert len(known) > 30
+        for value, names in known.items():
+            # CGROUP_STORAGE is an alias of CGROUP_STORAGE_DEPRECATED since 6.2.
+            names = {n.removesuffix("_deprecated") for n in names}
+            assert name_of(value) in names, (enum, value, names)
