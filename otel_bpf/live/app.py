@@ -155,9 +155,11 @@ async def _handle_signals(view: LiveView, scope: CancelScope) -> None:
 def _logging_diverted() -> Iterator[list[logging.LogRecord]]:
     """Keep log records off the screen while the view is up; replay them afterwards.
 
-    Root handlers that write to a stream (stderr, usually the same terminal) are set aside
-    and a bounded in-memory list takes their records; after the terminal is restored the
-    records go to the set-aside handlers (or Python's last-resort handler).
+    Root handlers that write to a stream (stderr, usually this very terminal) are set aside
+    and a bounded in-memory list takes their records; once the terminal is restored the
+    records go to the set-aside handlers.  With no root handler at all, Python's
+    last-resort handler would write warnings to stderr, so the list takes those and they
+    go to it afterwards.  Other handlers (files, a buffering handler) are left alone.
     """
     root = logging.getLogger()
     aside = [
@@ -165,7 +167,13 @@ def _logging_diverted() -> Iterator[list[logging.LogRecord]]:
         for h in root.handlers
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
     ]
+    targets: list[logging.Handler] = list(aside)
+    if not root.handlers and logging.lastResort is not None:
+        targets.append(logging.lastResort)
     kept: list[logging.LogRecord] = []
+    if not targets:
+        yield kept
+        return
 
     class _Ring(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -173,7 +181,7 @@ def _logging_diverted() -> Iterator[list[logging.LogRecord]]:
                 del kept[0]
             kept.append(record)
 
-    ring = _Ring(level=logging.WARNING if not aside else logging.NOTSET)
+    ring = _Ring(level=min(t.level for t in targets) if aside else logging.WARNING)
     for handler in aside:
         root.removeHandler(handler)
     root.addHandler(ring)
@@ -183,9 +191,6 @@ def _logging_diverted() -> Iterator[list[logging.LogRecord]]:
         root.removeHandler(ring)
         for handler in aside:
             root.addHandler(handler)
-        targets: list[logging.Handler] = list(aside)
-        if not targets and logging.lastResort is not None:
-            targets.append(logging.lastResort)
         for record in kept:
             for target in targets:
                 if record.levelno >= target.level:

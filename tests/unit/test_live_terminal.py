@@ -374,3 +374,19 @@ async def test_run_live_refuses_a_non_terminal() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.anyio
+async def test_without_handlers_warnings_wait_for_the_normal_screen(
+    pty: Pty, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no root handler Python's last resort would write to stderr mid-frame."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+
+    def body(programs: Programs, sampler: Sampler) -> None:
+        logging.getLogger("otel_bpf.test").warning("LAST-RESORT-WHILE-LIVE")
+        assert "LAST-RESORT-WHILE-LIVE" not in capsys.readouterr().err
+        os.write(pty.master, b"q")
+
+    await live_session(pty, body)
+    assert "LAST-RESORT-WHILE-LIVE" in capsys.readouterr().err
