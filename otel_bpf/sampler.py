@@ -214,34 +214,37 @@ class Sampler:
         try:
             await self._publish_pass(limiter, first=True)
             task_status.started()
-            next_t = anyio.current_time()
+            next_t = anyio.current_time() + self._interval
             while True:
+                early = await self._sleep_until(next_t)
+                await self._publish_pass(limiter, first=False)
+                if early:
+                    continue  # a refresh pass leaves the regular schedule as it was
                 next_t += self._interval
                 now = anyio.current_time()
                 if next_t <= now:
                     missed = math.floor((now - next_t) / self._interval) + 1
                     next_t += missed * self._interval
-                await self._sleep_until(next_t)
-                await self._publish_pass(limiter, first=False)
         finally:
             self._running = False
             self._refresh = None
             self._broadcast.close()
 
-    async def _sleep_until(self, deadline: float) -> None:
-        """Sleep until ``deadline`` or until a refresh is requested (then pass once early)."""
+    async def _sleep_until(self, deadline: float) -> bool:
+        """Sleep until ``deadline``; True when woken early by :meth:`request_refresh`."""
         while anyio.current_time() < deadline:
             if self._refresh_requested:
                 self._refresh_requested = False
                 self._refresh = anyio.Event()
-                return
+                return True
             refresh = self._refresh
             assert refresh is not None
             with anyio.CancelScope(deadline=deadline):
                 await refresh.wait()
-        # A refresh requested during a regular tick is satisfied by that tick.
+        # A refresh requested just as the regular tick came is satisfied by that tick.
         self._refresh_requested = False
         self._refresh = anyio.Event()
+        return False
 
     async def _publish_pass(self, limiter: anyio.CapacityLimiter, *, first: bool) -> None:
         try:

@@ -314,3 +314,21 @@ async def test_request_refresh_runs_a_pass_early() -> None:
             snap = await s.wait_next(1)
             tg.cancel_scope.cancel()
     assert snap.elapsed is not None and snap.elapsed < 5
+
+
+async def test_a_refresh_does_not_move_the_regular_schedule() -> None:
+    src = Source()
+    s = sampler(src, interval=0.6)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(s.run)
+            first = s.latest
+            assert first is not None
+            await anyio.sleep(0.15)
+            s.request_refresh()
+            early = await s.wait_next(first.seq)
+            regular = await s.wait_next(early.seq)
+            tg.cancel_scope.cancel()
+    assert early.monotonic - first.monotonic < 0.45
+    # The regular tick still comes 0.6 s after the first pass, not 0.6 s after the refresh.
+    assert 0.5 < regular.monotonic - first.monotonic < 0.95
