@@ -4,9 +4,10 @@ Enumeration is GET_NEXT_ID -> GET_FD_BY_ID -> OBJ_GET_INFO_BY_FD -> close for ea
 Programs come and go during a pass: one that vanished (ENOENT) is skipped silently, one that
 fails for another reason is reported in :attr:`ReadResult.errors`, and the pass goes on.
 
-The per-program work is kept small because it runs for every program every tick: one
-reusable info buffer and attr, no dict per program, the BTF name lookup cached per program
-(it costs three extra syscalls and a parse).
+The per-program work is kept small because it runs for every program every tick: the raw
+syscall with prebuilt attrs and one reusable info buffer, one ``struct`` unpack, and the facts
+that never change after load (the BTF full name: three extra syscalls and a parse; memlock:
+an fdinfo read) read once per program and cached.
 
 Parsing is separate from the syscalls: :func:`record_from_info` builds a record from a filled
 :class:`ProgInfo` and the ``info_len`` the kernel returned, so captured bytes are testable
@@ -54,7 +55,14 @@ def _struct_layout(cls: type[ctypes.Structure]) -> tuple[struct.Struct, dict[str
     One ``unpack_from`` turns the whole info buffer into Python values, which is several
     times cheaper than reading the ctypes fields one by one.
     """
-    codes: dict[Any, str] = {ctypes.c_uint8: "B", ctypes.c_uint32: "I", ctypes.c_uint64: "Q"}
+    codes: dict[Any, str] = {
+        ctypes.c_uint8: "B",
+        ctypes.c_uint16: "H",
+        ctypes.c_uint32: "I",
+        ctypes.c_int32: "i",
+        ctypes.c_uint64: "Q",
+        ctypes.c_int64: "q",
+    }
     fmt, pos, index = "<", 0, {}
     for i, (name, ctype, *_bits) in enumerate(cls._fields_):
         desc = getattr(cls, name)
