@@ -10,7 +10,7 @@ reported.  The kernel's walk visits each thread group's file table once (threads
 are skipped), like the /proc scan.
 
 One 32-byte record per program or link fd: ``u32 prog_id, u32 tgid, u32 fd, u32 via
-(0 program, 1 link), char comm[16]`` (the thread-group leader's comm, as /proc shows it).
+(0 link, 1 program), char comm[16]`` (the thread-group leader's comm, as /proc shows it).
 A link whose program is gone reports ``prog_id`` 0 and is dropped.
 """
 
@@ -44,7 +44,8 @@ from otel_bpf.records import Owner
 
 PROGRAM_NAME = "otel_bpf_owners"
 RECORD = struct.Struct("<IIII16s")
-VIA = ("prog", "link")
+# Numbered so that sorting by number sorts like the /proc scan, by name.
+VIA = ("link", "prog")
 
 # State map value: u32 tgid (of the reader, learned), u32 prog_fd, u32 link_fd, u32 pad,
 # u64 prog_fop, u64 link_fop.
@@ -143,13 +144,13 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     b.emit(asm.ldx_mem(8, R1, R7, lay.file_f_op))
     b.emit(asm.ldx_mem(8, R2, R9, _ST_PROG_FOP))
     b.jmp_imm("jeq", R2, 0, "out")
-    b.emit(asm.st_mem(4, R10, _REC + 12, 0))
+    b.emit(asm.st_mem(4, R10, _REC + 12, 1))  # via: 1 program fd
     b.emit(asm.ldx_mem(8, R3, R7, lay.file_private_data))  # void *: a plain integer
     b.jmp_reg("jeq", R1, R2, "have_prog")
     b.emit(asm.ldx_mem(8, R2, R9, _ST_LINK_FOP))
     b.jmp_imm("jeq", R2, 0, "out")
     b.jmp_reg("jne", R1, R2, "out")
-    b.emit(asm.st_mem(4, R10, _REC + 12, 1))
+    b.emit(asm.st_mem(4, R10, _REC + 12, 0))  # via: 0 link fd
     _read_pointer(b, lay.link_prog)  # link->prog
     b.jmp_imm("jeq", R3, 0, "out")
 
@@ -204,6 +205,7 @@ class OwnersIterator:
     def __init__(self, layout: OwnersLayout) -> None:
         self.layout = layout
         self._fds: list[int] = []
+        self._owner_cache: dict[tuple[int, int, bytes], Owner] = {}
         try:
             self._state_fd = self._keep(
                 create_map(MAP_TYPE_ARRAY, 4, _STATE_SIZE, 1, "otel_bpf_own")
@@ -269,7 +271,10 @@ class OwnersIterator:
     def owners(self) -> dict[int, tuple[Owner, ...]]:
         """Program id -> holders, sorted by (pid, via), one entry per way held: the same shape
         as the /proc scan (``otel_bpf.kernel.owners.scan_owners``)."""
-        return owners_from_fds(self.read())
+        owners, self._owner_cache = owners_from_records(
+            read_iterator(self.link_fd), self._owner_cache
+        )
+        return owners
 
     def close(self) -> None:
         """Release the link, the program and the map."""
@@ -283,18 +288,38 @@ class OwnersIterator:
         self.close()
 
 
-def owners_from_fds(fds: list[OwnerFd]) -> dict[int, tuple[Owner, ...]]:
-    """Group fd records by program; executables are read once per owning process."""
-    found: dict[int, dict[tuple[int, str], str]] = {}
-    for o in fds:
-        found.setdefault(o.prog_id, {})[(o.pid, o.via)] = o.comm
+def owners_from_records(
+    data: bytes, cache: dict[tuple[int, int, bytes], Owner] | None = None
+) -> tuple[dict[int, tuple[Owner, ...]], dict[tuple[int, int, bytes], Owner]]:
+    """Group one pass's records by program.
+
+    Runs every pass, so it works on the unpacked tuples and reuses the :class:`Owner` of a
+    (pid, via, comm) seen in the previous pass (``cache``; the executable is read once per
+    new owner).  Returns the grouping and the cache for the next pass.
+    """
+    old = cache or {}
+    new: dict[tuple[int, int, bytes], Owner] = {}
+    found: dict[int, set[tuple[int, int, bytes]]] = {}
+    usable = len(data) - len(data) % RECORD.size
+    for prog_id, tgid, _fd, via, comm in RECORD.iter_unpack(data[:usable]):
+        if prog_id:
+            holders = found.get(prog_id)
+            if holders is None:
+                holders = found[prog_id] = set()
+            holders.add((tgid, via & 1, comm))
     exes: dict[int, str] = {}
     result: dict[int, tuple[Owner, ...]] = {}
     for prog_id, holders in found.items():
         owners = []
-        for (pid, via), comm in sorted(holders.items()):
-            if pid not in exes:
-                exes[pid] = process_executable(pid)
-            owners.append(Owner(pid=pid, comm=comm, executable=exes[pid], via=via))
+        for key in sorted(holders) if len(holders) > 1 else holders:
+            owner = new.get(key) or old.get(key)
+            if owner is None:
+                pid, via, comm = key
+                if pid not in exes:
+                    exes[pid] = process_executable(pid)
+                name = comm.split(b"\0", 1)[0].decode(errors="replace")
+                owner = Owner(pid=pid, comm=name, executable=exes[pid], via=VIA[via])
+            new[key] = owner
+            owners.append(owner)
         result[prog_id] = tuple(owners)
-    return result
+    return result, new

@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
@@ -62,9 +63,8 @@ _PPTR0 = -96  # pptrs[0] of the percpu map
 _STATS = -128  # one CPU's bpf_prog_stats (probe_read variant), 32 bytes
 
 
-@dataclass(frozen=True, slots=True)
-class ProgRecordRaw:
-    """What the iterator reports for one program."""
+class ProgRecordRaw(NamedTuple):
+    """What the iterator reports for one program (a tuple: one is built per program per pass)."""
 
     id: int
     type_id: int
@@ -238,8 +238,9 @@ def build_program(
 def decode(data: bytes) -> list[ProgRecordRaw]:
     """Records of one pass (a torn tail, which the kernel never writes, is ignored)."""
     usable = len(data) - len(data) % RECORD.size
+    new = ProgRecordRaw
     return [
-        ProgRecordRaw(pid, ptype, name.split(b"\0", 1)[0].decode(errors="replace"), lt, ns, cnt, m)
+        new(pid, ptype, name.split(b"\0", 1)[0].decode(errors="replace"), lt, ns, cnt, m)
         for pid, ptype, name, lt, ns, cnt, m in RECORD.iter_unpack(data[:usable])
     ]
 

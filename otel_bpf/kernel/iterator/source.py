@@ -20,7 +20,7 @@ from otel_bpf.kernel.btf import program_btf_name
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
 from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
-from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout, ProgRecordRaw
+from otel_bpf.kernel.iterator.progs import RECORD, ProgIterator, ProgIterLayout, ProgRecordRaw
 from otel_bpf.kernel.programs import ReadResult, record_from_info
 from otel_bpf.kernel.syscall import bpf, close
 from otel_bpf.kernel.system import boot_time_offset
@@ -40,10 +40,11 @@ class IteratorReadResult(ReadResult):
     sampling_path: str = "iterator"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Cached:
     """Static fields of one program, and the last record built from them."""
 
+    load_time_ns: int
     static: ProgramRecord
     last: ProgramRecord
 
@@ -88,7 +89,7 @@ class IteratorSource:
         self._lock = threading.Lock()
         self._progs = ProgIterator(layout, cpus)
         self._owners_iter: OwnersIterator | None = None
-        self._cache: dict[tuple[int, int], _Cached] = {}
+        self._cache: dict[int, _Cached] = {}
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------
@@ -151,8 +152,7 @@ class IteratorSource:
         with self._lock:
             if self._closed:
                 raise BpfError(0, "the iterator source is closed")
-            raw = self._progs.read()
-            records, errors = self._merge(raw, memlock)
+            records, errors = self._merge(self._progs.read_raw(), memlock)
             by_prog = self._owners_pass() if owners else None
         if not include_self:
             own = self.self_ids
@@ -170,41 +170,38 @@ class IteratorSource:
         records.sort(key=_by_id)
         return IteratorReadResult(records, errors)
 
-    def _merge(
-        self, raw: list[ProgRecordRaw], memlock: bool
-    ) -> tuple[list[ProgramRecord], list[str]]:
+    def _merge(self, data: bytes, memlock: bool) -> tuple[list[ProgramRecord], list[str]]:
+        # Runs for every program every pass: unpacked tuples, an int-keyed cache, and the
+        # previous record reused while a program's counters do not move.
         records: list[ProgramRecord] = []
         errors: list[str] = []
-        cache, seen = self._cache, {}
+        cache = self._cache
+        seen: dict[int, _Cached] = {}
         boot_offset: float | None = None
-        for r in raw:
-            key = (r.id, r.load_time_ns)
-            entry = cache.get(key)
-            if entry is None:
+        usable = len(data) - len(data) % RECORD.size
+        for prog_id, _type, _name, load_time, ns, cnt, misses in RECORD.iter_unpack(data[:usable]):
+            entry = cache.get(prog_id)
+            if entry is None or entry.load_time_ns != load_time:
                 if boot_offset is None:
                     boot_offset = boot_time_offset()
                 try:
-                    static = _static_record(r.id, boot_offset)
+                    static = _static_record(prog_id, boot_offset)
                 except BpfNotFoundError:
                     continue  # unloaded since the walk saw it
                 except (BpfError, OSError) as err:
-                    errors.append(f"program {r.id}: {err}")
+                    errors.append(f"program {prog_id}: {err}")
                     continue
-                entry = _Cached(static, static)
+                entry = _Cached(load_time, static, static)
             last = entry.last
-            if (
-                last.run_time_ns != r.run_time_ns
-                or last.run_cnt != r.run_cnt
-                or last.recursion_misses != r.recursion_misses
-            ):
+            if last.run_time_ns != ns or last.run_cnt != cnt or last.recursion_misses != misses:
                 s = entry.static
                 last = ProgramRecord(
-                    s.id, s.type, s.type_id, s.name, s.tag, r.run_time_ns, r.run_cnt,
-                    r.recursion_misses, s.load_time, s.uid, s.verified_insns, s.xlated_size,
-                    s.jited_size, s.map_ids, s.btf_id, s.memlock_bytes,
+                    s.id, s.type, s.type_id, s.name, s.tag, ns, cnt, misses, s.load_time, s.uid,
+                    s.verified_insns, s.xlated_size, s.jited_size, s.map_ids, s.btf_id,
+                    s.memlock_bytes,
                 )  # fmt: skip
-                entry = _Cached(s, last)
-            seen[key] = entry
+                entry.last = last
+            seen[prog_id] = entry
             records.append(last if memlock else _without_memlock(last))
         self._cache = seen  # forget programs that are gone
         return records, errors

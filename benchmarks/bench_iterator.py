@@ -1,0 +1,142 @@
+"""Iterator vs syscall sampling path, with the C syscall loop as the baseline (run as root).
+
+    python benchmarks/bench_iterator.py [--sizes 100,1000,5000] [--passes 20]
+
+For each size the script loads that many tiny socket filters (and releases them at the end),
+then prints nanoseconds per program for one pass of:
+
+* the iterator path: raw read + decode (``IteratorSource.read_raw``) and the full
+  ``IteratorSource.read_all`` (records merged with the cached static fields),
+* the syscall path (``otel_bpf.kernel.programs.read_all``, with and without fdinfo memlock),
+* the C loop in ``benchmarks/c/prog_loop.c`` (GET_NEXT_ID, GET_FD_BY_ID, OBJ_GET_INFO_BY_FD,
+  close), compiled here with gcc,
+
+plus the owners pass (``iter/task_file``) against the /proc scan, and the start-up costs.
+Stats are on (``BPF_ENABLE_STATS``) while measuring, as when the exporter runs.  Medians of
+``--passes`` passes; other load on the machine shows up as noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout
+from otel_bpf.kernel.iterator.selfcheck import choose_source
+from otel_bpf.kernel.iterator.source import IteratorSource
+from otel_bpf.kernel.loader import load_program
+from otel_bpf.kernel.owners import scan_owners
+from otel_bpf.kernel.programs import read_all
+from otel_bpf.kernel.stats import stats_enabled
+from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
+
+HERE = Path(__file__).resolve().parent
+PASS_ALL = asm.assemble([asm.mov64_imm(asm.R0, -1), asm.exit_()])
+
+
+def median_s(fn: Callable[[], object], passes: int) -> float:
+    fn()  # warm-up (fills caches)
+    times = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build_c(tmp: Path) -> Path:
+    exe = tmp / "prog_loop"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "c" / "prog_loop.c")], check=True)
+    return exe
+
+
+def c_loop_ns(exe: Path, passes: int) -> tuple[int, float]:
+    out = subprocess.run([str(exe), str(passes)], capture_output=True, text=True, timeout=600)
+    programs, _best, median = out.stdout.split()
+    return int(programs), float(median)
+
+
+def startup(passes: int) -> None:
+    def lookup() -> None:
+        with VmlinuxBtf() as btf:
+            ProgIterLayout.from_btf(btf)
+            OwnersLayout.from_btf(btf)
+
+    lookup_ms = median_s(lookup, passes) * 1e3
+    with VmlinuxBtf() as btf:
+        layout = ProgIterLayout.from_btf(btf)
+        olayout = OwnersLayout.from_btf(btf)
+    load_ms = median_s(lambda: ProgIterator(layout).close(), passes) * 1e3
+    owners_ms = median_s(lambda: OwnersIterator(olayout).close(), passes) * 1e3
+    print(f"start-up: vmlinux BTF look-ups {lookup_ms:.1f} ms (fresh open each time), ")
+    print(f"          iter/bpf_prog maps+load+link ({layout.variant}) {load_ms:.2f} ms, ")
+    print(f"          iter/task_file load+link+calibration {owners_ms:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--passes", type=int, default=20)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, max(sizes) + 1024)), hard))
+
+    with tempfile.TemporaryDirectory() as tmp, stats_enabled():
+        exe = build_c(Path(tmp))
+        startup(args.passes)
+        print()
+        header = (
+            f"{'programs':>8} | {'iter raw':>9} {'iter full':>9} | {'syscall':>8} "
+            f"{'+memlock':>8} | {'C loop':>7} | {'raw/C':>6} {'full/C':>6} | "
+            f"{'owners it':>9} {'procfs':>8} {'ratio':>6} | {'auto':>7}"
+        )
+        print("ns per program (owners and auto start-up in ms per pass)")
+        print(header)
+        print("-" * len(header))
+        fds: list[int] = []
+        try:
+            for size in sizes:
+                while len(fds) < size:
+                    fds.append(load_program(ProgType.SOCKET_FILTER, PASS_ALL, "bench_filter"))
+                passes = args.passes if size <= 1000 else max(3, args.passes // 4)
+                t0 = time.perf_counter()
+                source, path, reason = choose_source("auto", owners=True)
+                auto_ms = (time.perf_counter() - t0) * 1e3
+                if not isinstance(source, IteratorSource):
+                    sys.exit(f"iterator path unavailable: {reason}")
+                with source:
+                    n = len(source.read_raw())
+                    raw = median_s(source.read_raw, passes) / n * 1e9
+                    full = median_s(lambda: source.read_all(owners=False), passes) / n * 1e9
+                    sc = median_s(lambda: read_all(memlock=False), passes) / n * 1e9
+                    scm = median_s(read_all, passes) / n * 1e9
+                    _, c_ns = c_loop_ns(exe, passes)
+                    with VmlinuxBtf() as btf:
+                        olayout = OwnersLayout.from_btf(btf)
+                    with OwnersIterator(olayout) as owners_it:
+                        own_ms = median_s(owners_it.owners, passes) * 1e3
+                    proc_ms = median_s(scan_owners, max(3, passes // 2)) * 1e3
+                print(
+                    f"{n:>8} | {raw:>9.0f} {full:>9.0f} | {sc:>8.0f} {scm:>8.0f} | "
+                    f"{c_ns:>7.0f} | {raw / c_ns:>6.3f} {full / c_ns:>6.3f} | "
+                    f"{own_ms:>9.2f} {proc_ms:>8.2f} {proc_ms / own_ms:>5.0f}x | {auto_ms:>7.1f}"
+                )
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+if __name__ == "__main__":
+    main()
