@@ -83,6 +83,15 @@ def reader_export_interval(provider: object) -> float | None:
     return min(intervals) if intervals else None
 
 
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, else ``exc``."""
+    while True:
+        inner = getattr(exc, "exceptions", None)
+        if not isinstance(inner, tuple) or len(inner) != 1:
+            return exc
+        exc = inner[0]
+
+
 class BpfMetricsPlugin:
     """Samples every BPF program and exports the metrics contract on a MeterProvider.
 
@@ -161,8 +170,11 @@ class BpfMetricsPlugin:
         try:
             await tg.start(self.run)
         except BaseException as exc:
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+            try:
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseException as grouped:
+                raise _sole(grouped) from None
+            raise _sole(exc) from None
         self._tg = tg
         return self
 
@@ -183,6 +195,7 @@ class BpfMetricsPlugin:
             raise RuntimeError("this BpfMetricsPlugin is already running")
         self._running = True
         provider = self.meter_provider
+        started = False
         try:
             async with anyio.create_task_group() as tg:
                 if not provider_is_shut_down(provider):
@@ -198,7 +211,13 @@ class BpfMetricsPlugin:
                 self._idle_since_ref = time.monotonic()
                 self._seen_collection = self._instruments.last_collection
                 task_status.started()
+                started = True
                 await self._supervise(provider, self._instruments)
+        except BaseException as exc:
+            if started:
+                raise
+            # A start-up failure (no privileges) reads better as itself than as a group.
+            raise _sole(exc) from None
         finally:
             # Synchronous on purpose: nothing here can be interrupted by cancellation.
             if self._instruments is not None:

@@ -180,3 +180,25 @@ def test_bad_arguments() -> None:
         BpfMetricsPlugin(collection_interval=0)
     with pytest.raises(ValueError, match="idle_collections"):
         BpfMetricsPlugin(idle_collections=0)
+
+
+async def test_a_start_up_failure_is_raised_as_itself_and_holds_nothing() -> None:
+    holder = Holder()
+
+    def no_privileges() -> Result:
+        raise PermissionError("needs CAP_SYS_ADMIN")
+
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(mp, stats_holder=holder)
+    plugin._sampler = Sampler(
+        source=no_privileges,
+        stats_state=lambda: StatsState(False, False, False),
+        online_cpus=lambda: 1,
+    )
+    with anyio.fail_after(10), pytest.raises(PermissionError, match="CAP_SYS_ADMIN"):
+        async with plugin:
+            pass
+    with anyio.fail_after(10), pytest.raises(PermissionError, match="CAP_SYS_ADMIN"):
+        await plugin.run()
+    assert holder.count == 0 and holder.events == ["on", "off", "on", "off"]
+    mp.shutdown()
