@@ -1,12 +1,14 @@
 """``bpftop-otel``: sample every BPF program, export the figures, optionally show or print them.
 
-One run is: parse and validate (exit 2 on bad input), build the meter provider, check once
-that the kernel lets us read programs (exit 77 with the missing privileges otherwise),
-then one anyio task group with the sampler (inside ``BpfMetricsPlugin`` when there is a
-provider, else held directly with stats switched on), the consumers (JSON Lines, live view,
-the headless tick counter) and the signal watcher.  Every way out (``--count``, a signal,
-``q`` in the live view, an error) runs the same cleanup: final export flushed with a bound,
-stats released, demo workload stopped.
+One run: parse and validate (exit 2 on bad input), read the program list once (exit 77
+naming the missing privileges when the kernel refuses), build the meter provider, start
+the demo workload if asked, then one sampler in an anyio task group with its consumers:
+``BpfMetricsPlugin`` when there is a provider, JSON Lines, the live view, the tick counter
+for ``--count``, and the signal watcher.  Stats are held by the plugin while its provider
+collects, and by this module for as long as JSON or the live view reads the numbers (or
+when nothing exports).  Every way out (``--count``, SIGTERM/SIGINT, ``q`` in the live view,
+an error, a closed stdout) runs the same cleanup in order: final export (bounded), stats
+released, demo workload stopped.
 """
 
 from __future__ import annotations
