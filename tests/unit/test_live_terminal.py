@@ -93,13 +93,20 @@ class Pty:
     slave: int
     screen: pyte.Screen
     output: bytearray
+    lock: threading.Lock
 
     def resize(self, columns: int, lines: int) -> None:
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
-        self.screen.resize(lines, columns)
+        with self.lock:
+            fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+            self.screen.resize(lines, columns)
+
+    def rows(self) -> list[str]:
+        """The screen's lines (read under the lock: the reader thread feeds the screen)."""
+        with self.lock:
+            return list(self.screen.display)
 
     def text(self) -> str:
-        return "\n".join(self.screen.display)
+        return "\n".join(self.rows())
 
 
 @pytest.fixture
@@ -110,7 +117,7 @@ def pty(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pty]:
     stream = pyte.ByteStream(screen)
     output = bytearray()
     lock = threading.Lock()
-    term = Pty(master, slave, screen, output)
+    term = Pty(master, slave, screen, output, lock)
     term.resize(100, 30)
 
     def pump() -> None:
@@ -122,8 +129,8 @@ def pty(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pty]:
             if not data:
                 return
             with lock:
+                stream.feed(data)  # the screen first: tests poll `output` for progress
                 output.extend(data)
-                stream.feed(data)
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -251,10 +258,10 @@ async def test_run_live_keys_selection_and_quit(pty: Pty) -> None:
         os.write(pty.master, b"i")  # sort by id: at once, not at the next sample
         await wait_for(lambda: "ID ^" in pty.text(), 1.0)
         os.write(pty.master, b"\x1b[B")  # down: program 2
-        await wait_for(lambda: any(r.startswith("> 2 ") for r in pty.screen.display), 1.0)
+        await wait_for(lambda: any(r.startswith("> 2 ") for r in pty.rows()), 1.0)
         os.write(pty.master, b"c")  # CPU desc: 3, 2, 1; program 2 stays selected
         await wait_for(lambda: "CPU % v" in pty.text(), 1.0)
-        assert any(r.startswith("> 2 ") for r in pty.screen.display)
+        assert any(r.startswith("> 2 ") for r in pty.rows())
         os.write(pty.master, b"\r")  # detail of program 2
         await wait_for(lambda: "Program 2 (otel_test_2)" in pty.text(), 1.0)
         programs.unload_2 = True
@@ -287,7 +294,7 @@ async def test_run_live_quits_on_signals(pty: Pty, signum: int) -> None:
 @pytest.mark.anyio
 async def test_resize_redraws_at_once(pty: Pty) -> None:
     async def body(programs: Programs, sampler: Sampler) -> None:
-        width_before = max(len(r.rstrip()) for r in pty.screen.display)
+        width_before = max(len(r.rstrip()) for r in pty.rows())
         assert width_before > 60
         passes = programs.passes
         pty.resize(60, 20)
