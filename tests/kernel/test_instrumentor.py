@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,3 +209,46 @@ def test_without_privileges_it_warns_once_and_does_nothing() -> None:
     privileged = run_probe()
     assert names.RUNS.name in privileged["metrics"]
     assert privileged["warnings"] == []
+
+
+APP = "import time; time.sleep(2.5); print('the application ran')"
+
+
+def run_instrumented(*prefix: str) -> subprocess.CompletedProcess[str]:
+    """``opentelemetry-instrument python -c APP`` with the console exporter every second."""
+    launcher = Path(sys.executable).with_name("opentelemetry-instrument")
+    env = dict(
+        os.environ,
+        OTEL_METRICS_EXPORTER="console",
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_METRIC_EXPORT_INTERVAL="1000",
+    )
+    return subprocess.run(
+        [*prefix, str(launcher), sys.executable, "-c", APP],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+
+
+def test_opentelemetry_instrument_picks_it_up() -> None:
+    out = run_instrumented()
+    assert "the application ran" in out.stdout
+    exported = set(re.findall(r'"name": "(bpf\.[a-z.]+)"', out.stdout))
+    assert {names.RUNS.name, names.RUN_TIME.name, names.STATS_ENABLED.name} <= exported, (
+        out.stdout[-2000:],
+        out.stderr[-2000:],
+    )
+
+
+def test_opentelemetry_instrument_without_privileges_runs_the_app() -> None:
+    out = run_instrumented(
+        "setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"
+    )
+    assert "the application ran" in out.stdout
+    assert not re.findall(r'"name": "bpf\.', out.stdout)
+    assert out.stderr.count("BPF program metrics are not available") == 1, out.stderr
+    assert "Traceback" not in out.stderr
