@@ -141,7 +141,9 @@ async def test_passes_run_in_worker_threads_one_at_a_time() -> None:
 
 
 async def test_schedule_does_not_drift() -> None:
-    src = Source()
+    # Each pass takes 40 ms of a 100 ms interval.  A loop that sleeps one interval after each
+    # pass would take 10 x 140 ms for ten ticks; the drift-free schedule takes 10 x 100 ms.
+    src = Source(delay=0.04)
     s = sampler(src, interval=0.1, history=60)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -150,10 +152,9 @@ async def test_schedule_does_not_drift() -> None:
             assert start is not None
             end = await s.wait_next(start.seq + 9)
             tg.cancel_scope.cancel()
-    # Ten ticks of 0.1 s each: a loop that sleeps "interval" after each pass would add the pass
-    # duration and scheduling latency every time; the drift-free schedule keeps the average.
     span = end.monotonic - start.monotonic
-    assert 0.85 < span < 1.5, span
+    assert end.seq == start.seq + 10
+    assert 0.9 < span < 1.25, span
 
 
 async def test_overrun_skips_ticks_instead_of_bursting() -> None:
@@ -216,7 +217,8 @@ async def test_slow_subscriber_gets_the_newest_never_a_backlog() -> None:
     assert len(fast) >= 12
     # The slow one skipped: each value it got was the newest at the time it asked.
     assert len(slow) <= 5
-    assert all(b - a >= 3 for a, b in zip(slow[1:], slow[2:], strict=False))
+    assert all(b - a >= 2 for a, b in zip(slow[1:], slow[2:], strict=False))
+    assert len(fast) > 2 * len(slow)
     assert slow == sorted(set(slow))
 
 
