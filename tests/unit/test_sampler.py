@@ -334,3 +334,26 @@ async def test_a_refresh_does_not_move_the_regular_schedule() -> None:
     assert early.monotonic - first.monotonic < 0.45
     # The regular tick still comes 0.6 s after the first pass, not 0.6 s after the refresh.
     assert 0.5 < regular.monotonic - first.monotonic < 0.95
+
+
+async def test_idle_subscribers_cost_no_memory_per_published_value() -> None:
+    import tracemalloc
+
+    from otel_bpf.broadcast import Broadcast
+
+    cast: Broadcast[bytes] = Broadcast()
+    subs = [cast.subscribe() for _ in range(100)]  # never read
+    tracemalloc.start()
+    try:
+        for _ in range(100):
+            cast.publish(bytes(1000))
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            cast.publish(bytes(1000))
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # 10,000 values of 1 kB to 100 subscribers: a buffering fan-out would hold 10 MB or more.
+    assert after - before < 16_000, after - before
+    got = await subs[0].next()
+    assert len(got) == 1000 and subs[0].skipped == 10_099
