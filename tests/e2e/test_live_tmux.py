@@ -116,7 +116,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Pane]]:
             ],
             check=True,
             # The C locale: the glyphs are chosen automatically, and that means ASCII here.
-            env={**(env or cli_env()), "TERM": "xterm-256color", "LC_ALL": "C"},
+            env={"LC_ALL": "C", **(env or cli_env()), "TERM": "xterm-256color"},
             cwd=tmp_path,
             timeout=10,
         )
@@ -241,20 +241,66 @@ def test_demo_table_sort_filter_detail_and_quit(start: Callable[..., Pane]) -> N
     assert "Traceback" not in pane.capture()
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "ctrl-c"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "ctrl-c"])
 def test_signal_and_ctrl_c_restore_the_terminal(start: Callable[..., Pane], how: str) -> None:
     pane = start(live_args("--demo"))
     pane.wait(table_shown, 30, "the table")
     show_only_our_demo(pane)
     pane.wait(demo_rows_running, 20, "the demo programs running")
     assert pane.flags() == "1 0"
-    if how == "SIGTERM":
-        os.kill(program_pid(pane), signal.SIGTERM)
+    if how.startswith("SIG"):
+        os.kill(program_pid(pane), getattr(signal, how))
     else:
         pane.keys("C-c")
     assert pane.exit_status() == 0, pane.capture()
     assert pane.flags() == "0 1"
     assert "Traceback" not in pane.capture()
+
+
+def test_resize_redraws_at_once_and_drops_columns(start: Callable[..., Pane]) -> None:
+    pane = start(live_args("--interval", "5"))
+    text = pane.wait(table_shown, 30, "the table")
+    assert "Total Avg" in text
+    pane.tmux("resize-window", "-t", pane.name, "-x", "60", "-y", "20")
+    # Redrawn well before the next sample (5 s): the resize itself triggers the frame.
+    text = pane.wait(lambda t: "Total Avg" not in t and "rows " in t, 2, "the narrow frame")
+    assert all(len(line) <= 60 for line in text.splitlines()), text
+    assert "CPU %" in text and "Name" in text
+    pane.keys("q")
+    assert pane.exit_status() == 0
+    assert pane.flags() == "0 1"
+
+
+BLOCKS = "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
+
+
+@pytest.mark.parametrize("flag", ["", "--ascii"])
+def test_unicode_glyphs_unless_ascii_is_forced(start: Callable[..., Pane], flag: str) -> None:
+    env = {**cli_env(), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    pane = start(live_args("--demo", *([flag] if flag else [])), env=env)
+    pane.wait(table_shown, 30, "the table")
+    show_only_our_demo(pane)
+    pane.wait(demo_rows_running, 20, "the demo programs running")
+    pane.keys("Home", "Enter")
+    bars = "#" if flag else BLOCKS
+    text = pane.wait(
+        lambda t: (
+            "Avg runtime (ns)  now" in t
+            and any("|" in line and any(b in line for b in bars) for line in t.splitlines())
+        ),
+        5,
+        "the detail view's charts",
+    )
+    pane.keys("Escape")
+    pane.wait(table_shown, 2, "the table again")
+    header = pane.capture()
+    pane.keys("q")
+    assert pane.exit_status() == 0
+    if flag:
+        assert text.isascii() and header.isascii(), text
+        assert "CPU % v" in header
+    else:
+        assert "\u25bc" in header, header  # the sort marker
 
 
 def test_ctrl_z_suspends_and_fg_resumes(start: Callable[..., Pane]) -> None:
