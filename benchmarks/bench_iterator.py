@@ -5,8 +5,9 @@
 For each size the script loads that many tiny socket filters (and releases them at the end),
 then prints nanoseconds per program for one pass of:
 
-* the iterator path: raw read + decode (``IteratorSource.read_raw``) and the full
-  ``IteratorSource.read_all`` (records merged with the cached static fields),
+* the iterator path: the read alone (ITER_CREATE + read to EOF + close), read + decode into
+  tuples (``IteratorSource.read_raw``) and the full ``IteratorSource.read_all`` (records
+  merged with the cached static fields; programs idle, so earlier records are reused),
 * the syscall path (``otel_bpf.kernel.programs.read_all``, with and without fdinfo memlock),
 * the C loop in ``benchmarks/c/prog_loop.c`` (GET_NEXT_ID, GET_FD_BY_ID, OBJ_GET_INFO_BY_FD,
   close), compiled here with gcc,
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from otel_bpf.kernel import asm
@@ -98,8 +100,8 @@ def main() -> None:
         startup(args.passes)
         print()
         header = (
-            f"{'programs':>8} | {'iter raw':>9} {'iter full':>9} | {'syscall':>8} "
-            f"{'+memlock':>8} | {'C loop':>7} | {'raw/C':>6} {'full/C':>6} | "
+            f"{'programs':>8} | {'it bytes':>8} {'iter raw':>9} {'iter full':>9} | {'syscall':>8} "
+            f"{'+memlock':>8} | {'C loop':>7} | {'bytes/C':>7} {'raw/C':>6} {'full/C':>6} | "
             f"{'owners it':>9} {'procfs':>8} {'ratio':>6} | {'auto':>7}"
         )
         print("ns per program (owners and auto start-up in ms per pass)")
@@ -118,9 +120,11 @@ def main() -> None:
                     sys.exit(f"iterator path unavailable: {reason}")
                 with source:
                     n = len(source.read_raw())
+                    with ProgIterator(source.layout) as bare:
+                        raw_bytes = median_s(bare.read_raw, passes) / n * 1e9
                     raw = median_s(source.read_raw, passes) / n * 1e9
-                    full = median_s(lambda: source.read_all(owners=False), passes) / n * 1e9
-                    sc = median_s(lambda: read_all(memlock=False), passes) / n * 1e9
+                    full = median_s(partial(source.read_all, owners=False), passes) / n * 1e9
+                    sc = median_s(partial(read_all, memlock=False), passes) / n * 1e9
                     scm = median_s(read_all, passes) / n * 1e9
                     _, c_ns = c_loop_ns(exe, passes)
                     with VmlinuxBtf() as btf:
@@ -129,8 +133,9 @@ def main() -> None:
                         own_ms = median_s(owners_it.owners, passes) * 1e3
                     proc_ms = median_s(scan_owners, max(3, passes // 2)) * 1e3
                 print(
-                    f"{n:>8} | {raw:>9.0f} {full:>9.0f} | {sc:>8.0f} {scm:>8.0f} | "
-                    f"{c_ns:>7.0f} | {raw / c_ns:>6.3f} {full / c_ns:>6.3f} | "
+                    f"{n:>8} | {raw_bytes:>8.0f} {raw:>9.0f} {full:>9.0f} | "
+                    f"{sc:>8.0f} {scm:>8.0f} | {c_ns:>7.0f} | "
+                    f"{raw_bytes / c_ns:>7.3f} {raw / c_ns:>6.3f} {full / c_ns:>6.3f} | "
                     f"{own_ms:>9.2f} {proc_ms:>8.2f} {proc_ms / own_ms:>5.0f}x | {auto_ms:>7.1f}"
                 )
         finally:

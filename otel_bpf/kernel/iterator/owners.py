@@ -56,6 +56,19 @@ _REC = -32
 _SCRATCH = -40
 
 
+# Every type named below, so that one walk of vmlinux BTF finds them all.
+_BTF_NAMES = (
+    "bpf_iter_task_file",
+    "bpf_iter__task_file",
+    "bpf_iter_meta",
+    "file",
+    "task_struct",
+    "bpf_link",
+    "bpf_prog",
+    "bpf_prog_aux",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class OwnersLayout:
     """BTF ids and offsets of the ``task_file`` program."""
@@ -78,6 +91,7 @@ class OwnersLayout:
     @classmethod
     def from_btf(cls, btf: VmlinuxBtf) -> OwnersLayout:
         """Read every id and offset from vmlinux BTF."""
+        btf.prefetch(_BTF_NAMES)
         off = btf.member_offset
         return cls(
             attach_btf_id=btf.func_id("bpf_iter_task_file"),

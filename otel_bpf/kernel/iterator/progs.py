@@ -75,6 +75,19 @@ class ProgRecordRaw(NamedTuple):
     recursion_misses: int
 
 
+# Every type named below, so that one walk of vmlinux BTF finds them all.
+_BTF_NAMES = (
+    "bpf_iter_bpf_prog",
+    "bpf_rdonly_cast",
+    "bpf_prog_stats",
+    "bpf_iter__bpf_prog",
+    "bpf_iter_meta",
+    "bpf_prog",
+    "bpf_prog_aux",
+    "bpf_array",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ProgIterLayout:
     """BTF ids and byte offsets the program is assembled with (all from vmlinux BTF)."""
@@ -102,6 +115,7 @@ class ProgIterLayout:
         """Read every id and offset; ``use_rdonly_cast=None`` uses the kfunc when present."""
         if use_rdonly_cast is None:
             use_rdonly_cast = btf.has_func("bpf_rdonly_cast")
+        btf.prefetch(_BTF_NAMES)
         off = btf.member_offset
         return cls(
             attach_btf_id=btf.func_id("bpf_iter_bpf_prog"),
