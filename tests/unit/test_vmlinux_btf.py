@@ -152,3 +152,17 @@ def test_host_btf_matches_bpftool() -> None:
         # In anonymous unions: iterator contexts and struct bpf_array's tail.
         assert btf.member_offset("bpf_iter__bpf_prog", "prog") == 8
         assert btf.member_offset("bpf_array", "pptrs") > 0
+
+
+def test_prefetched_names_come_from_one_walk(tmp_path: Path) -> None:
+    path = tmp_path / "vmlinux"
+    path.write_bytes(build_blob(5000))
+    with VmlinuxBtf(str(path)) as btf:
+        btf.prefetch(["after", "my_func", "outer", "absent"])
+        assert btf.struct_id("after") == 5007
+        walked = btf._next_id
+        # Both were met on the way to "after": no further walking, no second pass.
+        assert btf.func_id("my_func") == 5005
+        assert btf.struct_id("outer") == 5003
+        assert btf._next_id == walked
+        assert not btf.has_func("absent")
