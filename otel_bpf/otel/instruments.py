@@ -13,7 +13,6 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -58,8 +57,9 @@ class _Route:
         return owner._observe(self.metric, self.instrument) if owner is not None else []
 
 
-_routes: weakref.WeakKeyDictionary[object, _Route] = weakref.WeakKeyDictionary()
-"""SDK instrument -> its route, so a later BpfInstruments on the same meter takes it over."""
+_ROUTE_ATTRIBUTE = "_otel_bpf_route"
+"""Where an instrument keeps its route, so a later BpfInstruments on the same meter takes it
+over.  Kept on the instrument itself: the route lives exactly as long as the instrument."""
 _routes_lock = threading.Lock()
 
 
@@ -158,9 +158,13 @@ class BpfInstruments:
         with _routes_lock:
             # A meter hands back the instrument it already has under this name, with the
             # callbacks of its first registration: point those at this object instead.
-            # (An instrument that cannot be weakly referenced is never shared: TypeError.)
-            with contextlib.suppress(TypeError):
-                route = _routes.setdefault(instrument, route)
+            existing = getattr(instrument, _ROUTE_ATTRIBUTE, None)
+            if isinstance(existing, _Route):
+                route = existing
+            else:
+                # An instrument that takes no attributes is never shared anyway.
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(instrument, _ROUTE_ATTRIBUTE, route)
             route.instrument = instrument
             route.owner = self
         return instrument
