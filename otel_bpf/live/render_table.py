@@ -20,7 +20,7 @@ from otel_bpf.live.state import (
     visible_rows,
 )
 from otel_bpf.live.terminal import Line, Style
-from otel_bpf.snapshot import ProgramSample
+from otel_bpf.snapshot import ProgramSample, Snapshot
 
 LABELS: dict[Column, tuple[str, ...]] = {
     Column.ID: ("ID",),
@@ -92,6 +92,36 @@ def cell_text(sample: ProgramSample, column: Column) -> str:
     return fmt_percent(sample.cpu_percent)
 
 
+class CellCache:
+    """The cell texts of the newest snapshot, kept between frames.
+
+    Formatting every cell of thousands of programs is most of a frame's cost, and between
+    two samples only the selection, sort or filter change, so the texts are reused while
+    the snapshot object is the same one.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._cells: dict[int, list[str]] = {}
+        self._widths: dict[int, list[int]] = {}
+
+    def cells(self, snapshot: Snapshot) -> dict[int, list[str]]:
+        """Program id -> its cells in :data:`COLUMNS` order."""
+        if snapshot is not self._snapshot:
+            self._cells = {s.id: [cell_text(s, c) for c in COLUMNS] for s in snapshot.programs}
+            self._widths = {k: [display_width(t) for t in v] for k, v in self._cells.items()}
+            self._snapshot = snapshot
+        return self._cells
+
+    def widths(self, snapshot: Snapshot) -> dict[int, list[int]]:
+        """Program id -> the display widths of its cells."""
+        self.cells(snapshot)
+        return self._widths
+
+
+_cache = CellCache()
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """The columns that fit, their widths and header labels."""
@@ -112,17 +142,18 @@ def header_label(column: Column, tier: int, state: ViewState, glyphs: Glyphs) ->
     return label
 
 
-def layout(rows: Sequence[list[str]], width: int, state: ViewState, glyphs: Glyphs) -> Layout:
-    """Choose columns and widths for ``width`` terminal columns.
+def layout(
+    cell_widths: Sequence[Sequence[int]], width: int, state: ViewState, glyphs: Glyphs
+) -> Layout:
+    """Choose columns and widths for ``width`` terminal columns, given the display width of
+    every cell of every row (in :data:`COLUMNS` order).
 
     Columns are dropped in :data:`DROP_ORDER` until the rest fit with their shortest
     labels and the text columns at their minimum widths.  Within that set the longest
     labels that leave every cell whole are used (else the shortest), and the room left goes
     to the Name, then the Type, then the Process column.
     """
-    content = {
-        c: max((display_width(r[i]) for r in rows), default=1) for i, c in enumerate(COLUMNS)
-    }
+    content = {c: max((r[i] for r in cell_widths), default=1) for i, c in enumerate(COLUMNS)}
     usable = width - len(MARKER)
     gaps = len(GAP)
     for dropped in range(len(DROP_ORDER) + 1):
@@ -254,8 +285,10 @@ def render_table(ctx: RenderContext, state: ViewState) -> tuple[list[Line], View
     page = max(height - len(head) - len(foot) - 2, 1)  # column header + position line
     ids = [s.id for s in rows]
     state = reconcile(state, ids, page)
-    cells = [[cell_text(s, c) for c in COLUMNS] for s in rows]
-    lay = layout(cells, width, state, ctx.glyphs)
+    by_id = _cache.cells(ctx.snapshot) if ctx.snapshot is not None else {}
+    widths_by_id = _cache.widths(ctx.snapshot) if ctx.snapshot is not None else {}
+    cells = [by_id[s.id] for s in rows]
+    lay = layout([widths_by_id[s.id] for s in rows], width, state, ctx.glyphs)
     index_of = {c: i for i, c in enumerate(COLUMNS)}
     lines = list(head)
     header = " " * len(MARKER) + format_row(lay.labels, lay)

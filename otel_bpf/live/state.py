@@ -147,17 +147,18 @@ def matches(sample: ProgramSample, needle: str) -> bool:
 
 def visible_rows(samples: Iterable[ProgramSample], state: ViewState) -> list[ProgramSample]:
     """The table's rows: filtered, then sorted (ties and unknown values in id order)."""
+    column = state.sort_column
     rows = sorted((s for s in samples if matches(s, state.filter_text)), key=lambda s: s.id)
-    known = [s for s in rows if sort_value(s, state.sort_column) is not None]
-    unknown = [s for s in rows if sort_value(s, state.sort_column) is None]
-
-    def key(sample: ProgramSample) -> float | str:
-        value = sort_value(sample, state.sort_column)
-        assert value is not None
-        return value
-
-    known.sort(key=key, reverse=state.sort_desc)  # stable: equal values stay in id order
-    return known + unknown
+    known: list[tuple[float | str, ProgramSample]] = []
+    unknown: list[ProgramSample] = []
+    for sample in rows:
+        value = sort_value(sample, column)
+        if value is None:
+            unknown.append(sample)
+        else:
+            known.append((value, sample))
+    known.sort(key=lambda pair: pair[0], reverse=state.sort_desc)  # stable: ties keep id order
+    return [sample for _, sample in known] + unknown
 
 
 def reconcile(state: ViewState, ids: Sequence[int], page: int) -> ViewState:
