@@ -1,7 +1,9 @@
 """Without CAP_BPF/CAP_SYS_ADMIN, ``bpftop-otel`` says what is missing and exits 77.
 
-The command runs under ``setpriv`` with an empty capability bounding set, once as root
-without capabilities and once as the unprivileged user ``nobody``.
+The command runs under ``setpriv`` as root with every capability dropped (bounding,
+inheritable and ambient sets empty, so the exec gets none).  Running it as ``nobody``
+would also test file permissions of the interpreter, which pyenv builds under /root
+do not grant.
 """
 
 from __future__ import annotations
@@ -17,19 +19,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 DROP_ALL = ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
 
 
-@pytest.mark.parametrize(
-    "identity",
-    [
-        pytest.param([], id="root-without-capabilities"),
-        pytest.param(["--reuid=65534", "--regid=65534", "--clear-groups"], id="nobody"),
-    ],
-)
-def test_without_privileges_names_what_is_missing(identity: list[str]) -> None:
+def test_without_privileges_names_what_is_missing() -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv not installed (Debian package util-linux)")
+    caps = subprocess.run(
+        [setpriv, *DROP_ALL, "--", "grep", "^CapEff:", "/proc/self/status"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert int(caps.stdout.split()[1], 16) == 0, caps.stdout
     proc = subprocess.run(
-        [setpriv, *identity, *DROP_ALL, "--", *cli_command(), "--count", "1", "--exporter", "none"],
+        [setpriv, *DROP_ALL, "--", *cli_command(), "--count", "1", "--exporter", "none"],
         capture_output=True,
         text=True,
         timeout=60,
