@@ -83,7 +83,8 @@ class DemoWorkload:
     # -- lifecycle ---------------------------------------------------------------------
 
     def __enter__(self) -> DemoWorkload:
-        self.start()
+        if self._proc is None:
+            self.start()
         return self
 
     def __exit__(

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 
@@ -123,10 +124,16 @@ def test_unknown_program_name_is_refused() -> None:
 
 PARENT = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, sys, threading, time
     from otel_bpf.demo import DemoWorkload
     mode = sys.argv[1]
-    with DemoWorkload({"sock": 100, "xdp": 100, "cgskb": 100, "slow": 100}) as w:
+    w = DemoWorkload({"sock": 100, "xdp": 100, "cgskb": 100, "slow": 100})
+    if mode == "sleep-thread":
+        # Started from a thread that has ended: no parent-death signal, only stdin's EOF.
+        t = threading.Thread(target=w.start)
+        t.start()
+        t.join()
+    with w:
         print(json.dumps({
             "pid": w.pid,
             "ids": w.program_ids,
@@ -204,8 +211,8 @@ def start_parent(mode: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
     assert proc.stdin is not None and proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
-        proc.wait(30)
-        pytest.fail(f"parent process failed: {proc.stderr.read() if proc.stderr else ''}")
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"parent process failed: {err}")
     info: dict[str, object] = json.loads(line)
     assert set(info["ids"]) == set(demo.PROGRAM_NAMES)  # type: ignore[arg-type]
     assert os.path.isdir(str(info["cgroup"]))
@@ -228,11 +235,18 @@ def test_clean_up_when_the_block_ends(mode: str) -> None:
     assert_nothing_left(info)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_clean_up_when_the_parent_is_killed(sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "mode"),
+    [
+        (signal.SIGTERM, "sleep"),
+        (signal.SIGKILL, "sleep"),
+        (signal.SIGKILL, "sleep-thread"),
+    ],
+)
+def test_clean_up_when_the_parent_is_killed(sig: signal.Signals, mode: str) -> None:
     """The parent gets no chance to clean up: the worker notices (parent-death signal,
     end of file on its stdin) and removes everything itself."""
-    proc, info = start_parent("sleep")
+    proc, info = start_parent(mode)
     time.sleep(0.3)
     proc.send_signal(sig)
     proc.communicate(timeout=30)
@@ -289,3 +303,19 @@ def test_stopping_twice_and_after_the_worker_died_is_harmless() -> None:
                 time.sleep(0.1)
     w.stop()
     assert path is not None and not os.path.exists(path)
+
+
+def test_workload_started_from_a_short_lived_thread_outlives_that_thread() -> None:
+    w = DemoWorkload({"sock": 50})
+    t = threading.Thread(target=w.start)
+    t.start()
+    t.join()
+    try:
+        time.sleep(0.5)
+        assert w.alive()
+        first = w.sent()[demo.SOCK]
+        time.sleep(0.3)
+        assert w.sent()[demo.SOCK] > first
+    finally:
+        w.stop()
+    assert not w.alive()
