@@ -99,6 +99,7 @@ class SeriesTable:
         self._latest: Snapshot | None = None
         self._aggregates: dict[_SeriesKey, _Aggregate] = {}
         self._frame = EMPTY_FRAME
+        self._types_seen: set[str] = set()
 
     @property
     def seq(self) -> int:
@@ -125,6 +126,9 @@ class SeriesTable:
             self.reset()
         if self.options.attributes == "by_name_type":
             self._feed_aggregates(snapshot)
+        self._types_seen.update(
+            s.program.type for s in snapshot.programs if self.options.matches(s.program)
+        )
         self._seq = snapshot.seq
         self._latest = snapshot
         self._frame = EMPTY_FRAME
@@ -183,7 +187,9 @@ class SeriesTable:
         points: dict[str, list[Point]] = {m.name: [] for m in names.ALL}
         selected = [s for s in snap.programs if opts.matches(s.program)]
 
-        by_type: dict[str, int] = {}
+        # A type whose last program unloaded reports 0 rather than vanishing, so a backend
+        # does not keep showing its last count; the kernel has a few dozen types at most.
+        by_type: dict[str, int] = dict.fromkeys(self._types_seen, 0)
         for s in selected:
             by_type[s.program.type] = by_type.get(s.program.type, 0) + 1
         points[names.PROGRAM_COUNT.name] = [

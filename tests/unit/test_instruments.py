@@ -446,3 +446,15 @@ def test_global_provider_set_after_the_instruments_were_created() -> None:
         assert points(collect(reader)["bpf.program.runs"]) == {attrs(i): i}
     assert inst.pruner is not None and inst.pruner.active and inst.pruner.released >= 8
     mp.shutdown()
+
+
+def test_program_count_of_a_type_drops_to_zero() -> None:
+    feed, reader, mp, _ = setup()
+    feed.push([prog(1, type="xdp"), prog(2)])
+    feed.push([prog(2)])
+    count = points(collect(reader)["bpf.program.count"])
+    assert count == {
+        ((names.PROGRAM_TYPE, "socket_filter"),): 1,
+        ((names.PROGRAM_TYPE, "xdp"),): 0,
+    }
+    mp.shutdown()
