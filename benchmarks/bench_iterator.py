@@ -33,7 +33,9 @@ from pathlib import Path
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout
 from otel_bpf.kernel.iterator.selfcheck import choose_source
 from otel_bpf.kernel.iterator.source import IteratorSource
@@ -72,6 +74,7 @@ def c_loop_ns(exe: Path, passes: int) -> tuple[int, float]:
 def startup(passes: int) -> None:
     def lookup() -> None:
         with VmlinuxBtf() as btf:
+            btf.prefetch(PROG_BTF_NAMES + OWNERS_BTF_NAMES)
             ProgIterLayout.from_btf(btf)
             OwnersLayout.from_btf(btf)
 

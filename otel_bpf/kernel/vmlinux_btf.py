@@ -198,31 +198,37 @@ class VmlinuxBtf:
         return off
 
     def prefetch(self, names: Iterable[str]) -> None:
-        """Declare names about to be looked up, so one walk collects them all."""
+        """Declare names about to be looked up, so one walk collects them all.
+
+        Names declared after the walk went past them cost a second walk over that part (one
+        for all the names of the call), so declare everything before the first look-up.
+        """
+        new = set()
         for name in names:
             name_off = self._name_off(name)
             if name_off is not None and name_off not in self._hits:
-                self._watch(name_off)
+                new.add(name_off)
+        self._watch(new)
 
-    def _watch(self, name_off: int) -> None:
-        """Collect records named ``name_off``: in the part already walked (a second walk over
-        it, avoided by :meth:`prefetch`), and from now on as the walk goes."""
-        hits: list[tuple[int, int]] = []
+    def _watch(self, name_offs: set[int]) -> None:
+        """Collect records named by ``name_offs``, in the part already walked and from now on
+        as the walk goes."""
+        hits: dict[int, list[tuple[int, int]]] = {off: [] for off in name_offs}
         words, steps = self._words, self._steps
-        pos, tid, end = 0, 1, self._pos
+        pos, tid, end = 0, 1, self._pos if name_offs else 0
         while pos < end:
-            if words[pos] == name_off:
-                hits.append((tid, pos))
+            if words[pos] in hits:
+                hits[words[pos]].append((tid, pos))
             pos += steps[words[pos + 1]]
             tid += 1
-        self._hits[name_off] = hits
+        self._hits.update(hits)
 
     def _find(self, name: str, kind: int) -> tuple[int, int] | None:
         name_off = self._name_off(name)
         if name_off is None:
             return None
         if name_off not in self._hits:
-            self._watch(name_off)
+            self._watch({name_off})
         hits = self._hits[name_off]
         checked = 0
         while True:

@@ -57,7 +57,7 @@ _SCRATCH = -40
 
 
 # Every type named below, so that one walk of vmlinux BTF finds them all.
-_BTF_NAMES = (
+BTF_NAMES = (
     "bpf_iter_task_file",
     "bpf_iter__task_file",
     "bpf_iter_meta",
@@ -91,7 +91,7 @@ class OwnersLayout:
     @classmethod
     def from_btf(cls, btf: VmlinuxBtf) -> OwnersLayout:
         """Read every id and offset from vmlinux BTF."""
-        btf.prefetch(_BTF_NAMES)
+        btf.prefetch(BTF_NAMES)
         off = btf.member_offset
         return cls(
             attach_btf_id=btf.func_id("bpf_iter_task_file"),

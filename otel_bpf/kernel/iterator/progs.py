@@ -76,7 +76,7 @@ class ProgRecordRaw(NamedTuple):
 
 
 # Every type named below, so that one walk of vmlinux BTF finds them all.
-_BTF_NAMES = (
+BTF_NAMES = (
     "bpf_iter_bpf_prog",
     "bpf_rdonly_cast",
     "bpf_prog_stats",
@@ -115,7 +115,7 @@ class ProgIterLayout:
         """Read every id and offset; ``use_rdonly_cast=None`` uses the kfunc when present."""
         if use_rdonly_cast is None:
             use_rdonly_cast = btf.has_func("bpf_rdonly_cast")
-        btf.prefetch(_BTF_NAMES)
+        btf.prefetch(BTF_NAMES)
         off = btf.member_offset
         return cls(
             attach_btf_id=btf.func_id("bpf_iter_bpf_prog"),

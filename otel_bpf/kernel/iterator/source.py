@@ -19,7 +19,9 @@ from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr
 from otel_bpf.kernel.btf import program_btf_name
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
 from otel_bpf.kernel.fdinfo import memlock_of_fd
+from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import RECORD, ProgIterator, ProgIterLayout, ProgRecordRaw
 from otel_bpf.kernel.programs import ReadResult, record_from_info
 from otel_bpf.kernel.syscall import bpf, close
@@ -75,6 +77,7 @@ class IteratorSource:
         self.memlock = memlock
         self.include_self = include_self
         with VmlinuxBtf() as btf:
+            btf.prefetch(PROG_BTF_NAMES + OWNERS_BTF_NAMES)
             layout = ProgIterLayout.from_btf(btf, use_rdonly_cast=use_rdonly_cast)
             try:
                 self._owners_layout: OwnersLayout | None = OwnersLayout.from_btf(btf)
