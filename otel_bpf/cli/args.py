@@ -29,6 +29,7 @@ EXPORTER_NAMES = ("otlp", "console", "prometheus", "none")
 PROTOCOLS = ("grpc", "http/protobuf")
 ATTRIBUTE_SETS = ("per-program", "by-name-type")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SAMPLING_PATHS = ("auto", "iterator", "syscall")
 
 EPILOG = """\
 exit status:
@@ -183,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="live view: ASCII only, no Unicode graph glyphs (default: auto-detect)",
+    )
+    mode.add_argument(
+        "--sampling-path",
+        choices=SAMPLING_PATHS,
+        default="auto",
+        help="how programs are read: iterator (one BPF iterator read for all programs), "
+        "syscall (bpf(2) per program, works everywhere), or auto: the iterator once it "
+        "agrees with the syscall path at start-up, else syscall (default: auto)",
     )
     mode.add_argument(
         "--owners",

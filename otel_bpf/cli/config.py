@@ -66,6 +66,8 @@ class Config:
     demo: bool
     ascii: bool | None
     owners: bool
+    sampling_path: str
+    """``auto``, ``iterator`` or ``syscall`` (see ``otel_bpf.kernel.iterator.selfcheck``)."""
     exporters: tuple[str, ...]
     """Subset of ``otlp``, ``console``, ``prometheus``; empty means no exporter."""
     otlp: OtlpSettings | None
@@ -319,6 +321,7 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         demo=bool(ns.demo),
         ascii=ns.ascii,
         owners=bool(ns.owners) or bool(owner_names),
+        sampling_path=str(ns.sampling_path),
         exporters=exporters,
         otlp=resolve_otlp(ns, env, export_interval) if "otlp" in exporters else None,
         export_interval=export_interval,

@@ -35,6 +35,7 @@ from otel_bpf.cli.signals import cancel_on_signal
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 
 if TYPE_CHECKING:
+    from otel_bpf.kernel.programs import ReadResult
     from otel_bpf.otel.options import MetricsOptions
     from otel_bpf.sampler import Sampler
     from otel_bpf.snapshot import Snapshot
@@ -186,6 +187,28 @@ async def _final_export(telemetry: Telemetry) -> None:
         log.info("final export done")
 
 
+def _program_source(
+    config: Config, stack: ExitStack, *, owners: bool, maps: bool
+) -> Callable[[], ReadResult] | None:
+    """The sampler's program reader for ``--sampling-path`` (None: the sampler's syscall path)."""
+    if config.sampling_path == "syscall":
+        return None
+    from otel_bpf.kernel.iterator.selfcheck import choose_source
+
+    # An iterator source decides owners and maps when it is opened; the live view asks
+    # for both, so open it with them.
+    source, _path, _reason = choose_source(
+        "iterator" if config.sampling_path == "iterator" else "auto",
+        owners=owners or config.live,
+        maps=maps or config.live,
+    )
+    close = getattr(source, "close", None)
+    if close is not None:
+        stack.callback(close)
+    # choose_source logs the path it chose and why.
+    return source
+
+
 @contextmanager
 def _demo_workload() -> Iterator[None]:
     """The demo workload for the run, with its program ids logged (tests read them)."""
@@ -221,10 +244,13 @@ async def _run(config: Config, telemetry: Telemetry, options: MetricsOptions) ->
                     # JSON and the live view need counting stats whatever the exporter's
                     # readers do; the switch is refcounted, the plugin shares the fd.
                     stack.enter_context(stats_enabled())
+                owners = config.owners or options.needs_owners
+                maps = options.needs_maps and telemetry.provider is not None
                 sampler = Sampler(
                     interval=config.interval,
-                    owners=config.owners or options.needs_owners,
-                    maps=options.needs_maps and telemetry.provider is not None,
+                    owners=owners,
+                    maps=maps,
+                    source=_program_source(config, sync_stack, owners=owners, maps=maps),
                 )
                 if telemetry.provider is not None:
                     from otel_bpf.otel.plugin import BpfMetricsPlugin

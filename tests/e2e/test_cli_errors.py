@@ -22,6 +22,7 @@ BAD_FLAGS = [
     (["--prometheus-host", ""], "--prometheus-host"),
     (["--prometheus-port", "99999"], "--prometheus-port"),
     (["--attributes", "everything"], "--attributes"),
+    (["--sampling-path", "perf"], "--sampling-path"),
     (["--type", ""], "--type"),
     (["--name", ""], "--name"),
     (["--name", "re:("], "--name"),

@@ -13,7 +13,6 @@ import re
 import statistics
 import subprocess
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,11 +69,23 @@ def jsonl_time(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
-def test_events_per_sec_match_the_driven_rates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sampling_path", ["syscall", "iterator"])
+def test_events_per_sec_match_the_driven_rates(sampling_path: str) -> None:
     problems: list[str] = []
     for _attempt in range(2):
         proc = run_cli(
-            ["--json", "--count", str(TICKS), "--interval", "1", "--demo", "--exporter", "none"],
+            [
+                "--json",
+                "--count",
+                str(TICKS),
+                "--interval",
+                "1",
+                "--demo",
+                "--exporter",
+                "none",
+                "--sampling-path",
+                sampling_path,
+            ],
             timeout=90,
             env=cli_env(),
         )
@@ -86,6 +97,7 @@ def test_events_per_sec_match_the_driven_rates(tmp_path: Path) -> None:
         assert max(o["seq"] for o in objs) == TICKS
         ids = demo_ids(proc.stderr)
         assert set(ids) == set(PROGRAM_NAMES), proc.stderr
+        assert f"programs read via {sampling_path}" in proc.stderr
         for o in objs:
             if o["id"] in ids.values():
                 assert o["name"] in PROGRAM_NAMES

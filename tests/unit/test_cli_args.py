@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert ns.export_interval is None and ns.log_level is None
     assert ns.prometheus_host is None and ns.prometheus_port is None
     assert ns.attributes == "per-program"
+    assert ns.sampling_path == "auto"
     assert ns.types is None and ns.names is None and ns.owner_names is None
 
 
@@ -100,6 +101,7 @@ def test_exporter_list(text: str, expected: tuple[str, ...]) -> None:
         (["--prometheus-port", "http"], "port number"),
         (["--prometheus-host", ""], "must not be empty"),
         (["--attributes", "all"], "invalid choice"),
+        (["--sampling-path", "kprobe"], "invalid choice"),
         (["--name", "a\x1bb"], "control characters"),
         (["--log-level", "loud"], "invalid choice"),
         (["--live", "--json"], "cannot be combined with --live"),
