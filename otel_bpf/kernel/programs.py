@@ -42,6 +42,8 @@ LIST_PERMISSION_MESSAGE = (
 )
 
 _INFO_SIZE = ctypes.sizeof(ProgInfo)
+# The verifier lets a program use at most MAX_USED_MAPS (64) maps; a larger count from a
+# future kernel is still read, with a second info call.
 _MAP_IDS_CAPACITY = 64
 
 _OFF_RECURSION_MISSES = ProgInfo.recursion_misses.offset + ProgInfo.recursion_misses.size
