@@ -307,6 +307,28 @@ async def test_resize_redraws_at_once(pty: Pty) -> None:
 
 
 @pytest.mark.anyio
+async def test_sort_and_filter_apply_before_the_next_sample(pty: Pty) -> None:
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        passes = programs.passes
+        os.write(pty.master, b"i")
+        await wait_for(lambda: "ID ^" in pty.text(), 1.0)
+        rows = [r for r in pty.rows() if "otel_test_" in r]
+        ids = [int(r[2:].split()[0]) for r in rows]
+        assert ids == [1, 2, 3]
+        os.write(pty.master, b"i")
+        await wait_for(lambda: "ID v" in pty.text(), 1.0)
+        ids = [int(r[2:].split()[0]) for r in pty.rows() if "otel_test_" in r]
+        assert ids == [3, 2, 1]
+        os.write(pty.master, b"ftest_2")
+        await wait_for(lambda: "filter: test_2_" in pty.text(), 1.0)
+        assert [r[2:].split()[0] for r in pty.rows() if "otel_test_" in r] == ["2"]
+        assert programs.passes == passes  # all of it without a new sample
+        os.write(pty.master, b"\rq")
+
+    await live_session(pty, body, interval=5.0)
+
+
+@pytest.mark.anyio
 async def test_suspend_leaves_and_resumes(pty: Pty, monkeypatch: pytest.MonkeyPatch) -> None:
     stops: list[bytes] = []
 
