@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 
-
 # The kernel-internal ENOTSUPP (524) leaks to user space from some BPF paths; Python's
 # errno module does not name it.
 ENOTSUPP = 524
@@ -103,9 +102,7 @@ def error_for(err: int, command: str, detail: str = "") -> BpfError:
             err, f"kernel {kernel_version()} has no bpf(2) system call (CONFIG_BPF_SYSCALL off)"
         )
     if err in (errno.EOPNOTSUPP, ENOTSUPP):
-        return BpfUnsupportedError(
-            err, f"{what}: not supported by kernel {kernel_version()}"
-        )
+        return BpfUnsupportedError(err, f"{what}: not supported by kernel {kernel_version()}")
     # EINVAL is both "unknown command" and "bad argument"; callers that probe a command
     # turn it into unsupported_command() themselves.
     return BpfError(err, f"{what}: {os.strerror(err) if err != ENOTSUPP else 'not supported'}")
@@ -115,6 +112,4 @@ def unsupported_command(command: str) -> BpfUnsupportedError:
     """The error for a bpf(2) command the running kernel does not know."""
     need = COMMAND_MIN_KERNEL.get(command)
     suffix = f", needs >= {need}" if need else ""
-    return BpfUnsupportedError(
-        errno.EINVAL, f"kernel {kernel_version()} lacks {command}{suffix}"
-    )
+    return BpfUnsupportedError(errno.EINVAL, f"kernel {kernel_version()} lacks {command}{suffix}")

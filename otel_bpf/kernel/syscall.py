@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -29,9 +30,7 @@ def syscall_number(machine: str | None = None) -> int:
     try:
         return _SYSCALL_NUMBERS[arch]
     except KeyError:
-        raise BpfError(
-            errno.ENOSYS, f"otel_bpf supports x86_64 and aarch64, not {arch}"
-        ) from None
+        raise BpfError(errno.ENOSYS, f"otel_bpf supports x86_64 and aarch64, not {arch}") from None
 
 
 _NR_BPF: int | None = None
@@ -85,7 +84,5 @@ def kernel_at_least(major: int, minor: int) -> bool:
 
 def close(fd: int) -> None:
     """Close a BPF object fd, ignoring EINTR (on Linux the fd is released regardless)."""
-    try:
+    with contextlib.suppress(InterruptedError):
         os.close(fd)
-    except InterruptedError:
-        pass
