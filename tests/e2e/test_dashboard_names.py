@@ -1,0 +1,138 @@
+"""The Grafana dashboard's queries against real series, not against names written by hand.
+
+``bpftop-otel --exporter prometheus --demo`` serves its endpoint on a free loopback port.
+Every metric name in the dashboard's PromQL, and every label it groups by or shows in a
+legend, must exist in a scrape of that endpoint (the exporter adds unit suffixes and
+``_total`` itself, so this is where a renamed metric or a changed unit shows up). Then a real
+Prometheus scrapes the same endpoint and every panel query must return data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers import Cli, Prometheus, cli_env, free_port, wait_until
+
+from otel_bpf.demo import PROGRAM_NAMES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "collector-config/grafana/bpf-programs.json"
+# Added by Prometheus at scrape time (target labels), not by the exporter.
+TARGET_LABELS = {"instance", "job"}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+                "and", "or", "unless", "offset"}  # fmt: skip
+RATED_DEMO = re.compile(
+    r'^bpf_program_run_rate_per_second\{[^}]*bpf_program_name="(otel_demo_\w+)"', re.MULTILINE
+)
+GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$topk": "10", "$instance": ".*"}
+
+
+def dashboard_targets() -> list[dict[str, Any]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions or labels."""
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # range selectors
+    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", " ", expr)  # grouping labels
+    expr = re.sub(r"\$\w+", " ", expr)  # Grafana variables
+    expr = re.sub(r'"[^"]*"', " ", expr)
+    found = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        rest = expr[match.end() :].lstrip()
+        if not rest.startswith("(") and match.group(0) not in PROMQL_WORDS:
+            found.add(match.group(0))
+    return found
+
+
+def label_names(target: dict[str, Any]) -> set[str]:
+    """Labels a target groups by, matches on, or shows in its legend."""
+    expr = target["expr"]
+    labels: set[str] = set()
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        labels |= {label.strip() for label in group.split(",") if label.strip()}
+    for matchers in re.findall(r"\{([^}]*)\}", expr):
+        labels |= set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers))
+    labels |= set(
+        re.findall(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}", target.get("legendFormat", ""))
+    )
+    return labels
+
+
+def test_name_extraction_sees_metrics_not_labels_or_functions() -> None:
+    expr = (
+        'sum by (bpf_program_name, instance) (rate(bpf_program_runs_total{instance=~"$instance"}'
+        "[$__rate_interval])) / topk($topk, bpf_program_count)"
+    )
+    assert metric_names(expr) == {"bpf_program_runs_total", "bpf_program_count"}
+    assert label_names({"expr": expr, "legendFormat": "{{bpf_program_type}}"}) == {
+        "bpf_program_name",
+        "instance",
+        "bpf_program_type",
+    }
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def series_labels(text: str) -> dict[str, set[str]]:
+    """Sample name -> every label name seen on it, from the Prometheus text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+def demo_rates_present(port: int) -> dict[str, set[str]] | None:
+    """The scrape's series once every demo program has a run rate (its second sample)."""
+    try:
+        text = scrape(port)
+    except OSError:
+        return None
+    rated = set(RATED_DEMO.findall(text))
+    return series_labels(text) if rated >= set(PROGRAM_NAMES) else None
+
+
+def test_dashboard_queries_match_a_real_scrape(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["--exporter", "prometheus", "--demo", "--interval", "0.5",
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(port)]  # fmt: skip
+    targets = dashboard_targets()
+    with Cli(tmp_path, args, cli_env()) as cli:
+        scraped = wait_until(lambda: demo_rates_present(port), 60)
+        assert scraped, f"no demo run rates on :{port}\n{cli.describe()}"
+
+        used = set().union(*(metric_names(t["expr"]) for t in targets))
+        assert len(used) >= 6, f"the name extraction found too little: {used}"
+        missing = sorted(used - set(scraped))
+        assert not missing, (
+            f"dashboard queries {missing}, not in the scrape; scraped bpf names: "
+            f"{sorted(n for n in scraped if n.startswith('bpf'))}"
+        )
+        for target in targets:
+            labels_on_series = set().union(*(scraped[n] for n in metric_names(target["expr"])))
+            unknown = label_names(target) - labels_on_series - TARGET_LABELS
+            assert not unknown, f"{target['expr']!r} uses labels {unknown} its series lack"
+
+        with Prometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prometheus:
+            for target in targets:
+                promql = target["expr"]
+                for variable, value in GRAFANA_VARIABLES.items():
+                    promql = promql.replace(variable, value)
+                result = wait_until(lambda q=promql: prometheus.query(q), 30, interval=1.0)
+                assert result, f"no data for {target['expr']!r} ({promql!r})"
+            stats = prometheus.query("min by (instance) (bpf_stats_enabled)")
+            assert [float(r["value"][1]) for r in stats] == [1.0]
