@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from otel_bpf.live.charts import chart
 from otel_bpf.live.context import RenderContext, wrap_items
-from otel_bpf.live.format import fmt_bytes, fmt_int, fmt_time
+from otel_bpf.live.format import fmt_age, fmt_bytes, fmt_int, fmt_time
 from otel_bpf.live.render_table import footer_lines
 from otel_bpf.live.sanitize import fit, sanitize
 from otel_bpf.live.state import ViewState, display_name
@@ -38,6 +38,14 @@ def series(history: tuple[Snapshot, ...], prog_id: int, attribute: str) -> list[
         sample = snap.get(prog_id)
         values.append(None if sample is None else getattr(sample, attribute))
     return values
+
+
+def window_text(history: tuple[Snapshot, ...]) -> str:
+    """What the charts span: ``Charts: last 45 samples (44s), newest on the right``."""
+    if not history:
+        return "Charts: no samples yet"
+    span = history[-1].monotonic - history[0].monotonic
+    return f"Charts: last {len(history)} samples ({fmt_age(span)}), newest on the right"
 
 
 def info_lines(program: ProgramRecord, now: float, width: int) -> list[str]:
@@ -127,7 +135,7 @@ def render_detail(ctx: RenderContext, state: ViewState) -> list[Line]:
     chart_height = room // len(CHARTS)
     if prog_id is not None and chart_height >= 2:
         if room - chart_height * len(CHARTS) > 0:
-            lines.append(Line(" " * width))
+            lines.append(Line(fit(window_text(ctx.history), width), Style.DIM))
         for title, attribute, kind in CHARTS:
             values = series(ctx.history, prog_id, attribute)
             drawn = chart(title, values, kind, width, chart_height, ctx.glyphs)

@@ -260,6 +260,7 @@ def test_detail_view_info_and_three_charts() -> None:
         "memlock 4.0 KiB",
     ):
         assert fact in body, fact
+    assert "Charts: last 30 samples (29s), newest on the right" in body
     assert "Avg runtime (ns)  now 300  mean 300  max 300" in body
     assert "Events/s  now 500  mean 500  max 500" in body
     assert "CPU % (of one core)  now 0.015  mean 0.015  max 0.015" in body
