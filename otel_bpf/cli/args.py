@@ -29,7 +29,7 @@ EXPORTER_NAMES = ("otlp", "console", "prometheus", "none")
 PROTOCOLS = ("grpc", "http/protobuf")
 ATTRIBUTE_SETS = ("per-program", "by-name-type")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SAMPLING_PATHS = ("auto", "iterator", "syscall")
+SAMPLING_PATHS = ("syscall", "iterator", "auto")
 
 EPILOG = """\
 exit status:
@@ -188,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--sampling-path",
         choices=SAMPLING_PATHS,
-        default="auto",
-        help="how programs are read: iterator (one BPF iterator read for all programs), "
-        "syscall (bpf(2) per program, works everywhere), or auto: the iterator once it "
-        "agrees with the syscall path at start-up, else syscall (default: auto)",
+        default="syscall",
+        help="how programs are read: syscall (bpf(2) per program, works everywhere), "
+        "iterator (one BPF iterator read for all programs), or auto: the iterator once it "
+        "agrees with the syscall path at start-up, else syscall (default: syscall)",
     )
     mode.add_argument(
         "--owners",
