@@ -179,15 +179,20 @@ def netns_users(netns: str) -> list[int]:
     return users
 
 
-def assert_nothing_left(info: dict[str, object]) -> None:
-    ids = set(info["ids"].values())  # type: ignore[attr-defined]
-    # Program release after the last fd closes is deferred (RCU); give it a moment.
-    deadline = time.monotonic() + 10.0
+def still_loaded(ids: set[int], timeout: float = 10.0) -> set[int]:
+    """Which of ``ids`` bpftool still lists once ``timeout`` has passed (the kernel frees
+    a program after an RCU grace period, not at the last close)."""
+    deadline = time.monotonic() + timeout
     while True:
         loaded = {p["id"] for p in bpftool_programs()} & ids
         if not loaded or time.monotonic() > deadline:
-            break
+            return loaded  # type: ignore[return-value]
         time.sleep(0.1)
+
+
+def assert_nothing_left(info: dict[str, object]) -> None:
+    ids = set(info["ids"].values())  # type: ignore[attr-defined]
+    loaded = still_loaded(ids)
     assert not loaded, f"programs still loaded: {loaded}"
     assert not {r.id for r in otel_bpf.read_programs(memlock=False)} & ids
     assert not os.path.exists(str(info["cgroup"])), f"{info['cgroup']} remains"
@@ -319,3 +324,42 @@ def test_workload_started_from_a_short_lived_thread_outlives_that_thread() -> No
     finally:
         w.stop()
     assert not w.alive()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_standalone_command_runs_until_a_signal_and_cleans_up(sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otel_bpf.demo", "--rate", "sock=123", "--rate", "otel_demo_xdp=7"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    header = proc.stdout.readline()
+    assert "demo workload running" in header, header
+    worker = int(header.split("worker pid ")[1].split(")")[0])
+    rows = [proc.stdout.readline().split() for _ in demo.PROGRAM_NAMES]
+    ids = {row[1]: int(row[0]) for row in rows}
+    assert set(ids) == set(demo.PROGRAM_NAMES)
+    assert {row[1]: row[2] for row in rows}[demo.SOCK] == "123"
+    assert {row[1]: row[2] for row in rows}[demo.XDP] == "7"
+    cg = os.path.join(cgroup.cgroup2_mount(), f"{demo.CGROUP_PREFIX}{worker}")
+    assert os.path.isdir(cg)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    wait_gone(worker)
+    assert not os.path.exists(cg)
+    assert not still_loaded(set(ids.values()))
+
+
+def test_standalone_command_refuses_an_unknown_program() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "otel_bpf.demo", "--rate", "nope=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "unknown demo program 'nope'" in res.stderr
