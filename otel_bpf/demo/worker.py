@@ -58,6 +58,7 @@ class Workload:
         return s
 
     def load(self, name: str) -> int:
+        """Load demo program ``name``; return its fd and remember its id."""
         p = demo.program(name)
         fd = load_program(p.prog_type, p.insns, p.name, expected_attach_type=p.expected_attach_type)
         self.fds.append(fd)
@@ -158,9 +159,11 @@ class Worker:
         self._inbuf = b""
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: finish the current tick, then leave :meth:`run`."""
         self.stopping = True
 
     def run(self) -> None:
+        """Send, wait for the next tick or a command, repeat until asked to stop."""
         while not self.stopping:
             now = time.monotonic()
             self.driver.step(now)
