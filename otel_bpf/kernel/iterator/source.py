@@ -224,7 +224,11 @@ class IteratorSource:
             try:
                 return self._owners_iter.owners()
             except (BpfError, OSError) as err:
-                _log.warning("process owners: iter/task_file read failed (%s); scanning /proc", err)
+                # Once, then /proc for good: a warning per pass would flood the log.
+                self._owners_error = str(err)
+                self._owners_iter.close()
+                self._owners_iter = None
+                _log.warning("process owners: scanning /proc (iter/task_file read failed: %s)", err)
         from otel_bpf.kernel.owners import scan_owners
 
         return scan_owners()
