@@ -10,6 +10,7 @@ pass costs one ``ITER_CREATE`` + a few ``read()`` calls however many programs ar
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -154,7 +155,7 @@ class IteratorSource:
         include_self = self.include_self if include_self is None else include_self
         with self._lock:
             if self._closed:
-                raise BpfError(0, "the iterator source is closed")
+                raise BpfError(errno.EBADF, "the iterator source is closed")
             records, errors = self._merge(self._progs.read_raw(), memlock)
             by_prog = self._owners_pass() if owners else None
         if not include_self:
