@@ -58,6 +58,8 @@ class LiveView:
         self.kernel = platform.release()
         self.frames = 0
         self.signals_ready = anyio.Event()
+        self.scope: CancelScope | None = None
+        """Cancelled to end the view (set by :func:`run_live`)."""
 
     def context(self) -> RenderContext:
         """What the next frame is drawn from."""
@@ -78,7 +80,15 @@ class LiveView:
         """Render the whole frame and write it in one go."""
         ctx = self.context()
         lines, self.state, self.page = render_screen(ctx, self.state)
-        self.terminal.write(compose_frame(lines, ctx.height, ctx.width))
+        try:
+            self.terminal.write(compose_frame(lines, ctx.height, ctx.width))
+        except OSError as exc:
+            # EIO once the terminal hangs up (the SIGHUP may still be on its way): there is
+            # nobody to show frames to, so the view ends like on SIGHUP.
+            log.debug("writing the terminal failed: %s", exc)
+            if self.scope is not None:
+                self.scope.cancel()
+            return
         self.frames += 1
 
     def handle(self, keys: list[KeyEvent]) -> bool:
@@ -219,6 +229,7 @@ async def run_live(sampler: Sampler, options: LiveOptions | None = None) -> None
         with _logging_diverted():
             try:
                 async with anyio.create_task_group() as tg:
+                    view.scope = tg.cancel_scope
                     tg.start_soon(_handle_signals, view, tg.cancel_scope)
                     await view.signals_ready.wait()
                     terminal.enter()

@@ -136,7 +136,8 @@ def pty(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pty]:
     reader.start()
     yield term
     os.close(slave)
-    os.close(master)
+    if term.master >= 0:
+        os.close(term.master)
     reader.join(2)
 
 
@@ -289,6 +290,17 @@ async def test_run_live_quits_on_signals(pty: Pty, signum: int) -> None:
 
     await live_session(pty, body)
     await wait_for(lambda: restored(pty), 2.0)
+
+
+@pytest.mark.anyio
+async def test_terminal_hangup_ends_the_view_quietly(pty: Pty) -> None:
+    """The terminal goes away (ssh dropped): reads and writes fail with EIO; no traceback."""
+
+    def body(programs: Programs, sampler: Sampler) -> None:
+        os.close(pty.master)
+        pty.master = -1
+
+    await live_session(pty, body)
 
 
 @pytest.mark.anyio
