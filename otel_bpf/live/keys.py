@@ -118,9 +118,14 @@ class KeyDecoder:
             return 1
         # A UTF-8 sequence: its length from the lead byte; invalid bytes become U+FFFD.
         need = 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
-        if len(buf) < need and not final:
-            return 0
-        chunk = bytes(buf[:need])
+        size = 1
+        while size < need and size < len(buf) and 0x80 <= buf[size] <= 0xBF:
+            size += 1
+        if size < need and size == len(buf) and not final:
+            return 0  # the rest of the character is still on its way
+        # A broken sequence ends at the first byte that cannot continue it, so an escape
+        # sequence right after it is still decoded.
+        chunk = bytes(buf[:size])
         text = self._utf8.decode(chunk, final=True)
         self._utf8.reset()
         out.extend(ch for ch in text if ch.isprintable())

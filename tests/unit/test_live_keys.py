@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otel_bpf.live.keys import Key, KeyDecoder
 
@@ -106,3 +108,20 @@ def test_invalid_utf8_is_replaced_not_dropped() -> None:
     assert decoder.feed(b"\xff") == ["\ufffd"]
     assert decoder.feed(b"\xc3") == []
     assert decoder.flush() == ["\ufffd"]
+
+
+def test_broken_utf8_does_not_swallow_a_following_sequence() -> None:
+    assert KeyDecoder().feed(b"\xe2\x1b[A") == ["\ufffd", Key.UP]
+    assert KeyDecoder().feed(b"\xe2\x82q") == ["\ufffd", "q"]
+
+
+@given(st.binary(max_size=24), st.data())
+def test_any_bytes_any_split_same_events(data: bytes, draw: st.DataObject) -> None:
+    """Whatever arrives, split wherever, the decoder never raises and agrees with itself."""
+    whole = KeyDecoder()
+    expected = whole.feed(data) + whole.flush()
+    cut = draw.draw(st.integers(min_value=0, max_value=len(data)))
+    split = KeyDecoder()
+    got = split.feed(data[:cut]) + split.feed(data[cut:]) + split.flush()
+    assert got == expected
+    assert all(isinstance(e, Key) or (len(e) == 1 and e.isprintable()) for e in got)
