@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_bpf.live.keys import Key, KeyDecoder
@@ -115,6 +115,7 @@ def test_broken_utf8_does_not_swallow_a_following_sequence() -> None:
     assert KeyDecoder().feed(b"\xe2\x82q") == ["\ufffd", "q"]
 
 
+@settings(deadline=None)  # a busy machine must not fail these
 @given(st.binary(max_size=24), st.data())
 def test_any_bytes_any_split_same_events(data: bytes, draw: st.DataObject) -> None:
     """Whatever arrives, split wherever, the decoder never raises and agrees with itself."""

@@ -6,7 +6,7 @@ import unicodedata
 
 import pyte
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_bpf.live.sanitize import display_width, fit, sanitize, truncate
@@ -59,6 +59,7 @@ def test_fit_pads_and_cuts_to_exact_columns() -> None:
     assert fit("xyz", 1) == "x"
 
 
+@settings(deadline=None)  # a busy machine must not fail these
 @given(st.text(max_size=40))
 def test_sanitised_text_is_printable(raw: str) -> None:
     """Whatever comes in, nothing that acts on a terminal comes out."""
@@ -67,11 +68,13 @@ def test_sanitised_text_is_printable(raw: str) -> None:
         assert unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Cn", "Co", "Zl", "Zp"), ch
 
 
+@settings(deadline=None)  # a busy machine must not fail these
 @given(st.text(max_size=30), st.integers(min_value=0, max_value=40))
 def test_fit_is_exactly_width(raw: str, width: int) -> None:
     assert display_width(fit(sanitize(raw), width)) == width
 
 
+@settings(deadline=None)  # a busy machine must not fail these
 @given(st.binary(max_size=30))
 def test_terminal_sees_only_text(raw: bytes) -> None:
     """Fed to a VT emulator, sanitised text only prints: the cursor ends where the text's
