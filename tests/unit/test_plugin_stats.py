@@ -127,9 +127,10 @@ async def test_idle_threshold_learned_from_collection_gaps() -> None:
                     last = time.monotonic()
                     await anyio.sleep(0.15)
                 # Gaps of about 0.15 s were seen: three of them without a collection is idle.
-                assert await eventually(lambda: holder.count == 0)
+                assert await eventually(lambda: holder.count == 0, within=10.0)
                 idle = time.monotonic() - last
-                assert 0.4 <= idle <= 2.5, idle
+                # Three learned gaps (~0.45 s); more only if the machine stalled collections.
+                assert 0.4 <= idle <= 6.0, idle
                 reader.get_metrics_data()
                 assert await eventually(lambda: holder.count == 1)
             tg.cancel_scope.cancel()
