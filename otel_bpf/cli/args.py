@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_non_empty("--name"),
         metavar="PATTERN",
-        help="export only programs whose name matches this shell pattern (e.g. 'cil_*'); "
-        "repeatable (default: all)",
+        help="export only programs whose name matches this shell pattern (e.g. 'cil_*'), "
+        "or this regular expression with a re: prefix; repeatable (default: all)",
     )
     sel.add_argument(
         "--owner",
