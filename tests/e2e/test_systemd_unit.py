@@ -212,6 +212,7 @@ def run_json(user: int, caps: list[str]) -> subprocess.CompletedProcess[str]:
         [
             *setpriv_command(user, caps),
             str(bpftop_otel()), "--json", "--owners", "--count", "2", "--interval", "0.5",
+            "--exporter", "none",
         ],
         capture_output=True, text=True, timeout=90, env=cli_env(), stdin=subprocess.DEVNULL,
         cwd="/",
