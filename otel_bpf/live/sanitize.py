@@ -21,6 +21,27 @@ ELLIPSIS = "~"
 # joiners), surrogates (from surrogateescape-decoded bytes), unassigned code points, and
 # the line/paragraph separators.
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Co", "Zl", "Zp"})
+# Characters whose width terminals disagree on (so columns after them would shift): other
+# symbols, emoji among them, whose width changed between Unicode versions; spacing
+# combining marks (0 columns in some wcwidth tables, 1 in others); conjoining Hangul jamo
+# and fillers.  They are shown escaped, which is exact everywhere.
+_UNSURE_CATEGORIES = frozenset({"So", "Mc"})
+_UNSURE_RANGES = (
+    (0x1160, 0x11FF),
+    (0x3164, 0x3164),
+    (0xD7B0, 0xD7FF),
+    (0xFFA0, 0xFFA0),
+    (0x1D360, 0x1D37F),  # counting rod numerals: wide since Unicode 15
+)
+
+
+def _unsure(ch: str, cat: str) -> bool:
+    if ch == "\ufffd":  # the replacement character: one column, and it marks bad input
+        return False
+    if cat in _UNSURE_CATEGORIES:
+        return True
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in _UNSURE_RANGES)
 
 
 def _escape(ch: str) -> str:
@@ -46,8 +67,12 @@ def sanitize(text: str | bytes) -> str:
     out: list[str] = []
     base = False  # whether a combining mark has a printable character to sit on
     for ch in text:
+        if " " <= ch <= "~":  # printable ASCII: the common case
+            out.append(ch)
+            base = True
+            continue
         cat = unicodedata.category(ch)
-        if cat in _UNSAFE_CATEGORIES:
+        if cat in _UNSAFE_CATEGORIES or _unsure(ch, cat):
             out.append(_escape(ch))
             base = False
         elif cat in ("Mn", "Me") and not base:

@@ -29,6 +29,10 @@ from otel_bpf.live.sanitize import display_width, fit, sanitize, truncate
         ("e\u0301", "e\u0301"),  # ... but kept on its base character
         ("名前", "名前"),
         ("raw\udcffbyte", "raw\\xffbyte"),  # surrogateescape'd undecodable byte
+        # Widths terminals disagree on: emoji and other symbols, spacing marks, jamo.
+        ("ok\U0001f600", "ok\\U0001f600"),
+        ("\u0915\u0903", "\u0915\\u0903"),
+        ("\u1100\u1161", "\u1100\\u1161"),
     ],
 )
 def test_sanitize(raw: str, shown: str) -> None:
@@ -89,3 +93,17 @@ def test_terminal_sees_only_text(raw: bytes) -> None:
     assert screen.cursor.x == 60
     assert screen.display[0] == "#" * 120
     assert all(not c.fg or c.fg == "default" for c in screen.buffer[1].values())
+
+
+def test_kept_characters_have_the_width_a_vt_emulator_gives_them() -> None:
+    """Every character left raw takes the columns we count (pyte's wcwidth table)."""
+    import wcwidth
+
+    from otel_bpf.live.sanitize import char_width
+
+    differ = [
+        hex(cp)
+        for cp in range(0x20, 0x30000)
+        if sanitize(chr(cp)) == chr(cp) and char_width(chr(cp)) != wcwidth.wcwidth(chr(cp))
+    ]
+    assert differ == []
