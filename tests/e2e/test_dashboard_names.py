@@ -4,25 +4,31 @@
 Every metric name in the dashboard's PromQL, and every label it groups by or shows in a
 legend, must exist in a scrape of that endpoint (the exporter adds unit suffixes and
 ``_total`` itself, so this is where a renamed metric or a changed unit shows up). Then a real
-Prometheus scrapes the same endpoint and every panel query must return data.
+Prometheus, configured by collector-config/prometheus/prometheus.yml, scrapes the same
+endpoint and every panel query must return data.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import Cli, Prometheus, cli_env, free_port, wait_until
+from peers import Cli, Prometheus, cli_env, free_port, tail, wait_until
 
 from otel_bpf.demo import PROGRAM_NAMES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "collector-config/grafana/bpf-programs.json"
+CONFIG = Path(__file__).resolve().parents[2] / "collector-config"
+DASHBOARD = CONFIG / "grafana" / "bpf-programs.json"
+SCRAPE_CONFIG = CONFIG / "prometheus" / "prometheus.yml"
 # Added by Prometheus at scrape time (target labels), not by the exporter.
 TARGET_LABELS = {"instance", "job"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
@@ -106,6 +112,41 @@ def demo_rates_present(port: int) -> dict[str, set[str]] | None:
     return series_labels(text) if rated >= set(PROGRAM_NAMES) else None
 
 
+class RepoConfigPrometheus(Prometheus):
+    """Prometheus running collector-config/prometheus/prometheus.yml.
+
+    Two changes to the file: its ``bpftop-otel`` job scrapes ``target`` (a free port), and
+    every scrape is 1 s apart, so that rate() has points within seconds.
+    """
+
+    def start(self, timeout: float = 30.0) -> Prometheus:
+        yaml = pytest.importorskip("yaml")
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not os.access(binary, os.X_OK):
+            pytest.skip("prometheus not installed (apt-get install prometheus)")
+        config = yaml.safe_load(SCRAPE_CONFIG.read_text())
+        config["global"].update(scrape_interval="1s", scrape_timeout="1s")
+        (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "bpftop-otel"]
+        job["static_configs"] = [{"targets": [self.target]}]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_file = self.workdir / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        command = [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        if not wait_until(self._ready, timeout):
+            self.stop()
+            pytest.fail(f"prometheus did not become ready:\n{tail(self.log)}")
+        return self
+
+
 def test_dashboard_queries_match_a_real_scrape(tmp_path: Path) -> None:
     port = free_port()
     args = ["--exporter", "prometheus", "--demo", "--interval", "0.5",
@@ -127,12 +168,12 @@ def test_dashboard_queries_match_a_real_scrape(tmp_path: Path) -> None:
             unknown = label_names(target) - labels_on_series - TARGET_LABELS
             assert not unknown, f"{target['expr']!r} uses labels {unknown} its series lack"
 
-        with Prometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prometheus:
+        with RepoConfigPrometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prometheus:
             for target in targets:
                 promql = target["expr"]
                 for variable, value in GRAFANA_VARIABLES.items():
                     promql = promql.replace(variable, value)
                 result = wait_until(lambda q=promql: prometheus.query(q), 30, interval=1.0)
                 assert result, f"no data for {target['expr']!r} ({promql!r})"
-            stats = prometheus.query("min by (instance) (bpf_stats_enabled)")
+            stats = prometheus.query('bpf_stats_enabled{job="bpftop-otel"}')
             assert [float(r["value"][1]) for r in stats] == [1.0]
