@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,12 +467,3 @@ def children_of(pid: int) -> list[int]:
                     int(x) for x in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
                 ]
     return kids
-
-
-@contextlib.contextmanager
-def started(*peers: Any) -> Iterator[None]:
-    """Start peers in order, stop them in reverse order."""
-    with contextlib.ExitStack() as stack:
-        for peer in peers:
-            stack.enter_context(peer)
-        yield
