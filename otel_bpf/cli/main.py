@@ -181,8 +181,10 @@ async def _final_export(telemetry: Telemetry) -> None:
         log.warning("final export did not finish within %.0f s", FINAL_EXPORT_TIMEOUT)
     elif failure:
         log.warning("final export failed: %s", failure[0])
-    elif telemetry.otlp is not None and not telemetry.otlp.last_ok:
+    elif telemetry.otlp is not None and telemetry.otlp.last_ok is False:
         log.warning("final export failed: the collector did not take it")
+    elif telemetry.otlp is not None and telemetry.otlp.last_ok is None:
+        log.info("nothing was exported (OTEL_SDK_DISABLED?)")
     else:
         log.info("final export done")
 
