@@ -58,22 +58,25 @@ def grown(points: list[DataPoint]) -> bool:
     return names == set(PROGRAM_NAMES)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "via"),
+    [("grpc", "flags"), ("http/protobuf", "flags"), ("grpc", "env"), ("http/protobuf", "env")],
+)
+def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str, via: str) -> None:
+    """Configured by flags, or only by the standard OTEL_* variables."""
     with Rotel(tmp_path / "rotel") as rotel:
         endpoint = rotel.grpc_url if protocol == "grpc" else rotel.http_url
-        args = [
-            "--demo",
-            "--interval",
-            "0.5",
-            "--export-interval",
-            "1",
-            "--protocol",
-            protocol,
-            "--endpoint",
-            endpoint,
-        ]
+        args = ["--demo", "--interval", "0.5"]
         env = cli_env(OTEL_RESOURCE_ATTRIBUTES="deployment.environment=e2e")
+        if via == "flags":
+            args += ["--export-interval", "1", "--protocol", protocol, "--endpoint", endpoint]
+        else:
+            env.update(
+                OTEL_METRICS_EXPORTER="otlp",
+                OTEL_METRIC_EXPORT_INTERVAL="1000",
+                OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            )
         with Cli(tmp_path, args, env) as cli:
             points = rotel.wait_points(grown, 60, "growing bpf.program.runs for every demo program")
             cli.signal(signal.SIGTERM)
