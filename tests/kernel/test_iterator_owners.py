@@ -118,12 +118,15 @@ def test_owners_match_the_proc_scan_across_random_changes(
                 ours |= {holder.pid, loader.pid}
                 _check(it, ours)
                 found = it.owners()
+                # Any process enumerating programs (bpftool, a syscall-path pass) holds each
+                # one's fd for a moment, so only our processes are compared exactly.
                 for fd in shared:
                     assert holder.pid in {o.pid for o in found[prog_id_of_fd(fd)]}
                 for prog_id in child_ids:
-                    assert [o.pid for o in found[prog_id]] == [loader.pid]
+                    assert [o.pid for o in found[prog_id] if o.pid in ours] == [loader.pid]
                 # the iterator's own link and program are reported too, "via" told apart
-                assert {o.via for o in found[it.prog_id]} == {"prog", "link"}
+                mine_via = {o.via for o in found[it.prog_id] if o.pid == os.getpid()}
+                assert mine_via == {"prog", "link"}
     finally:
         for fd in mine:
             os.close(fd)
@@ -137,7 +140,9 @@ def test_source_owners_come_from_the_iterator() -> None:
             assert source.owners_path == "iterator"
             owners = records[prog_id_of_fd(fd)].owners
             assert owners is not None
-            assert [(o.pid, o.via) for o in owners] == [(os.getpid(), "prog")]
+            # (other processes may hold it for a moment while they enumerate programs)
+            mine = [(o.pid, o.via) for o in owners if o.pid == os.getpid()]
+            assert mine == [(os.getpid(), "prog")]
             without = source.read_all(owners=False).records
             assert all(r.owners is None for r in without)
     finally:
@@ -160,7 +165,9 @@ def test_owners_fall_back_to_the_proc_scan(caplog: pytest.LogCaptureFixture) -> 
         for records in (first, second):
             owners = records[prog_id_of_fd(fd)].owners
             assert owners is not None
-            assert [(o.pid, o.via) for o in owners] == [(os.getpid(), "prog")]
+            # (other processes may hold it for a moment while they enumerate programs)
+            mine = [(o.pid, o.via) for o in owners if o.pid == os.getpid()]
+            assert mine == [(os.getpid(), "prog")]
         lines = [r for r in caplog.records if "process owners" in r.getMessage()]
         assert len(lines) == 1
         assert "scanning /proc" in lines[0].getMessage()
