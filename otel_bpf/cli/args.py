@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_non_empty("--type"),
         metavar="TYPE",
-        help="export only programs of this type (bpftool's name, e.g. xdp); repeatable "
+        help="only programs of this type (bpftool's name, e.g. xdp), for the exporters and "
+        "--json; repeatable "
         "(default: all)",
     )
     sel.add_argument(
@@ -266,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_non_empty("--name"),
         metavar="PATTERN",
-        help="export only programs whose name matches this shell pattern (e.g. 'cil_*'), "
+        help="only programs whose name matches this shell pattern (e.g. 'cil_*'), "
         "or this regular expression with a re: prefix; repeatable (default: all)",
     )
     sel.add_argument(
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_non_empty("--owner"),
         metavar="COMM",
-        help="export only programs held by a process with this name; implies --owners; "
+        help="only programs held by a process with this name; implies --owners; "
         "repeatable (default: all)",
     )
 

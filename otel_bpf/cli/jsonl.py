@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 
+from otel_bpf.records import ProgramRecord
 from otel_bpf.snapshot import ProgramSample, Snapshot
 
 FIELDS: tuple[str, ...] = (
@@ -97,6 +99,13 @@ def encode(obj: dict[str, object]) -> str:
     return text.replace("\x7f", "\\u007f")
 
 
-def snapshot_lines(snapshot: Snapshot) -> list[str]:
-    """The lines (without newline) for one tick, one per program, in program id order."""
-    return [encode(sample_object(sample, snapshot)) for sample in snapshot.programs]
+def snapshot_lines(
+    snapshot: Snapshot, selected: Callable[[ProgramRecord], bool] | None = None
+) -> list[str]:
+    """The lines (without newline) for one tick, one per program, in program id order;
+    only the programs ``selected`` accepts when it is given."""
+    return [
+        encode(sample_object(sample, snapshot))
+        for sample in snapshot.programs
+        if selected is None or selected(sample.program)
+    ]

@@ -92,9 +92,13 @@ def _metrics_options(config: Config) -> MetricsOptions:
 class _Run:
     """State of one run shared by its tasks."""
 
-    def __init__(self, config: Config, telemetry: Telemetry) -> None:
+    def __init__(self, config: Config, telemetry: Telemetry, options: MetricsOptions) -> None:
         self.config = config
         self.telemetry = telemetry
+        # --type/--name/--owner select programs for --json as they do for the exporters.
+        self.selected = (
+            options.matches if (config.types or config.names or config.owner_names) else None
+        )
         self.ticks = 0
         self.announced = False
 
@@ -136,7 +140,7 @@ class _Run:
                 return
             seq = snap.seq
             if self.config.json:
-                _write_lines(jsonl.snapshot_lines(snap))
+                _write_lines(jsonl.snapshot_lines(snap, self.selected))
             self.tick(snap, scope)
 
     async def live(self, sampler: Sampler, scope: anyio.CancelScope) -> None:
@@ -235,7 +239,7 @@ async def _run(config: Config, telemetry: Telemetry, options: MetricsOptions) ->
     from otel_bpf.kernel.stats import stats_enabled, stats_state
     from otel_bpf.sampler import Sampler
 
-    run = _Run(config, telemetry)
+    run = _Run(config, telemetry, options)
     with ExitStack() as sync_stack:
         if config.demo:
             sync_stack.enter_context(_demo_workload())

@@ -155,3 +155,16 @@ def test_json_into_a_closed_pipe_ends_quietly() -> None:
     assert status == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert "demo workload stopped" in err
+
+
+def test_filters_select_the_json_programs() -> None:
+    proc = run_cli(
+        ["--json", "--count", "1", "--demo", "--exporter", "none"]
+        + ["--type", "xdp", "--type", "cgroup_skb", "--name", "otel_demo_*"],
+        timeout=60,
+        env=cli_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {o["name"] for o in objs} == {"otel_demo_xdp", "otel_demo_cgskb"}
+    assert {o["type"] for o in objs} == {"xdp", "cgroup_skb"}

@@ -145,3 +145,16 @@ def test_any_text_round_trips_as_printable_ascii(name: str, comm: str) -> None:
     assert all(0x20 <= ord(c) < 0x7F for c in line)
     obj = json.loads(line)
     assert obj["name"] == name and obj["owners"][0]["comm"] == comm
+
+
+def test_only_selected_programs() -> None:
+    snap = build_snapshot(
+        None,
+        [record(1, name="keep_a"), record(2, name="drop"), record(3, name="keep_b")],
+        monotonic=1.0,
+        wall_time=0.0,
+        online_cpus=1,
+        stats=STATS_ON,
+    )
+    lines = jsonl.snapshot_lines(snap, lambda p: p.name.startswith("keep"))
+    assert [json.loads(x)["id"] for x in lines] == [1, 3]
