@@ -24,6 +24,7 @@ u64 run_time_ns, u64 run_cnt, u64 recursion_misses``.
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -32,6 +33,7 @@ from typing import NamedTuple
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
+from otel_bpf.kernel.errors import BpfUnsupportedError
 from otel_bpf.kernel.iterator._common import (
     BPF_TRACE_ITER,
     HELPER_MAP_LOOKUP_PERCPU_ELEM,
@@ -157,6 +159,13 @@ def possible_cpus(path: str = POSSIBLE_CPUS_PATH) -> list[int]:
         return parse_cpu_list(f.read())
 
 
+def _exit_if(b: Builder, op: str, reg: int, imm: int) -> None:
+    """``if (reg op imm) return 0`` inline: a jump to one shared exit would grow with the
+    unrolled per-CPU code and hit the 16-bit jump offset on hosts with many CPUs."""
+    negated = {"jeq": "jne", "jne": "jeq"}[op]
+    b.emit(asm.jmp_imm(negated, reg, imm, 2), asm.mov64_imm(R0, 0), asm.exit_())
+
+
 def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
     """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
     b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
@@ -172,7 +181,7 @@ def build_program(
     # R6 = ctx, R7 = prog (NULL on the final call), R8 = &state.
     b.emit(asm.mov64_reg(R6, R1))
     b.emit(asm.ldx_mem(8, R7, R6, lay.ctx_prog))
-    b.jmp_imm("jeq", R7, 0, "out")
+    _exit_if(b, "jeq", R7, 0)
     b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta))
     b.emit(asm.stx_mem(8, R10, R1, _META))
     b.emit(asm.ld_map_value(R8, state_fd, 0))
@@ -184,20 +193,20 @@ def build_program(
     b.emit(asm.stx_mem(8, R10, R1, _SPILL))
     b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
     _probe_read(b, _SCRATCH, 8)  # the map's address, as an integer
-    b.jmp_imm("jne", R0, 0, "out")
+    _exit_if(b, "jne", R0, 0)
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH), asm.alu64_imm("add", R3, lay.array_pptrs))
     _probe_read(b, _PPTR0, 8)
-    b.jmp_imm("jne", R0, 0, "out")
+    _exit_if(b, "jne", R0, 0)
     b.emit(asm.st_mem(4, R10, _KEY, 0))
     for i, cpu in enumerate(cpus):
         b.emit(asm.ld_map_fd(R1, pcpu_fd))
         b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _KEY), asm.mov64_imm(R3, cpu))
         b.emit(asm.call(HELPER_MAP_LOOKUP_PERCPU_ELEM))
-        b.jmp_imm("jeq", R0, 0, "out")
+        _exit_if(b, "jeq", R0, 0)
         b.emit(asm.stx_mem(8, R10, R0, _SPILL))
         b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
         _probe_read(b, _SCRATCH, 8)
-        b.jmp_imm("jne", R0, 0, "out")
+        _exit_if(b, "jne", R0, 0)
         b.emit(asm.ldx_mem(8, R1, R10, _SCRATCH), asm.ldx_mem(8, R2, R10, _PPTR0))
         b.emit(asm.alu64_reg("sub", R1, R2), asm.stx_mem(8, R8, R1, 8 + 8 * i))
     b.emit(asm.st_mem(8, R8, 0, 1))
@@ -244,7 +253,6 @@ def build_program(
     b.emit(asm.ldx_mem(8, R1, R10, _META), asm.ldx_mem(8, R1, R1, lay.meta_seq))
     b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
     b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(HELPER_SEQ_WRITE))
-    b.label("out")
     b.emit(asm.mov64_imm(R0, 0), asm.exit_())
     return b.insns()
 
@@ -275,7 +283,12 @@ class ProgIterator:
                 create_map(MAP_TYPE_ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
             )
             pcpu_fd = self._keep(create_map(MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
-            insns = build_program(layout, self.cpus, state_fd, pcpu_fd)
+            try:
+                insns = build_program(layout, self.cpus, state_fd, pcpu_fd)
+            except ValueError as err:  # a jump past 32767 slots: about 1,900 CPUs
+                raise BpfUnsupportedError(
+                    errno.E2BIG, f"{len(self.cpus)} possible CPUs: {err}"
+                ) from None
             self.insn_count = len(insns)
             self.prog_fd = self._keep(
                 load_program(
