@@ -92,4 +92,5 @@ def test_daemonset_container_exports_with_only_its_capabilities(tmp_path: Path) 
     points = [p for p in rotel.points() if p.attributes.get(names.PROGRAM_ID) in ids]
     resource = points[-1].resource
     assert resource["host.name"] == NODE_NAME and resource["k8s.node.name"] == NODE_NAME
+    assert resource["service.instance.id"] == NODE_NAME
     assert resource["service.name"] == "bpftop-otel"
