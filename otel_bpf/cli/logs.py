@@ -96,7 +96,8 @@ class ExportLogGate(logging.Filter):
             if not getattr(self._local, "first", ""):
                 self._local.first = message
             self._local.reason = message
-        return False
+        # With --log-level debug every record of every attempt is wanted.
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 class BurstReportingExporter(MetricExporter):

@@ -112,3 +112,18 @@ def test_log_line_format(logs: Captured) -> None:
     date, level, rest = line.split(" ", 2)
     assert date.endswith("Z") and "T" in date
     assert level == "WARNING" and rest == "bpftop-otel: hello"
+
+
+def test_debug_level_lets_every_attempt_through() -> None:
+    gate = ExportLogGate()
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = setup_logging("debug", gate, stream=stream)
+    try:
+        run(gate, ["fail", "ok"])
+    finally:
+        teardown_logging([handler])
+        root.setLevel(level)
+    text = stream.getvalue()
+    assert "Transient error" in text and "resumed after 1 failed attempt " in text
