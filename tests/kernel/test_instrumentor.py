@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_progs import load_named
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
@@ -235,7 +236,13 @@ def run_instrumented(*prefix: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_opentelemetry_instrument_picks_it_up() -> None:
-    out = run_instrumented()
+    # A program of our own, so the host is never without one while the app runs (a fresh
+    # CI machine has none, and per-program series would then be absent).
+    fd = load_named("otel_t_instr")
+    try:
+        out = run_instrumented()
+    finally:
+        close(fd)
     assert "the application ran" in out.stdout
     exported = set(re.findall(r'"name": "(bpf\.[a-z.]+)"', out.stdout))
     assert {names.RUNS.name, names.RUN_TIME.name, names.STATS_ENABLED.name} <= exported, (
