@@ -258,14 +258,16 @@ def test_signal_and_ctrl_c_restore_the_terminal(start: Callable[..., Pane], how:
 
 
 def test_resize_redraws_at_once_and_drops_columns(start: Callable[..., Pane]) -> None:
-    pane = start(live_args("--interval", "5"))
+    pane = start(live_args("--interval", "10"))
     text = pane.wait(table_shown, 30, "the table")
     assert "Total Avg" in text or "Tot ns" in text
     pane.tmux("resize-window", "-t", pane.name, "-x", "60", "-y", "20")
-    # Redrawn well before the next sample (5 s): the resize itself triggers the frame.
+    # Redrawn well before the next sample (10 s): the resize itself triggers the frame. The
+    # 4 s allowance is for a loaded 2-core machine; a redraw that waited for the sampler
+    # would come later.
     text = pane.wait(
         lambda t: "Total Avg" not in t and "Tot ns" not in t and "rows " in t,
-        2,
+        4,
         "the narrow frame",
     )
     assert all(len(line) <= 60 for line in text.splitlines()), text
