@@ -51,7 +51,7 @@ E = TypeVar("E", bound=BaseException)
 
 
 class _Terminated(Exception):
-    """SIGTERM arrived before the run's own signal watcher was installed."""
+    """SIGTERM or SIGHUP arrived before the run's own signal watcher was installed."""
 
 
 def _error(message: str) -> None:
@@ -351,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_args.EXIT_USAGE
 
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_sighup = signal.signal(signal.SIGHUP, _on_sigterm)
     gate = ExportLogGate()
     handler = setup_logging(config.log_level, gate)
     # The handler stays installed until the interpreter exits: an export abandoned by the
@@ -367,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         handler.flush()
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGHUP, previous_sighup)
 
 
 def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:

@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT end a ``bpftop-otel`` run in order: the caller's cleanup then runs shielded.
+"""SIGTERM, SIGINT and SIGHUP end a ``bpftop-otel`` run in order; cleanup then runs shielded.
 
 The handler only cancels the run's scope; flushing the final export, switching stats off
 and unloading the demo happen in the caller's ``finally`` blocks, so the same path serves
@@ -14,11 +14,13 @@ import anyio
 
 log = logging.getLogger("bpftop-otel")
 
-HANDLED = (signal.SIGTERM, signal.SIGINT)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""SIGHUP too: its default action kills the process without the final export or stopping the
+demo cleanly (a closed terminal or ``systemctl kill -s HUP`` must not lose the last numbers)."""
 
 
 async def cancel_on_signal(scope: anyio.CancelScope) -> None:
-    """Wait for SIGTERM or SIGINT, log it once, and cancel ``scope``."""
+    """Wait for SIGTERM, SIGINT or SIGHUP, log it once, and cancel ``scope``."""
     with anyio.open_signal_receiver(*HANDLED) as signals:
         async for signum in signals:
             log.info("received %s: stopping (final export, stats off)", signal.Signals(signum).name)

@@ -29,9 +29,11 @@ class Pane:
         )  # fmt: skip
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(
+        out = subprocess.run(
             ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
-        ).stdout
+        )
+        self.last_error = out.stderr
+        return out.stdout
 
     def capture(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "live")
@@ -46,10 +48,13 @@ class Pane:
         return int(kids[0])
 
     def wait_for(self, needle: str, timeout: float) -> str:
-        wait_until(lambda: needle in self.capture(), timeout, interval=0.2)
-        text = self.capture()
-        assert needle in text, f"no {needle!r} within {timeout} s; pane:\n{text}"
-        return text
+        def seen() -> str:
+            text = self.capture()
+            return text if needle in text else ""
+
+        found = wait_until(seen, timeout, 0.2)
+        assert found, f"no {needle!r} within {timeout} s; pane:\n{self.capture()}{self.last_error}"
+        return str(found)
 
     def exit_status(self, timeout: float = 30) -> int:
         text = self.wait_for("__EXIT__", timeout)
