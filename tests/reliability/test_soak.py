@@ -16,6 +16,8 @@ import pytest
 from peers import Rotel, cli_command, cli_env, tail
 from process_probe import fd_count, rss_kib
 
+from otel_bpf import read_programs
+
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(900)]
 
 DURATION = float(os.environ.get("OTEL_BPF_SOAK_SECONDS", "600"))
@@ -23,6 +25,11 @@ WARM_UP = min(60.0, DURATION / 5)
 """Imports, the sampler's history (120 x 0.1 s), owner caches and the SDK's first
 aggregations are in place by then; growth is measured from the end of the warm-up."""
 PROBE_EVERY = 15.0
+
+
+def programs() -> int:
+    """Programs loaded on the host now: a burst of other programs is a burst of work."""
+    return len(read_programs(memlock=False))
 
 
 def test_soak_rss_and_fds_stay_flat(tmp_path: Path) -> None:
@@ -37,14 +44,15 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path) -> None:
                 stdout=subprocess.DEVNULL, stderr=err_file, stdin=subprocess.DEVNULL,
                 env=cli_env(),
             )  # fmt: skip
-        samples: list[tuple[float, int, int]] = []
+        samples: list[tuple[float, int, int, int]] = []
         try:
             started = time.monotonic()
             while (elapsed := time.monotonic() - started) < DURATION:
                 assert proc.poll() is None, f"bpftop-otel exited early:\n{tail(err)}"
-                samples.append((elapsed, rss_kib(proc.pid), fd_count(proc.pid)))
+                samples.append((elapsed, rss_kib(proc.pid), fd_count(proc.pid), programs()))
                 time.sleep(PROBE_EVERY)
-            samples.append((time.monotonic() - started, rss_kib(proc.pid), fd_count(proc.pid)))
+            end = time.monotonic() - started
+            samples.append((end, rss_kib(proc.pid), fd_count(proc.pid), programs()))
             proc.terminate()
             assert proc.wait(30) == 0, tail(err)
         finally:
@@ -52,7 +60,10 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait(5)
         received = rotel.points()
-    table = "\n".join(f"{t:7.1f} s  rss {r:7d} KiB  fds {f:3d}" for t, r, f in samples)
+    table = "\n".join(
+        f"{t:7.1f} s  rss {r:7d} KiB  fds {f:3d}  programs on the host {n:5d}"
+        for t, r, f, n in samples
+    )
     print(f"soak over {DURATION:g} s:\n{table}")
     (tmp_path / "soak.txt").write_text(table)
     assert any(p.metric == "bpf.program.runs" for p in received), tail(rotel.out)
