@@ -8,14 +8,18 @@ acquire to the last release.
 
 Kernels before 5.8 only have the legacy sysctl ``kernel.bpf_stats_enabled``. It is global and
 survives us, so it is used only when asked (``allow_sysctl=True``), and the previous value is
-restored on release and at interpreter exit. It is never switched off if it was already on.
+restored on release, at interpreter exit and on a SIGTERM/SIGHUP left at its default action
+(which ends the process without running ``atexit``). It is never switched off if it was
+already on.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -121,6 +125,7 @@ class StatsSwitch:
             return  # already on by someone else: leave it exactly as it is
         if not self._atexit_registered:
             atexit.register(self._restore_at_exit)
+            _restore_on_default_termination(self)
             self._atexit_registered = True
         _write_sysctl(True)
         self._sysctl_set = True
@@ -141,6 +146,29 @@ class StatsSwitch:
                     _write_sysctl(False)
 
 
+def _restore_on_default_termination(switch: StatsSwitch) -> None:
+    """Restore the sysctl before a default-action SIGTERM/SIGHUP ends the process.
+
+    Only signals still at SIG_DFL, and only from the main thread (the one place handlers can
+    be set): a program with its own handlers shuts down through ``finally``/``atexit``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def restore_then_die(signum: int, frame: object) -> None:
+        # No lock here: the interrupted main thread may hold it; a stale write is harmless.
+        if switch._sysctl_set:
+            switch._sysctl_set = False
+            with suppress(OSError):
+                _write_sysctl(False)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, restore_then_die)
+
+
 @contextmanager
 def stats_enabled(*, allow_sysctl: bool = False) -> Iterator[StatsSwitch]:
     """Keep run-time stats on for the ``with`` block (nested uses share one fd)."""
@@ -152,14 +180,34 @@ def stats_enabled(*, allow_sysctl: bool = False) -> Iterator[StatsSwitch]:
         switch.release()
 
 
+OTHERS_RESCAN_WHILE_OURS = 30.0
+"""Seconds a scan for other holders is reused while this process holds stats itself.
+
+The scan walks every ``/proc/*/fd`` (about 30 µs per process): every tick it was most of a
+sampling pass.  While our own fd keeps stats on, another holder changes nothing but the text
+of :meth:`StatsState.describe`, so it is looked for twice a minute; without our fd, every call.
+"""
+
+_others_scan: tuple[float, bool] | None = None  # (time.monotonic(), found)
+
+
 def stats_state() -> StatsState:
     """Whether stats are being counted right now, and who keeps them on.
 
     ``others`` scans ``/proc/*/fd`` for ``anon_inode:bpf-stats`` outside this process (up to
-    the first holder found); on a host with thousands of processes this costs milliseconds.
+    the first holder found); on a host with thousands of processes this costs milliseconds,
+    so while this process holds stats a scan is reused for :data:`OTHERS_RESCAN_WHILE_OURS`.
     """
-    return StatsState(
-        ours=StatsSwitch().fd_held,
-        sysctl=bool(read_sysctl()),
-        others=next(iter_stats_holders(exclude_pid=os.getpid()), None) is not None,
-    )
+    ours = StatsSwitch().fd_held
+    return StatsState(ours=ours, sysctl=bool(read_sysctl()), others=_others_hold_stats(ours))
+
+
+def _others_hold_stats(ours: bool) -> bool:
+    global _others_scan
+    now = time.monotonic()
+    scan = _others_scan
+    if ours and scan is not None and now - scan[0] < OTHERS_RESCAN_WHILE_OURS:
+        return scan[1]
+    found = next(iter_stats_holders(exclude_pid=os.getpid()), None) is not None
+    _others_scan = (now, found)
+    return found
