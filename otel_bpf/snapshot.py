@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from otel_bpf import figures
 from otel_bpf.records import ProgramRecord, StatsState
@@ -62,18 +61,19 @@ class Snapshot:
     programs: tuple[ProgramSample, ...]
     errors: tuple[str, ...] = ()
     """Per-program read failures of this pass (the pass still completed)."""
-    _by_id: Mapping[int, ProgramSample] = field(
-        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    # The id index is built on the first get(): a history of 120 snapshots of 1,000 programs
+    # would otherwise keep 120 dicts alive that only the newest snapshot's readers use.
+    _by_id: dict[int, ProgramSample] | None = field(
+        default=None, init=False, repr=False, compare=False
     )
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "_by_id", MappingProxyType({s.program.id: s for s in self.programs})
-        )
 
     def get(self, prog_id: int) -> ProgramSample | None:
         """The sample of program ``prog_id``, or None when it is not loaded (any more)."""
-        return self._by_id.get(prog_id)
+        by_id = self._by_id
+        if by_id is None:
+            by_id = {s.program.id: s for s in self.programs}
+            object.__setattr__(self, "_by_id", by_id)  # a cache, equal for every caller
+        return by_id.get(prog_id)
 
 
 def build_snapshot(
@@ -90,9 +90,25 @@ def build_snapshot(
     """The snapshot of one pass, with figures against ``prev`` (pure; no kernel access)."""
     dt = None if prev is None else monotonic - prev.monotonic
     samples = []
+    # An idle program's sample is the same every pass (no runs: 0/s, 0 %, no period
+    # average), and the iterator path hands back the same record object while its counters
+    # stay put: such a sample is reused as it is, which keeps passes and history cheap.
+    idle_utilization = 0.0 if online_cpus > 0 else None
     for rec in records:
         before = prev.get(rec.id) if prev is not None else None
-        samples.append(derive(before.program if before else None, rec, dt, online_cpus))
+        if before is None:
+            samples.append(derive(None, rec, dt, online_cpus))
+        elif (
+            before.program is rec
+            and before.events_per_sec == 0.0
+            and before.cpu_percent == 0.0
+            and before.cpu_utilization == idle_utilization
+            and dt is not None
+            and dt > 0
+        ):
+            samples.append(before)
+        else:
+            samples.append(derive(before.program, rec, dt, online_cpus))
     return Snapshot(
         seq=1 if prev is None else prev.seq + 1,
         wall_time=wall_time,

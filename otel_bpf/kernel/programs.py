@@ -22,7 +22,7 @@ import os
 import struct
 import threading
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from errno import EINTR, ENOENT
 from typing import Any
 
@@ -31,9 +31,10 @@ from otel_bpf.kernel.btf import BtfFormatError, program_btf_name
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError, error_for, unsupported_command
 from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.prog_types import PROG_TYPE_NAMES
+from otel_bpf.kernel.record_builder import RecordExtras, program_record
 from otel_bpf.kernel.syscall import bpf, command_known, syscall_number
 from otel_bpf.kernel.system import boot_time_offset
-from otel_bpf.records import ProgramRecord
+from otel_bpf.records import MapRecord, Owner, ProgramRecord
 
 LIST_PERMISSION_MESSAGE = (
     "permission denied listing BPF programs (BPF_PROG_GET_NEXT_ID): needs CAP_SYS_ADMIN "
@@ -150,23 +151,23 @@ def _record(
 ) -> ProgramRecord:
     stats = info_len >= _OFF_RUN_CNT  # run_time_ns/run_cnt arrived together in 5.1
     type_id = v[_TYPE]
-    return ProgramRecord(
-        id=v[_ID],
-        type=PROG_TYPE_NAMES[type_id] if type_id < len(PROG_TYPE_NAMES) else f"type_{type_id}",
-        type_id=type_id,
-        name=name,
-        tag=v[_TAG].hex(),
-        run_time_ns=v[_RUN_TIME_NS] if stats else 0,
-        run_cnt=v[_RUN_CNT] if stats else 0,
-        recursion_misses=v[_RECURSION_MISSES] if info_len >= _OFF_RECURSION_MISSES else None,
-        load_time=boot_offset + v[_LOAD_TIME] / 1e9,
-        uid=v[_UID],
-        verified_insns=v[_VERIFIED_INSNS] if info_len >= _OFF_VERIFIED_INSNS else None,
-        xlated_size=v[_XLATED],
-        jited_size=v[_JITED],
-        map_ids=map_ids,
-        btf_id=v[_BTF_ID],
-        memlock_bytes=memlock,
+    return program_record(
+        v[_ID],
+        PROG_TYPE_NAMES[type_id] if type_id < len(PROG_TYPE_NAMES) else f"type_{type_id}",
+        type_id,
+        name,
+        v[_TAG].hex(),
+        v[_RUN_TIME_NS] if stats else 0,
+        v[_RUN_CNT] if stats else 0,
+        v[_RECURSION_MISSES] if info_len >= _OFF_RECURSION_MISSES else None,
+        boot_offset + v[_LOAD_TIME] / 1e9,
+        v[_UID],
+        v[_VERIFIED_INSNS] if info_len >= _OFF_VERIFIED_INSNS else None,
+        v[_XLATED],
+        v[_JITED],
+        map_ids,
+        v[_BTF_ID],
+        memlock,
     )
 
 
@@ -201,6 +202,10 @@ class ProgramReader:
         self._id_attr = GetIdAttr()
         # (id, load_time) -> (name, memlock or None, or _NOT_READ when never asked)
         self._static: dict[tuple[int, int], tuple[str, int | None]] = {}
+        # (id, load_time) -> (the unpacked info of the last pass, the record built from it)
+        self._last: dict[tuple[int, int], tuple[tuple[Any, ...], ProgramRecord]] = {}
+        self._extras_lock = threading.Lock()
+        self._extras = RecordExtras()
 
     def read_all(
         self, *, owners: bool = False, maps: bool = False, memlock: bool = True
@@ -208,19 +213,20 @@ class ProgramReader:
         """One pass: every program's record, sorted by id, plus per-program errors."""
         with self._lock:
             records, errors = self._pass(memlock)
+        found: dict[int, MapRecord] | None = None
+        by_prog: dict[int, tuple[Owner, ...]] | None = None
         if maps:
             from otel_bpf.kernel.maps import read_maps
 
             found, map_errors = read_maps(i for r in records for i in r.map_ids)
             errors.extend(map_errors)
-            records = [
-                replace(r, maps=tuple(found[i] for i in r.map_ids if i in found)) for r in records
-            ]
         if owners:
             from otel_bpf.kernel.owners import scan_owners
 
             by_prog = scan_owners()
-            records = [replace(r, owners=by_prog.get(r.id, ())) for r in records]
+        if owners or maps:
+            with self._extras_lock:
+                records = self._extras.attach(records, by_prog, found)
         return ReadResult(records, errors)
 
     def _pass(self, memlock: bool) -> tuple[list[ProgramRecord], list[str]]:
@@ -229,6 +235,7 @@ class ProgramReader:
         records: list[ProgramRecord] = []
         errors: list[str] = []
         old_static, static = self._static, {}
+        old_last, last = self._last, {}
         raw, get_errno = _raw_syscall, ctypes.get_errno
         memset, unpack_from, close_fd = ctypes.memset, _LAYOUT.unpack_from, os.close
         info, map_buf = self._info, self._map_ids
@@ -296,12 +303,25 @@ class ProgramReader:
                     known = self._static_facts(fd, v, memlock, known)
                 static[key] = known
                 mem = known[1] if memlock else None
-                records.append(_record(v, info_attr.info_len, boot_offset, map_ids, known[0], mem))
+                # Unchanged info (an idle program): the previous record, as it was.
+                prior = old_last.get(key)
+                if (
+                    prior is not None
+                    and prior[0] == v
+                    and prior[1].map_ids == map_ids
+                    and prior[1].memlock_bytes == mem
+                ):
+                    record = prior[1]
+                else:
+                    record = _record(v, info_attr.info_len, boot_offset, map_ids, known[0], mem)
+                last[key] = (v, record)
+                records.append(record)
             except (BpfError, OSError) as err:
                 errors.append(f"program {prog_id}: {err}")
             finally:
                 close_fd(fd)
         self._static = static  # programs that are gone are forgotten
+        self._last = last
         return records, errors
 
     def _static_facts(

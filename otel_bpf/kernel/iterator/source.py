@@ -12,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import struct
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
 from otel_bpf.kernel.btf import program_btf_name
@@ -25,10 +27,11 @@ from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
 from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import RECORD, ProgIterator, ProgIterLayout, ProgRecordRaw
 from otel_bpf.kernel.programs import ReadResult, record_from_info
+from otel_bpf.kernel.record_builder import RecordExtras, program_record
 from otel_bpf.kernel.syscall import bpf, close
 from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
-from otel_bpf.records import Owner, ProgramRecord
+from otel_bpf.records import MapRecord, Owner, ProgramRecord
 
 _log = logging.getLogger(__name__)
 
@@ -45,11 +48,34 @@ class IteratorReadResult(ReadResult):
 
 @dataclass(slots=True)
 class _Cached:
-    """Static fields of one program, and the last record built from them."""
+    """Static fields of one program, and the last record built from them.
+
+    ``head`` and ``tail`` are the record's fields before and after the three counters, so
+    a new record is one call: ``program_record(*head, ns, cnt, misses, *tail)``.
+    """
 
     load_time_ns: int
-    static: ProgramRecord
+    head: tuple[object, ...]
+    tail: tuple[object, ...]
     last: ProgramRecord
+
+    @classmethod
+    def of(cls, load_time_ns: int, static: ProgramRecord) -> _Cached:
+        fields = _RECORD_FIELDS(static)
+        return cls(load_time_ns, fields[:_COUNTERS], fields[_COUNTERS + 3 :], static)
+
+
+# ProgramRecord's fields up to memlock_bytes; the counters start at run_time_ns.
+_RECORD_FIELDS = attrgetter(
+    "id", "type", "type_id", "name", "tag", "run_time_ns", "run_cnt", "recursion_misses",
+    "load_time", "uid", "verified_insns", "xlated_size", "jited_size", "map_ids", "btf_id",
+    "memlock_bytes",
+)  # fmt: skip
+_COUNTERS = 5
+# The iterator's record without the fields the merge does not need (type and name come with
+# the static fields), so no bytes object is made per program.
+_MERGE_RECORD = struct.Struct("<I4x16xQQQQ")
+assert _MERGE_RECORD.size == RECORD.size
 
 
 class IteratorSource:
@@ -94,6 +120,8 @@ class IteratorSource:
         self._progs = ProgIterator(layout, cpus)
         self._owners_iter: OwnersIterator | None = None
         self._cache: dict[int, _Cached] = {}
+        self._extras_lock = threading.Lock()
+        self._extras = RecordExtras()
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------
@@ -156,34 +184,37 @@ class IteratorSource:
         with self._lock:
             if self._closed:
                 raise BpfError(errno.EBADF, "the iterator source is closed")
-            records, errors = self._merge(self._progs.read_raw(), memlock)
+            skip = frozenset() if include_self else self.self_ids
+            records, errors = self._merge(self._progs.read_raw(), memlock, skip)
             by_prog = self._owners_pass() if owners else None
-        if not include_self:
-            own = self.self_ids
-            records = [r for r in records if r.id not in own]
+        found: dict[int, MapRecord] | None = None
         if maps:
             from otel_bpf.kernel.maps import read_maps
 
             found, map_errors = read_maps(i for r in records for i in r.map_ids)
             errors.extend(map_errors)
-            records = [
-                replace(r, maps=tuple(found[i] for i in r.map_ids if i in found)) for r in records
-            ]
-        if by_prog is not None:
-            records = [replace(r, owners=by_prog.get(r.id, ())) for r in records]
-        records.sort(key=_by_id)
+        if owners or maps:
+            with self._extras_lock:
+                records = self._extras.attach(records, by_prog, found)
         return IteratorReadResult(records, errors)
 
-    def _merge(self, data: bytes, memlock: bool) -> tuple[list[ProgramRecord], list[str]]:
+    def _merge(
+        self, data: bytes, memlock: bool, skip: frozenset[int] = frozenset()
+    ) -> tuple[list[ProgramRecord], list[str]]:
         # Runs for every program every pass: unpacked tuples, an int-keyed cache, and the
-        # previous record reused while a program's counters do not move.
+        # previous record reused while a program's counters do not move.  ``skip``: ids left
+        # out (the source's own programs).
         records: list[ProgramRecord] = []
         errors: list[str] = []
         cache = self._cache
         seen: dict[int, _Cached] = {}
         boot_offset: float | None = None
         usable = len(data) - len(data) % RECORD.size
-        for prog_id, _type, _name, load_time, ns, cnt, misses in RECORD.iter_unpack(data[:usable]):
+        previous_id = -1
+        in_order = True  # the kernel walks its idr in id order; sort only if that changes
+        for prog_id, load_time, ns, cnt, misses in _MERGE_RECORD.iter_unpack(data[:usable]):
+            if prog_id in skip:
+                continue
             entry = cache.get(prog_id)
             if entry is None or entry.load_time_ns != load_time:
                 if boot_offset is None:
@@ -195,18 +226,17 @@ class IteratorSource:
                 except (BpfError, OSError) as err:
                     errors.append(f"program {prog_id}: {err}")
                     continue
-                entry = _Cached(load_time, static, static)
+                entry = _Cached.of(load_time, static)
             last = entry.last
             if last.run_time_ns != ns or last.run_cnt != cnt or last.recursion_misses != misses:
-                s = entry.static
-                last = ProgramRecord(
-                    s.id, s.type, s.type_id, s.name, s.tag, ns, cnt, misses, s.load_time, s.uid,
-                    s.verified_insns, s.xlated_size, s.jited_size, s.map_ids, s.btf_id,
-                    s.memlock_bytes,
-                )  # fmt: skip
-                entry.last = last
+                last = entry.last = program_record(*entry.head, ns, cnt, misses, *entry.tail)
             seen[prog_id] = entry
             records.append(last if memlock else _without_memlock(last))
+            if prog_id < previous_id:
+                in_order = False
+            previous_id = prog_id
+        if not in_order:
+            records.sort(key=_by_id)
         self._cache = seen  # forget programs that are gone
         return records, errors
 

@@ -1,0 +1,100 @@
+"""The cheap record construction and the reuse of unchanged records and samples.
+
+Both are performance measures: what they return must be indistinguishable from the plain
+dataclass constructor, ``dataclasses.replace`` and ``snapshot.derive``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import FrozenInstanceError, astuple, fields, replace
+
+import pytest
+
+from otel_bpf.kernel import record_builder
+from otel_bpf.kernel.record_builder import RecordExtras, program_record
+from otel_bpf.records import MapRecord, Owner, ProgramRecord, StatsState
+from otel_bpf.snapshot import build_snapshot, derive
+
+ON = StatsState(ours=True, sysctl=False, others=False)
+VALUES = (7, "xdp", 6, "name", "ab" * 8, 100, 4, 0, 1.5e9, 0, 12, 96, 80, (3, 4), 9, 8192)
+
+
+def prog(pid: int = 7, run_cnt: int = 4, run_time_ns: int = 100) -> ProgramRecord:
+    return program_record(pid, *VALUES[1:5], run_time_ns, run_cnt, *VALUES[7:])
+
+
+def test_program_record_is_the_dataclass_in_every_respect() -> None:
+    assert record_builder.FAST  # the layout check passed: the slot stores are in use
+    fast = program_record(*VALUES)
+    slow = ProgramRecord(*VALUES)
+    assert type(fast) is ProgramRecord
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert astuple(fast) == astuple(slow)
+    assert fast.owners is None and fast.maps is None
+    with pytest.raises(FrozenInstanceError):
+        fast.run_cnt = 5  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(fast)) == slow
+    assert replace(fast, run_cnt=5) == replace(slow, run_cnt=5)
+
+
+def test_program_record_takes_owners_and_maps() -> None:
+    owner = Owner(pid=1, comm="c", executable="e", via="prog")
+    m = MapRecord(
+        id=3, type="hash", name="m", key_size=4, value_size=8, max_entries=1, memlock_bytes=None
+    )
+    full = program_record(*VALUES, (owner,), (m,))
+    assert full == ProgramRecord(*VALUES, owners=(owner,), maps=(m,))
+
+
+def test_field_list_matches_the_dataclass() -> None:
+    assert tuple(f.name for f in fields(ProgramRecord)) == record_builder._FIELDS
+
+
+def test_extras_reuse_the_record_while_nothing_changed() -> None:
+    extras = RecordExtras()
+    base = prog()
+    owner = Owner(pid=1, comm="c", executable="e", via="prog")
+    m3 = MapRecord(
+        id=3, type="hash", name="m", key_size=4, value_size=8, max_entries=1, memlock_bytes=None
+    )
+    (first,) = extras.attach([base], {7: (owner,)}, {3: m3})
+    assert first == replace(base, owners=(owner,), maps=(m3,))
+    (again,) = extras.attach([base], {7: (owner,)}, {3: m3})
+    assert again is first
+    (moved,) = extras.attach([base], {}, {3: m3})
+    assert moved == replace(base, owners=(), maps=(m3,)) and moved is not first
+    ran = prog(run_cnt=5)
+    (new,) = extras.attach([ran], {}, None)
+    assert new == replace(ran, owners=(), maps=None)
+
+
+def snap(prev, records, t, cpus=2):  # type: ignore[no-untyped-def]
+    return build_snapshot(prev, records, monotonic=t, wall_time=t, online_cpus=cpus, stats=ON)
+
+
+@pytest.mark.parametrize("cpus", [2, 0])
+def test_idle_samples_are_reused_and_equal_to_derive(cpus: int) -> None:
+    idle, busy = prog(1), prog(2)
+    s1 = snap(None, [idle, busy], 10.0, cpus)
+    s2 = snap(s1, [idle, busy], 11.0, cpus)  # no program ran; rates 0 now
+    s3 = snap(s2, [idle, prog(2, run_cnt=9, run_time_ns=900)], 12.5, cpus)
+    s4 = snap(s3, [idle, s3.programs[1].program], 13.0, cpus)
+    for prev, cur in ((s1, s2), (s2, s3), (s3, s4)):
+        assert cur.elapsed is not None
+        for sample in cur.programs:
+            before = prev.get(sample.id)
+            assert before is not None
+            assert sample == derive(before.program, sample.program, cur.elapsed, cpus)
+    assert s3.programs[0] is s2.programs[0]  # idle, and already idle before: reused
+    assert s4.programs[0] is s2.programs[0]
+    assert s2.programs[0] is not s1.programs[0]  # the first sample has no rates yet
+    assert s4.programs[1] is not s3.programs[1]  # it ran in the period before: rates change
+    assert s4.programs[1].events_per_sec == 0.0
+
+
+def test_an_equal_but_new_record_is_derived_again() -> None:
+    s1 = snap(None, [prog(1)], 1.0)
+    s2 = snap(s1, [prog(1)], 2.0)
+    s3 = snap(s2, [prog(1)], 3.0)
+    assert s3.programs[0] == s2.programs[0] and s3.programs[0] is not s2.programs[0]
