@@ -8,11 +8,12 @@ chosen from the resolved protocol and every setting is passed explicitly, so wha
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricExporter,
@@ -65,6 +66,17 @@ class Telemetry:
             self.otlp.abort()
 
 
+GRPC_EXPORT_BATCH_POINTS = 1000
+
+
+def _exemplar_filter() -> ExemplarFilter | None:
+    """No exemplars unless OTEL_METRICS_EXEMPLAR_FILTER asks: observable instruments have
+    none to give, and the SDK's default filter looks up the current span per data point."""
+    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"):
+        return None  # the SDK reads the variable itself
+    return AlwaysOffExemplarFilter()
+
+
 def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
     import grpc  # type: ignore[import-untyped]
     from grpc import Compression as GrpcCompression
@@ -101,6 +113,9 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
         headers=dict(otlp.headers),
         timeout=otlp.timeout,
         compression=compression,
+        # Requests of at most this many points: the protobuf of one export is built batch by
+        # batch, so the exporter's peak memory stays flat however many programs are loaded.
+        max_export_batch_size=GRPC_EXPORT_BATCH_POINTS,
     )
 
 
@@ -202,6 +217,9 @@ def build_telemetry(config: Config, gate: ExportLogGate) -> Telemetry:
         raise
     resource = Resource.create(dict(config.resource_attributes))
     telemetry.provider = MeterProvider(
-        metric_readers=readers, resource=resource, shutdown_on_exit=False
+        metric_readers=readers,
+        resource=resource,
+        shutdown_on_exit=False,
+        exemplar_filter=_exemplar_filter(),
     )
     return telemetry
