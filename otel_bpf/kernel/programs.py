@@ -89,6 +89,9 @@ _FUNC_INFO_REC_SIZE, _NR_FUNC_INFO = _IX["func_info_rec_size"], _IX["nr_func_inf
 _RUN_TIME_NS, _RUN_CNT = _IX["run_time_ns"], _IX["run_cnt"]
 _RECURSION_MISSES, _VERIFIED_INSNS = _IX["recursion_misses"], _IX["verified_insns"]
 _CUT_NAME_LEN = BPF_OBJ_NAME_LEN - 1
+# InfoByFdAttr's first two fields, bpf_fd and info_len.
+_FD_AND_LEN = struct.Struct("<II")
+assert InfoByFdAttr.bpf_fd.offset == 0 and InfoByFdAttr.info_len.offset == 4
 
 
 @dataclass(frozen=True)
@@ -231,15 +234,19 @@ class ProgramReader:
 
     def _pass(self, memlock: bool) -> tuple[list[ProgramRecord], list[str]]:
         # The hot loop: three syscalls per program through the raw ctypes function with
-        # prebuilt attrs, one memset and one unpack; the typed-error path only on failure.
+        # prebuilt attrs, one buffer copy and one unpack; the typed-error path only on failure.
         records: list[ProgramRecord] = []
         errors: list[str] = []
         old_static, static = self._static, {}
         old_last, last = self._last, {}
         raw, get_errno = _raw_syscall, ctypes.get_errno
-        memset, unpack_from, close_fd = ctypes.memset, _LAYOUT.unpack_from, os.close
+        unpack_from, close_fd = _LAYOUT.unpack_from, os.close
         info, map_buf = self._info, self._map_ids
-        info_ptr, map_buf_ptr = ctypes.addressof(info), ctypes.addressof(map_buf)
+        template = ProgInfo(nr_map_ids=_MAP_IDS_CAPACITY, map_ids=ctypes.addressof(map_buf))
+        info_template = bytes(template)
+        info_bytes = memoryview(info).cast("B")
+        info_attr_bytes = memoryview(self._info_attr).cast("B")
+        pack_fd_len = _FD_AND_LEN.pack_into
         id_attr, info_attr = self._id_attr, self._info_attr
         id_ptr, id_size = ctypes.addressof(id_attr), ctypes.sizeof(id_attr)
         info_attr_ptr, info_attr_size = ctypes.addressof(info_attr), ctypes.sizeof(info_attr)
@@ -276,13 +283,12 @@ class ProgramReader:
                     errors.append(f"program {prog_id}: {_error(err, Cmd.PROG_GET_FD_BY_ID)}")
                 continue
             try:
-                # Zero everything: a stale nr_* count with a NULL pointer would make the
-                # kernel write through NULL (EFAULT).
-                memset(info_ptr, 0, _INFO_SIZE)
-                info.nr_map_ids = _MAP_IDS_CAPACITY
-                info.map_ids = map_buf_ptr
-                info_attr.bpf_fd = fd
-                info_attr.info_len = _INFO_SIZE
+                # Everything zero but the map ids buffer (a stale nr_* count with a NULL
+                # pointer would make the kernel write through NULL: EFAULT), by one copy of
+                # a template, and the attr's fd and size by one pack: each ctypes call or
+                # field store costs more than these whole lines.
+                info_bytes[:] = info_template
+                pack_fd_len(info_attr_bytes, 0, fd, _INFO_SIZE)
                 while (ret := raw(*info_args)) < 0 and (get_errno() == EINTR):
                     pass
                 if ret < 0:
