@@ -14,6 +14,7 @@ then prints nanoseconds per program for one pass of:
   close), compiled here with gcc,
 
 plus the owners pass (``iter/task_file``) against the /proc scan, and the start-up costs.
+The full comparison with bpftool and the exporter process is ``bench_sampling.py``.
 Stats are on (``BPF_ENABLE_STATS``) while measuring, as when the exporter runs.  Medians of
 ``--passes`` passes; other load on the machine shows up as noise.
 """
@@ -23,17 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from otel_bpf.kernel import asm
+from _bench import PASS_ALL, build_c, c_loop_ns, median_s
+
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
@@ -47,19 +46,6 @@ from otel_bpf.kernel.programs import read_all
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
-HERE = Path(__file__).resolve().parent
-PASS_ALL = asm.assemble([asm.mov64_imm(asm.R0, -1), asm.exit_()])
-
-
-def median_s(fn: Callable[[], object], passes: int) -> float:
-    fn()  # warm-up (fills caches)
-    times = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 def busy_pass(source: IteratorSource) -> None:
     """A full pass as if every program had run since the last one: no record is reused.
@@ -72,18 +58,6 @@ def busy_pass(source: IteratorSource) -> None:
             stale = replace(entry.last, run_cnt=-1)
         entry.last = stale
     source.read_all(owners=False)
-
-
-def build_c(tmp: Path) -> Path:
-    exe = tmp / "prog_loop"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "c" / "prog_loop.c")], check=True)
-    return exe
-
-
-def c_loop_ns(exe: Path, passes: int) -> tuple[int, float]:
-    out = subprocess.run([str(exe), str(passes)], capture_output=True, text=True, timeout=600)
-    programs, _best, median = out.stdout.split()
-    return int(programs), float(median)
 
 
 def startup(passes: int) -> None:
