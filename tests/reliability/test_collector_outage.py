@@ -1,0 +1,82 @@
+"""The collector stops for 60 s and comes back, twice (60 s, then 5 s).
+
+While it is down sampling goes on, resident size stays bounded and exactly one WARNING is
+logged for the burst; when it is back, exports resume (data points stamped after the
+restart) with one "resumed" line.  The second, short outage gets its own pair of lines.
+tests/e2e/test_rotel.py covers a collector that is absent from the start and memory with
+nobody listening; this covers a collector that was working and went away.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from peers import Cli, Rotel, cli_env, wait_until
+from process_probe import rss_kib
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(200)]
+
+OUTAGE_S = 60.0
+WARM_UP_S = 30.0
+"""The sampler's history (120 passes at 0.2 s = 24 s) is full by then: resident size is
+compared from there on."""
+
+
+def test_collector_down_for_a_minute_and_back(tmp_path: Path) -> None:
+    rotel = Rotel(tmp_path / "rotel").start()
+    args = ["--demo", "--json", "--interval", "0.2", "--export-interval", "1",
+            "--endpoint", rotel.grpc_url, "--name", "otel_demo_*"]  # fmt: skip
+    cli = Cli(tmp_path, args, cli_env(OTEL_EXPORTER_OTLP_TIMEOUT="1")).start()
+    started = time.monotonic()
+    try:
+
+        def lines(word: str) -> list[str]:
+            return [x for x in cli.stderr().splitlines() if word in x and "export to" in x]
+
+        def points_since(ns: int) -> bool:
+            return any(p.metric == "bpf.program.runs" and p.time_ns >= ns for p in rotel.points())
+
+        start_ns = time.time_ns()
+        assert wait_until(lambda: points_since(start_ns), 30), cli.describe()
+
+        rss: list[tuple[float, int]] = []
+        seqs: list[int] = []
+        for outage, (failed, resumed) in ((OUTAGE_S, (1, 1)), (5.0, (2, 2))):
+            rotel.stop()
+            down = time.monotonic()
+            assert wait_until(lambda n=failed: len(lines(" WARNING ")) >= n, 15), cli.describe()
+            while time.monotonic() - down < outage:
+                assert cli.proc is not None and cli.proc.poll() is None, cli.describe()
+                time.sleep(min(5.0, outage))
+                seqs.append(max(o["seq"] for o in cli.json_objects()))
+                if outage == OUTAGE_S:
+                    rss.append((time.monotonic() - started, rss_kib(cli.pid)))
+            assert len(lines(" WARNING ")) == failed, cli.describe()
+
+            back_ns = time.time_ns()
+            rotel = Rotel(rotel.workdir, grpc_port=rotel.grpc_port, http_port=rotel.http_port)
+            rotel.start()
+            assert wait_until(lambda ns=back_ns: points_since(ns), 30), (
+                f"export did not resume\n{cli.describe()}"
+            )
+            assert wait_until(lambda n=resumed: len(lines("resumed")) >= n, 10), cli.describe()
+            assert len(lines(" WARNING ")) == failed, cli.describe()
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(30) == 0, cli.describe()
+    finally:
+        cli.stop()
+        rotel.stop()
+
+    # Sampling went on during the outages: at 0.2 s, 5 s apart is about 25 passes.
+    steps = [b - a for a, b in zip(seqs, seqs[1:], strict=False)]
+    assert min(steps) >= 10, f"sampling stalled: passes every 5 s {steps}"
+    # From the end of the warm-up to the end of the outage, resident size grows < 10 %.
+    print(f"outage {OUTAGE_S:g} s: (seconds since start, RSS KiB) every 5 s: {rss}")
+    warm = [kib for t, kib in rss if t >= WARM_UP_S]
+    assert len(warm) >= 6 and max(warm) < warm[0] * 1.10, rss
+    err = cli.stderr()
+    assert "Traceback" not in err
+    assert len(lines("resumed")) == 2, err
