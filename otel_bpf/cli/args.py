@@ -188,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--sampling-path",
         choices=SAMPLING_PATHS,
-        default="syscall",
+        default="auto",
         help="how programs are read: syscall (bpf(2) per program, works everywhere), "
         "iterator (one BPF iterator read for all programs), or auto: the iterator once it "
-        "agrees with the syscall path at start-up, else syscall (default: syscall)",
+        "agrees with the syscall path at start-up, else syscall (default: auto)",
     )
     mode.add_argument(
         "--owners",

@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert ns.export_interval is None and ns.log_level is None
     assert ns.prometheus_host is None and ns.prometheus_port is None
     assert ns.attributes == "per-program"
-    assert ns.sampling_path == "syscall"
+    assert ns.sampling_path == "auto"
     assert ns.types is None and ns.names is None and ns.owner_names is None
 
 
