@@ -81,11 +81,14 @@ def process_comm(pid: int) -> str:
 def process_executable(pid: int) -> str:
     """Base name of ``/proc/<pid>/exe``; empty for kernel threads, exited processes or EACCES."""
     try:
-        target = os.readlink(f"/proc/{pid}/exe")
+        target = os.readlink(f"/proc/{pid}/exe".encode())
     except OSError:
         return ""
-    target = target.removesuffix(" (deleted)")
-    return os.path.basename(target)
+    target = target.removesuffix(b" (deleted)")
+    # A file name need not be UTF-8. Decoded like comm (U+FFFD for bad bytes): the default
+    # surrogateescape would leave lone surrogates that UTF-8 encoders refuse (the OTLP
+    # protobuf encoding of a whole batch, strict JSON parsers).
+    return os.path.basename(target).decode("utf-8", errors="replace")
 
 
 def scan_owners() -> dict[int, tuple[Owner, ...]]:
