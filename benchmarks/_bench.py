@@ -207,6 +207,7 @@ class Rotel:
 
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-rotel-")))
     port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -216,6 +217,10 @@ class Rotel:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def received(self) -> bool:
         """rotel logged a received metrics batch."""
@@ -235,7 +240,7 @@ class Rotel:
             "--otlp-grpc-endpoint",
             f"127.0.0.1:{self.port}",
             "--otlp-http-endpoint",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{self.http_port}",
             "--otlp-receiver-traces-disabled",
             "--otlp-receiver-logs-disabled",
             "--batch-timeout",

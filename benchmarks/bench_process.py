@@ -1,13 +1,17 @@
 """CPU and peak memory of the whole ``bpftop-otel`` process with 1,000 programs (as root).
 
     python benchmarks/bench_process.py [--programs 1000] [--seconds 60] [--settle 5]
-                                       [--modes export,live,json] [--paths syscall,iterator]
+                                       [--modes export,live,json,export-http,export60]
+                                       [--paths syscall,iterator]
 
 The script loads ``--programs`` tiny socket filters (released at the end), starts a local
 ``rotel-agent`` (OTLP gRPC, blackhole exporter), then runs ``bpftop-otel`` at a 1 s interval
 in each mode and with each sampling path, one run at a time:
 
 * ``export``: headless, OTLP to rotel every 10 s (``--export-interval 10``),
+* ``export-http``: the same over OTLP/HTTP (``--protocol http/protobuf``: no gRPC library),
+* ``export60``: gRPC at the default export interval, 60 s (one export in the window;
+  give ``--seconds`` a multiple of 60),
 * ``live``: ``--live`` in a tmux pane (160x50),
 * ``json``: ``--json --exporter none``, stdout to /dev/null.
 
@@ -98,9 +102,13 @@ def main() -> None:
         for mode in modes:
             for path in paths:
                 common = ["--interval", "1", "--sampling-path", path]
-                if mode == "export":
+                if mode in ("export", "export60"):
                     flags = ["--exporter", "otlp", "--endpoint", rotel.url]
-                    flags += ["--export-interval", "10"]
+                    flags += ["--export-interval", "10" if mode == "export" else "60"]
+                    cpu, rss = run_headless(common + flags, args.settle, args.seconds)
+                elif mode == "export-http":
+                    flags = ["--exporter", "otlp", "--protocol", "http/protobuf"]
+                    flags += ["--endpoint", rotel.http_url, "--export-interval", "10"]
                     cpu, rss = run_headless(common + flags, args.settle, args.seconds)
                 elif mode == "json":
                     flags = ["--json", "--exporter", "none"]
