@@ -302,6 +302,10 @@ class OwnersIterator:
         self.close()
 
 
+_Key = tuple[int, int, bytes]
+"""(tgid, via, comm) of one holder."""
+
+
 def owners_from_records(
     data: bytes, cache: dict[tuple[int, int, bytes], Owner] | None = None
 ) -> tuple[dict[int, tuple[Owner, ...]], dict[tuple[int, int, bytes], Owner]]:
@@ -313,19 +317,24 @@ def owners_from_records(
     """
     old = cache or {}
     new: dict[tuple[int, int, bytes], Owner] = {}
-    found: dict[int, set[tuple[int, int, bytes]]] = {}
+    # Most programs have one holder: its key alone, a set only from a second distinct one.
+    found: dict[int, _Key | set[_Key]] = {}
     usable = len(data) - len(data) % RECORD.size
     for prog_id, tgid, _fd, via, comm in RECORD.iter_unpack(data[:usable]):
         if prog_id:
-            holders = found.get(prog_id)
-            if holders is None:
-                holders = found[prog_id] = set()
-            holders.add((tgid, via & 1, comm))
+            key = (tgid, via & 1, comm)
+            held = found.get(prog_id)
+            if held is None:
+                found[prog_id] = key
+            elif isinstance(held, set):
+                held.add(key)
+            elif held != key:
+                found[prog_id] = {held, key}
     exes: dict[int, str] = {}
     result: dict[int, tuple[Owner, ...]] = {}
-    for prog_id, holders in found.items():
+    for prog_id, held in found.items():
         owners = []
-        for key in sorted(holders) if len(holders) > 1 else holders:
+        for key in sorted(held) if isinstance(held, set) else (held,):
             owner = new.get(key) or old.get(key)
             if owner is None:
                 pid, via, comm = key
