@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from otel_bpf import read_programs
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.loader import load_program, program_id
@@ -71,6 +72,9 @@ def test_10000_programs_never_overflow_and_memory_stays_flat() -> None:
     mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     sampler = Sampler(history=HISTORY)
     inst = create_instruments(mp, lambda: sampler.history)
+    # Programs other than ours (the host's own) also get series; the bound below is
+    # relative to how many there are, not to a guess about the machine.
+    host_programs = len(read_programs(memlock=False))
     started = time.monotonic()
     base_blocks = base_rss = 0
     max_series = 0
@@ -122,18 +126,20 @@ def test_10000_programs_never_overflow_and_memory_stays_flat() -> None:
     finally:
         mp.shutdown()
     elapsed = time.monotonic() - started
+    host_programs = max(host_programs, len(read_programs(memlock=False)))
     pruner = inst.pruner
     assert pruner is not None and pruner.active
     figures = (
         f"{BATCHES * PER_BATCH} programs in {elapsed:.1f} s; SDK series held at most "
-        f"{max_series} (8 instruments); released {pruner.released}; over the last "
+        f"{max_series} (8 instruments, {host_programs} other programs); released "
+        f"{pruner.released}; over the last "
         f"{(BATCHES - WARM_UP) * PER_BATCH} programs: Python objects {base_blocks} -> "
         f"{end_blocks}, RSS {base_rss / 2**20:.1f} -> {end_rss / 2**20:.1f} MiB"
     )
     print(figures)
     # Live programs (ours plus the host's) times the per-program instruments, never the
     # 5,000 seen: without releasing, this would reach 2000 per instrument and overflow.
-    assert max_series < 8 * (PER_BATCH + 300), figures
+    assert max_series < 8 * (PER_BATCH + host_programs + 100), figures
     assert pruner.released >= 3 * (BATCHES - 1) * PER_BATCH, figures
     # Flat: a leak of one small object per program and instrument would add 32,000 blocks.
     assert end_blocks - base_blocks < 5_000, figures
