@@ -75,8 +75,10 @@ def sanitize(text: str | bytes) -> str:
         if cat in _UNSAFE_CATEGORIES or _unsure(ch, cat):
             out.append(_escape(ch))
             base = False
-        elif cat in ("Mn", "Me") and not base:
-            out.append(_escape(ch))  # a mark with nothing under it would join our padding
+        elif cat in ("Mn", "Me") and (not base or not unicodedata.combining(ch)):
+            # A mark with nothing under it would join our padding; one with combining
+            # class 0 (e.g. Thaana vowel signs) is drawn differently by terminals.
+            out.append(_escape(ch))
         else:
             out.append(ch)
             base = True

@@ -6,7 +6,7 @@ import unicodedata
 
 import pyte
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from otel_bpf.live.sanitize import display_width, fit, sanitize, truncate
@@ -80,6 +80,7 @@ def test_fit_is_exactly_width(raw: str, width: int) -> None:
 
 @settings(deadline=None)  # a busy machine must not fail these
 @given(st.binary(max_size=30))
+@example(b" \xde\xa6")  # a Thaana mark (combining class 0) after a space
 def test_terminal_sees_only_text(raw: bytes) -> None:
     """Fed to a VT emulator, sanitised text only prints: the cursor ends where the text's
     width says, on the first line, and nothing is cleared or recoloured."""
