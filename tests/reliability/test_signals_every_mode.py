@@ -24,7 +24,10 @@ from peers import Cli, Rotel, bpftool_programs, cli_command, cli_env, free_port,
 from process_probe import process_tree, stats_holder_pids
 from tmux_pane import Pane
 
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.fdinfo import parse_fdinfo
+from otel_bpf.kernel.loader import load_program
 
 pytestmark = [
     pytest.mark.e2e,
@@ -132,8 +135,15 @@ def test_signal_ends_every_mode_cleanly(tmp_path: Path, signum: signal.Signals) 
 def test_sigkill_releases_stats_in_the_kernel(tmp_path: Path) -> None:
     from otel_bpf.kernel.stats import read_sysctl, stats_state
 
+    # One program of our own, so --json has a line to write on a host with none.
+    prog_fd = load_program(
+        ProgType.SOCKET_FILTER,
+        asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()]),
+        "otel_t_sigkill",
+    )
     cli = Cli(tmp_path, ["--json", "--interval", "0.5", "--exporter", "none"], cli_env())
-    with cli:
+    with contextlib.ExitStack() as cleanup, cli:
+        cleanup.callback(os.close, prog_fd)
         assert wait_until(lambda: cli.json_objects(), 30), cli.describe()
         assert cli.pid in stats_holder_pids()
         cli.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
