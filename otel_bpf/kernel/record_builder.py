@@ -49,26 +49,7 @@ _FIELDS = (
 class _UnfrozenProgramRecord:
     """ProgramRecord's slot layout with ordinary attribute stores; never seen outside."""
 
-    __slots__ = (
-        "id",
-        "type",
-        "type_id",
-        "name",
-        "tag",
-        "run_time_ns",
-        "run_cnt",
-        "recursion_misses",
-        "load_time",
-        "uid",
-        "verified_insns",
-        "xlated_size",
-        "jited_size",
-        "map_ids",
-        "btf_id",
-        "memlock_bytes",
-        "owners",
-        "maps",
-    )
+    __slots__ = _FIELDS
 
     def __init__(
         self,
