@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import TypeVar
 
 from otel_bpf.kernel._uapi import Cmd, u32
 from otel_bpf.kernel.links import link_create
@@ -50,3 +51,32 @@ def read_iterator(link_fd: int) -> bytes:
         return b"".join(chunks)
     finally:
         close(fd)
+
+
+_T = TypeVar("_T", bound="OwnedFds")
+
+
+class OwnedFds:
+    """The fds an iterator object holds (maps, program, link), closed together, newest first.
+
+    Subclasses set them up with :meth:`_keep` inside a ``try`` that calls :meth:`close` on
+    failure, so a half-built iterator releases what it took.
+    """
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+
+    def _keep(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        """Release every fd held (the link first, so the program and maps go with it)."""
+        while self._fds:
+            close(self._fds.pop())
+
+    def __enter__(self: _T) -> _T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -32,13 +32,14 @@ from otel_bpf.kernel.iterator._common import (
     HELPER_PROBE_READ_KERNEL,
     HELPER_SEQ_WRITE,
     MAP_TYPE_ARRAY,
+    OwnedFds,
     attach_iterator,
     read_iterator,
 )
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.maps import create_map
 from otel_bpf.kernel.owners import process_executable
-from otel_bpf.kernel.syscall import bpf, close
+from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 from otel_bpf.records import Owner
 
@@ -209,7 +210,7 @@ def decode(data: bytes) -> list[OwnerFd]:
     ]
 
 
-class OwnersIterator:
+class OwnersIterator(OwnedFds):
     """The loaded, calibrated ``iter/task_file`` program.  Close it (or use ``with``).
 
     Raises :class:`BpfError` when loading or calibration fails (for instance in a pid
@@ -218,7 +219,7 @@ class OwnersIterator:
 
     def __init__(self, layout: OwnersLayout) -> None:
         self.layout = layout
-        self._fds: list[int] = []
+        super().__init__()
         self._owner_cache: dict[tuple[int, int, bytes], Owner] = {}
         try:
             self._state_fd = self._keep(
@@ -242,10 +243,6 @@ class OwnersIterator:
         except BaseException:
             self.close()
             raise
-
-    def _keep(self, fd: int) -> int:
-        self._fds.append(fd)
-        return fd
 
     def _calibrate(self) -> None:
         value = struct.pack("<IIIIQQ", 0, self.prog_fd, self.link_fd, 0, 0, 0)
@@ -289,17 +286,6 @@ class OwnersIterator:
             read_iterator(self.link_fd), self._owner_cache
         )
         return owners
-
-    def close(self) -> None:
-        """Release the link, the program and the map."""
-        while self._fds:
-            close(self._fds.pop())
-
-    def __enter__(self) -> OwnersIterator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _Key = tuple[int, int, bytes]

@@ -41,12 +41,12 @@ from otel_bpf.kernel.iterator._common import (
     HELPER_SEQ_WRITE,
     MAP_TYPE_ARRAY,
     MAP_TYPE_PERCPU_ARRAY,
+    OwnedFds,
     attach_iterator,
     read_iterator,
 )
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.maps import create_map
-from otel_bpf.kernel.syscall import close
 from otel_bpf.kernel.system import parse_cpu_list
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
@@ -267,7 +267,7 @@ def decode(data: bytes) -> list[ProgRecordRaw]:
     ]
 
 
-class ProgIterator:
+class ProgIterator(OwnedFds):
     """The loaded ``iter/bpf_prog`` program and its link.  Close it (or use ``with``).
 
     Nothing is pinned: the maps, program and link live as long as this object's fds (and
@@ -277,7 +277,7 @@ class ProgIterator:
     def __init__(self, layout: ProgIterLayout, cpus: Sequence[int] | None = None) -> None:
         self.layout = layout
         self.cpus = list(possible_cpus() if cpus is None else cpus)
-        self._fds: list[int] = []
+        super().__init__()
         try:
             state_fd = self._keep(
                 create_map(MAP_TYPE_ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
@@ -306,10 +306,6 @@ class ProgIterator:
             self.close()
             raise
 
-    def _keep(self, fd: int) -> int:
-        self._fds.append(fd)
-        return fd
-
     def read_raw(self) -> bytes:
         """One pass, undecoded."""
         return read_iterator(self.link_fd)
@@ -317,14 +313,3 @@ class ProgIterator:
     def read(self) -> list[ProgRecordRaw]:
         """One pass: a record per program loaded right now (this one included)."""
         return decode(read_iterator(self.link_fd))
-
-    def close(self) -> None:
-        """Release the link, the program and the maps."""
-        while self._fds:
-            close(self._fds.pop())
-
-    def __enter__(self) -> ProgIterator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
