@@ -24,6 +24,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_bpf.cli.config import Config, OtlpSettings
 from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
+from otel_bpf.otel import names
 
 
 class ExporterError(RuntimeError):
@@ -169,8 +170,15 @@ def _prometheus_reader(host: str, port: int) -> tuple[MetricReader, Any]:
     return reader, server
 
 
-def build_telemetry(config: Config, gate: ExportLogGate) -> Telemetry:
-    """The meter provider for ``config.exporters`` (None when there is no exporter)."""
+def build_telemetry(
+    config: Config, gate: ExportLogGate, *, sampling_path: str | None = None
+) -> Telemetry:
+    """The meter provider for ``config.exporters`` (None when there is no exporter).
+
+    ``sampling_path``, the path the sampler reads programs through, becomes the resource
+    attribute ``bpf.sampling.path`` (it overrides one given in OTEL_RESOURCE_ATTRIBUTES:
+    the resource should say what the run does).
+    """
     if not config.exporters:
         return Telemetry(provider=None)
     readers: list[MetricReader] = []
@@ -215,7 +223,10 @@ def build_telemetry(config: Config, gate: ExportLogGate) -> Telemetry:
             server.shutdown()
             server.server_close()
         raise
-    resource = Resource.create(dict(config.resource_attributes))
+    attributes = dict(config.resource_attributes)
+    if sampling_path is not None:
+        attributes[names.SAMPLING_PATH] = sampling_path
+    resource = Resource.create(attributes)
     telemetry.provider = MeterProvider(
         metric_readers=readers,
         resource=resource,

@@ -195,15 +195,16 @@ async def _final_export(telemetry: Telemetry) -> None:
 
 def _program_source(
     config: Config, stack: ExitStack, *, owners: bool, maps: bool
-) -> Callable[[], ReadResult] | None:
-    """The sampler's program reader for ``--sampling-path`` (None: the sampler's syscall path)."""
+) -> tuple[Callable[[], ReadResult] | None, str]:
+    """The sampler's program reader for ``--sampling-path`` and the name of the path it reads
+    through (reader None: the sampler's own syscall path)."""
     if config.sampling_path == "syscall":
-        return None
+        return None, "syscall"
     from otel_bpf.kernel.iterator.selfcheck import choose_source
 
     # An iterator source decides owners and maps when it is opened; the live view asks
     # for both, so open it with them.
-    source, _path, _reason = choose_source(
+    source, path, _reason = choose_source(
         "iterator" if config.sampling_path == "iterator" else "auto",
         owners=owners or config.live,
         maps=maps or config.live,
@@ -212,7 +213,7 @@ def _program_source(
     if close is not None:
         stack.callback(close)
     # choose_source logs the path it chose and why.
-    return source
+    return source, path
 
 
 @contextmanager
@@ -235,7 +236,21 @@ def _demo_workload() -> Iterator[None]:
             log.info("demo workload stopped")
 
 
-async def _run(config: Config, telemetry: Telemetry, options: MetricsOptions) -> int:
+def _reads_owners(config: Config, options: MetricsOptions) -> bool:
+    return config.owners or options.needs_owners
+
+
+def _reads_maps(config: Config, options: MetricsOptions) -> bool:
+    # Map memory is only exported, never shown: read maps only when something exports.
+    return options.needs_maps and bool(config.exporters)
+
+
+async def _run(
+    config: Config,
+    telemetry: Telemetry,
+    options: MetricsOptions,
+    source: Callable[[], ReadResult] | None,
+) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
     from otel_bpf.sampler import Sampler
 
@@ -250,13 +265,11 @@ async def _run(config: Config, telemetry: Telemetry, options: MetricsOptions) ->
                     # JSON and the live view need counting stats whatever the exporter's
                     # readers do; the switch is refcounted, the plugin shares the fd.
                     stack.enter_context(stats_enabled())
-                owners = config.owners or options.needs_owners
-                maps = options.needs_maps and telemetry.provider is not None
                 sampler = Sampler(
                     interval=config.interval,
-                    owners=owners,
-                    maps=maps,
-                    source=_program_source(config, sync_stack, owners=owners, maps=maps),
+                    owners=_reads_owners(config, options),
+                    maps=_reads_maps(config, options),
+                    source=source,
                 )
                 if telemetry.provider is not None:
                     from otel_bpf.otel.plugin import BpfMetricsPlugin
@@ -374,16 +387,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
     _preflight()
-    telemetry = build_telemetry(config, gate)
-    try:
-        return anyio.run(_run, config, telemetry, options)
-    finally:
-        # Normally already shut down by _run; this covers failures before the plugin started.
-        if telemetry.provider is not None:
-            try:
-                telemetry.shutdown(1.0)
-            except Exception as exc:
-                log.debug("provider shutdown: %s", exc)
+    with ExitStack() as source_stack:
+        # The path is chosen before the provider is built: the resource names it.
+        source, path = _program_source(
+            config,
+            source_stack,
+            owners=_reads_owners(config, options),
+            maps=_reads_maps(config, options),
+        )
+        telemetry = build_telemetry(config, gate, sampling_path=path)
+        try:
+            return anyio.run(_run, config, telemetry, options, source)
+        finally:
+            # Normally already shut down by _run; this covers failures before the plugin
+            # started.
+            if telemetry.provider is not None:
+                try:
+                    telemetry.shutdown(1.0)
+                except Exception as exc:
+                    log.debug("provider shutdown: %s", exc)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ MAP_TYPE = "bpf.map.type"
 PROCESS_PID = "process.pid"
 PROCESS_EXECUTABLE_NAME = "process.executable.name"
 
+# Resource attribute of a bpftop-otel run: how it reads the programs ("iterator" or
+# "syscall"), so a dashboard can tell which path produced the figures.
+SAMPLING_PATH = "bpf.sampling.path"
+
 # -- always exported ----------------------------------------------------------------------
 
 RUN_TIME = MetricName(

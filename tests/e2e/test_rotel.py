@@ -92,6 +92,8 @@ def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str, vi
 
     assert points[0].resource["service.name"] == "bpftop-otel"
     assert points[0].resource["deployment.environment"] == "e2e"
+    # The default path, auto, takes the iterator on this kernel (CI runs the same one).
+    assert points[0].resource["bpf.sampling.path"] == "iterator"
 
     # Attributes of the demo series: id, name, type as bpftool names them.
     series = runs_by_series(points)

@@ -61,6 +61,30 @@ def test_grpc_exporter_gets_the_resolved_settings() -> None:
         t.shutdown(1)
 
 
+@pytest.mark.parametrize("path", ["iterator", "syscall"])
+def test_resource_names_the_sampling_path(path: str) -> None:
+    """The path wins over a value in OTEL_RESOURCE_ATTRIBUTES; other attributes stay."""
+    args = cli_args.parse_args(["--endpoint", "http://127.0.0.1:1"])
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "bpf.sampling.path=claimed,team=net"}
+    t = build_telemetry(resolve(args, env), ExportLogGate(), sampling_path=path)
+    try:
+        assert t.provider is not None
+        resource = t.provider._sdk_config.resource.attributes
+        assert resource["bpf.sampling.path"] == path
+        assert resource["team"] == "net"
+    finally:
+        t.shutdown(1)
+
+
+def test_resource_without_a_sampling_path_has_none() -> None:
+    t = telemetry(["--endpoint", "http://127.0.0.1:1"])
+    try:
+        assert t.provider is not None
+        assert "bpf.sampling.path" not in t.provider._sdk_config.resource.attributes
+    finally:
+        t.shutdown(1)
+
+
 def test_http_exporter_for_http_protobuf() -> None:
     t = telemetry(["--protocol", "http/protobuf", "--endpoint", "http://127.0.0.1:1"])
     try:
