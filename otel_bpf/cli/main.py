@@ -360,7 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = _metrics_options(config)
     except (TypeError, ValueError) as exc:
-        _error(f"--type/--name/--owner: {exc}")
+        message = str(exc)
+        # MetricsOptions names its field; on the command line that field is --type.
+        if message.startswith("types: "):
+            _error("--type: " + message.removeprefix("types: "))
+        else:
+            _error(f"--type/--name/--owner: {message}")
         return cli_args.EXIT_USAGE
 
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)

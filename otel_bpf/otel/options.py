@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from otel_bpf.kernel.prog_types import PROG_TYPE_NAMES
 from otel_bpf.records import ProgramRecord
 
 AttributeSet = Literal["per_program", "by_name_type"]
@@ -39,6 +40,26 @@ def _compile_all(patterns: Iterable[str], what: str) -> tuple[re.Pattern[str], .
     if isinstance(patterns, str):
         raise TypeError(f"{what} must be a sequence of patterns, not a single string")
     return tuple(compile_pattern(p) for p in patterns)
+
+
+_NEWER_TYPES = tuple(f"type_{n}" for n in range(len(PROG_TYPE_NAMES), len(PROG_TYPE_NAMES) + 64))
+"""How types newer than this version's table are named (``type_N``), for checking patterns."""
+_KNOWN_TYPES = tuple(t for t in PROG_TYPE_NAMES if t != "unspec")
+
+
+def _check_type_patterns(
+    patterns: tuple[str, ...], compiled: tuple[re.Pattern[str], ...], what: str
+) -> None:
+    """A type pattern that matches no program type is a typo: it would silently select
+    nothing (or exclude nothing), so it is refused with the list of valid names."""
+    for pattern, regex in zip(patterns, compiled, strict=True):
+        if re.fullmatch(r"type_\d+", pattern):
+            continue
+        if not any(regex.search(t) for t in _KNOWN_TYPES + _NEWER_TYPES):
+            raise ValueError(
+                f"{what}: {pattern!r} matches no BPF program type; known types: "
+                f"{', '.join(_KNOWN_TYPES)} (types newer than these are named type_N)"
+            )
 
 
 def _any_match(compiled: tuple[re.Pattern[str], ...], values: Iterable[str]) -> bool:
@@ -97,6 +118,8 @@ class MetricsOptions:
         ):
             patterns = getattr(self, what)
             compiled = _compile_all(patterns, what)
+            if what in ("types", "exclude_types"):
+                _check_type_patterns(tuple(patterns), compiled, what)
             object.__setattr__(self, what, tuple(patterns))
             self._compiled[what] = compiled
 

@@ -24,6 +24,8 @@ BAD_FLAGS = [
     (["--attributes", "everything"], "--attributes"),
     (["--sampling-path", "perf"], "--sampling-path"),
     (["--type", ""], "--type"),
+    (["--type", "no_such_type"], "--type"),
+    (["--type", "re:^tc_"], "--type"),
     (["--name", ""], "--name"),
     (["--name", "re:("], "--name"),
     (["--owner", ""], "--owner"),

@@ -217,6 +217,14 @@ def test_filters_by_type_name_and_owner() -> None:
         MetricsOptions(names="abc")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="attributes"):
         MetricsOptions(attributes="per_id")  # type: ignore[arg-type]
+    # A type pattern that can match no program type is a typo, not an empty selection.
+    for bad in (("no_such_type",), ("xpd",), ("re:^tc_",)):
+        with pytest.raises(ValueError, match="matches no BPF program type"):
+            MetricsOptions(types=bad)
+        with pytest.raises(ValueError, match="exclude_types"):
+            MetricsOptions(exclude_types=bad)
+    # Globs, regular expressions and the type_N names of types newer than the table pass.
+    MetricsOptions(types=("cgroup_*", "re:^sk_", "type_99", "type_*", "xdp"))
 
 
 def test_by_name_type_sums_and_stays_monotonic_when_a_program_unloads() -> None:
@@ -371,6 +379,26 @@ def test_churned_programs_never_overflow_the_cardinality_limit(
                 assert "otel.metric.overflow" not in p.attributes, m.name
     assert inst.pruner is not None and inst.pruner.active
     assert inst.pruner.released > 0
+    mp.shutdown()
+
+
+def test_two_readers_release_series_that_vanished_between_their_collections() -> None:
+    """A collection that only adds series skips the scan; one where a series vanished
+    releases it from every reader's state, whichever reader collects next."""
+    feed = Feed()
+    limit = {ObservableCounter: 4}
+    first = InMemoryMetricReader(cardinality_limits=limit)
+    second = InMemoryMetricReader(cardinality_limits=limit)
+    mp = MeterProvider(metric_readers=[first, second], shutdown_on_exit=False)
+    inst = create_instruments(mp, feed)
+    for i in range(1, 40):
+        # Two programs loaded at a time: i and i + 1; the first reader collects twice as often.
+        feed.push([prog(i, run_cnt=i), prog(i + 1, run_cnt=i + 1)])
+        for reader in (first, first, second) if i % 2 else (second, first):
+            runs = points(collect(reader)["bpf.program.runs"])
+            assert runs == {attrs(i): i, attrs(i + 1): i + 1}, (i, runs)
+    assert inst.pruner is not None and inst.pruner.active
+    assert inst.pruner.released >= 2 * 37
     mp.shutdown()
 
 
