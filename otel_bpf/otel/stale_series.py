@@ -50,6 +50,8 @@ class StaleSeriesPruner:
     def __init__(self, meter_provider: object) -> None:
         self._provider = meter_provider
         self._disabled_reason: str | None = None
+        self._last_observed: dict[object, set[AttributeKey]] = {}
+        """What each instrument's callback observed at its last collection."""
         self.released = 0
         """Aggregations released so far (all instruments and readers)."""
 
@@ -88,6 +90,13 @@ class StaleSeriesPruner:
                 self._disable("the SDK's reader storage has an unexpected layout")
                 return
             keep = set(observed)
+            last = self._last_observed.get(instrument)
+            self._last_observed[instrument] = keep
+            if last is not None and last <= keep:
+                # The SDK holds only what this callback observed before (or a View's
+                # projection of it), all of it observed again: nothing to release, and
+                # the scan of every aggregation is skipped (the common collection).
+                return
             for match in matches:
                 self._prune_match(match, keep)
         except Exception as exc:  # a private-layout surprise must never break a collection

@@ -136,3 +136,44 @@ def test_missing_prometheus_extra_names_the_extra(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(builtins, "__import__", no_prometheus)
     with pytest.raises(ExporterError, match=r"otel-bpf\[prometheus\]"):
         telemetry(["--exporter", "prometheus"])
+
+
+def test_series_get_no_exemplar_reservoir_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.metrics import Observation
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_bpf.cli.exporters import _NO_EXEMPLARS, _no_exemplar_views
+
+    monkeypatch.delenv("OTEL_METRICS_EXEMPLAR_FILTER", raising=False)
+    views = _no_exemplar_views()
+    assert len(views) == 1
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], views=views, shutdown_on_exit=False)
+    meter = mp.get_meter("t")
+    meter.create_observable_counter(
+        "c", callbacks=[lambda _o: [Observation(i, {"id": i}) for i in range(3)]]
+    )
+    meter.create_observable_gauge("g", callbacks=[lambda _o: [Observation(2.5, {"id": 1})]])
+    data = reader.get_metrics_data()
+    assert data is not None
+    got = {
+        m.name: sorted(
+            (dict(p.attributes)["id"], p.value, len(p.exemplars)) for p in m.data.data_points
+        )
+        for m in data.resource_metrics[0].scope_metrics[0].metrics
+    }
+    assert got == {"c": [(0, 0, 0), (1, 1, 0), (2, 2, 0)], "g": [(1, 2.5, 0)]}
+    # Every series shares the one empty reservoir.
+    match = next(
+        iter(
+            mp._measurement_consumer._reader_storages[
+                reader
+            ]._instrument_view_instrument_matches.values()
+        )
+    )[0]
+    assert all(a._reservoir is _NO_EXEMPLARS for a in match._attributes_aggregation.values())
+    mp.shutdown()
+
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", "always_on")
+    assert _no_exemplar_views() == []
