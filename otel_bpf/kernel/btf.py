@@ -32,19 +32,27 @@ _HEADER = struct.Struct("<HBBIIIII")
 _TYPE = struct.Struct("<III")
 
 KIND_INT = 1
+KIND_ARRAY = 3
+KIND_STRUCT = 4
+KIND_UNION = 5
+KIND_ENUM = 6
 KIND_FUNC = 12
 KIND_FUNC_PROTO = 13
+KIND_VAR = 14
+KIND_DATASEC = 15
+KIND_DECL_TAG = 17
+KIND_ENUM64 = 19
 
-# Bytes that follow a btf_type of each kind: fixed, or per vlen entry.
-_FIXED_EXTRA = {1: 4, 3: 12, 14: 4, 17: 4}  # INT, ARRAY, VAR, DECL_TAG
-_PER_VLEN_EXTRA = {
-    4: 12,
-    5: 12,
-    6: 8,
-    13: 8,
-    15: 12,
-    19: 12,
-}  # STRUCT UNION ENUM PROTO DATASEC ENUM64
+# Bytes that follow a btf_type of each kind: a fixed block, or one entry per vlen.
+FIXED_EXTRA_BYTES = {KIND_INT: 4, KIND_ARRAY: 12, KIND_VAR: 4, KIND_DECL_TAG: 4}
+PER_VLEN_EXTRA_BYTES = {
+    KIND_STRUCT: 12,  # btf_member
+    KIND_UNION: 12,
+    KIND_ENUM: 8,  # btf_enum
+    KIND_FUNC_PROTO: 8,  # btf_param
+    KIND_DATASEC: 12,  # btf_var_secinfo
+    KIND_ENUM64: 12,  # btf_enum64
+}
 _MAX_KIND = 19
 
 
@@ -58,6 +66,17 @@ def _kind(info: int) -> int:
 
 def _vlen(info: int) -> int:
     return info & 0xFFFF
+
+
+def type_record_size(info: int) -> int:
+    """Bytes of the type record whose ``btf_type.info`` word is ``info``: the ``btf_type``
+    itself and what its kind appends (kinds unknown here are taken to append nothing)."""
+    kind = _kind(info)
+    return (
+        _TYPE.size
+        + FIXED_EXTRA_BYTES.get(kind, 0)
+        + PER_VLEN_EXTRA_BYTES.get(kind, 0) * _vlen(info)
+    )
 
 
 class Btf:
@@ -90,8 +109,7 @@ class Btf:
             kind = _kind(info)
             if kind == 0 or kind > _MAX_KIND:
                 raise BtfFormatError(f"unknown BTF kind {kind} at type {len(self._types) + 1}")
-            pos += _TYPE.size + _FIXED_EXTRA.get(kind, 0)
-            pos += _PER_VLEN_EXTRA.get(kind, 0) * _vlen(info)
+            pos += type_record_size(info)
             if pos > end:
                 raise BtfFormatError("BTF type section ends inside a type record")
             self._types.append((name_off, info, size_or_type))

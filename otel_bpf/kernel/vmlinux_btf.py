@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 # The kind-specific sizes are defined once, next to the program-BTF parser.
-from otel_bpf.kernel.btf import _FIXED_EXTRA, _PER_VLEN_EXTRA, BTF_MAGIC
+from otel_bpf.kernel.btf import BTF_MAGIC, type_record_size
 from otel_bpf.kernel.errors import BpfUnsupportedError
 
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -62,9 +62,7 @@ class Member:
 
 def _step_words(info: int) -> int:
     """Length in 4-byte words of a record whose ``info`` word is ``info``."""
-    kind = (info >> 24) & 0x1F
-    extra = _FIXED_EXTRA.get(kind, 0) + _PER_VLEN_EXTRA.get(kind, 0) * (info & 0xFFFF)
-    return 3 + extra // 4
+    return type_record_size(info) // 4
 
 
 class _Steps(dict[int, int]):

@@ -11,10 +11,13 @@ from otel_bpf.kernel.btf import (
     KIND_FUNC,
     KIND_FUNC_PROTO,
     KIND_INT,
+    KIND_STRUCT,
+    KIND_VAR,
     Btf,
     BtfFormatError,
     build_func_btf,
     func_info_records,
+    type_record_size,
 )
 
 NAME = "otel_test_a_very_long_program_name"
@@ -82,3 +85,15 @@ def test_unterminated_string() -> None:
     with pytest.raises(BtfFormatError):
         # drop the final NUL but keep the header's str_len: sections run past the end
         Btf(blob[:-1])
+
+
+def info_word(kind: int, vlen: int = 0) -> int:
+    return kind << 24 | vlen
+
+
+def test_type_record_size_by_kind() -> None:
+    assert type_record_size(info_word(KIND_INT)) == 12 + 4  # btf_type + the int's u32
+    assert type_record_size(info_word(KIND_STRUCT, vlen=3)) == 12 + 3 * 12  # 3 btf_member
+    assert type_record_size(info_word(KIND_FUNC_PROTO, vlen=2)) == 12 + 2 * 8  # 2 btf_param
+    assert type_record_size(info_word(KIND_VAR)) == 12 + 4
+    assert type_record_size(info_word(KIND_FUNC, vlen=1)) == 12  # vlen is the linkage here
