@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,9 +19,20 @@ from collections.abc import Iterator
 import pytest
 from kernel_progs import load_named, prog_id_of_fd
 
-from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel._uapi import Cmd
+from otel_bpf.kernel.iterator._common import IterCreateAttr
+from otel_bpf.kernel.iterator.owners import (
+    KIND_TASK,
+    MARK,
+    PROG_ENTRY_SIZE,
+    TASK_HEADER,
+    OwnersIterator,
+    OwnersLayout,
+    owners_from_records,
+)
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.owners import scan_owners
+from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 from otel_bpf.records import Owner
 
@@ -41,6 +53,9 @@ fds = [
 print(" ".join(str(program_id(fd)) for fd in fds), flush=True)
 sys.stdin.read()
 """
+
+
+READY_THEN_WAIT = "import sys; print('ready', flush=True); sys.stdin.read()"
 
 
 def _pairs(owners: dict[int, tuple[Owner, ...]]) -> Pairs:
@@ -173,3 +188,76 @@ def test_owners_fall_back_to_the_proc_scan(caplog: pytest.LogCaptureFixture) -> 
         assert "scanning /proc" in lines[0].getMessage()
     finally:
         os.close(fd)
+
+
+def _one_pass_in_reads(link_fd: int) -> list[bytes]:
+    """One pass of the iterator, as the chunks its read() calls returned."""
+    fd = bpf(Cmd.ITER_CREATE, IterCreateAttr(link_fd, 0), "iterator")
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return chunks
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("header_overflows", [False, True], ids=["entry", "header"])
+def test_a_task_header_dropped_at_a_read_boundary_is_written_again(
+    children: list[subprocess.Popen[str]], header_overflows: bool
+) -> None:
+    """The kernel drops the output of the fd that overflows a read()'s buffer and runs the
+    program again for it on the next read(): the task header must come again too, or the
+    fd would be given to the task before.  Copies of one of our program fds (dup) move a
+    child's header to just before the end of the first read's buffer."""
+    seq_buffer = os.sysconf("SC_PAGE_SIZE") << 3  # bpf_seq_read's buffer: PAGE_SIZE << 3
+    # Where the child's header starts: so that it fits but its fd's entry does not, or so
+    # that the header itself does not.  (seq_write() wants room to spare: a record that
+    # would end exactly at the end of the buffer overflows it.)
+    if header_overflows:
+        target = seq_buffer - TASK_HEADER.size
+    else:
+        target = seq_buffer - TASK_HEADER.size - PROG_ENTRY_SIZE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = seq_buffer // PROG_ENTRY_SIZE + 1024
+    if hard < wanted:
+        pytest.skip(f"needs RLIMIT_NOFILE >= {wanted} (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    with VmlinuxBtf() as btf:
+        layout = OwnersLayout.from_btf(btf)
+    prog = load_named("otel_t_edge")
+    copies: list[int] = []
+    try:
+        child = _spawn([sys.executable, "-c", READY_THEN_WAIT], (prog,))
+        children.append(child)
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"  # comm set
+        if child.pid < os.getpid():
+            pytest.skip("pids wrapped around: the child's fds come before ours in the walk")
+        with open(f"/proc/{child.pid}/comm", "rb") as f:
+            comm = f.read().rstrip(b"\n")
+        header = TASK_HEADER.pack(MARK, KIND_TASK, comm.ljust(16, b"\0"), child.pid)
+        with OwnersIterator(layout) as it:
+            # Other processes' fds may change meanwhile: measure again until it lands.
+            for _attempt in range(5):
+                at = it.read_raw().find(header)
+                assert at >= 0
+                if at > target:
+                    pytest.skip(f"other processes' BPF fds fill the first {at} bytes")
+                copies.extend(os.dup(prog) for _ in range((target - at) // PROG_ENTRY_SIZE))
+                chunks = _one_pass_in_reads(it.link_fd)
+                if len(chunks[0]) == target:
+                    break
+                while copies:
+                    os.close(copies.pop())
+            else:
+                pytest.fail("the child's header never landed at the read boundary")
+            data = b"".join(chunks)
+            assert data.count(header) == 1 and chunks[1].startswith(header)
+            owners, _ = owners_from_records(data)
+            ours = {os.getpid(), child.pid}
+            held = [(o.pid, o.via) for o in owners[prog_id_of_fd(prog)] if o.pid in ours]
+            assert held == sorted([(os.getpid(), "prog"), (child.pid, "prog")])
+    finally:
+        for fd in [*copies, prog]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -9,9 +9,16 @@ calibration pass is made at load; afterwards every file whose ``f_op`` equals on
 reported.  The kernel's walk visits each thread group's file table once (threads sharing it
 are skipped), like the /proc scan.
 
-One 32-byte record per program or link fd: ``u32 prog_id, u32 tgid, u32 fd, u32 via
-(0 link, 1 program), char comm[16]`` (the thread-group leader's comm, as /proc shows it).
-A link whose program is gone reports ``prog_id`` 0 and is dropped.
+The output is a stream of little-endian u32 words, as compact as the walk allows because a
+process may hold thousands of programs and every word is decoded in Python each pass:
+
+* a program fd: ``prog_id`` (one word, never 0: ids start at 1),
+* a link fd: ``0, KIND_LINK, prog_id`` (a link whose program is gone writes nothing),
+* before the first of either in a task: ``0, KIND_TASK, comm[16], tgid`` (the thread-group
+  leader's comm, as /proc shows it).
+
+So the holder is written once per task rather than once per fd, and the decoder takes each
+task's run of program ids as one slice (:func:`decode`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
+import threading
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import Cmd, ProgType, u32, u64
@@ -44,17 +54,70 @@ from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 from otel_bpf.records import Owner
 
 PROGRAM_NAME = "otel_bpf_owners"
-RECORD = struct.Struct("<IIII16s")
+
+# -- The output stream --------------------------------------------------------------------
+
+MARK = 0
+"""First word of a task header or a link entry; a program entry is a non-zero id instead."""
+KIND_TASK = 1
+KIND_LINK = 2
+VIA_LINK, VIA_PROG = 0, 1
 # Numbered so that sorting by number sorts like the /proc scan, by name.
 VIA = ("link", "prog")
 
-# State map value: u32 tgid (of the reader, learned), u32 prog_fd, u32 link_fd, u32 pad,
-# u64 prog_fop, u64 link_fop.
-_ST_TGID, _ST_PROG_FD, _ST_LINK_FD, _ST_PROG_FOP, _ST_LINK_FOP = 0, 4, 8, 16, 24
-_STATE_SIZE = 32
 
-_REC = -32
-_SCRATCH = -40
+class TaskHeader(ctypes.Structure):
+    """``0, KIND_TASK, comm, tgid``: the holder of the entries that follow."""
+
+    _fields_ = [("mark", u32), ("kind", u32), ("comm", ctypes.c_char * 16), ("tgid", u32)]
+
+
+class LinkEntry(ctypes.Structure):
+    """``0, KIND_LINK, prog_id``: a link fd.  A program fd is written as ``prog_id`` alone."""
+
+    _fields_ = [("mark", u32), ("kind", u32), ("prog_id", u32)]
+
+
+PROG_ENTRY_SIZE = ctypes.sizeof(u32)
+
+
+# The same records for decoding (the kernel writes host byte order: little-endian hosts).
+TASK_HEADER = struct.Struct("<II16sI")
+LINK_ENTRY = struct.Struct("<III")
+_MARKED = struct.Struct("<II")  # mark, kind: the common start of both
+_WORD = 4
+assert TASK_HEADER.size == ctypes.sizeof(TaskHeader)
+assert LINK_ENTRY.size == ctypes.sizeof(LinkEntry)
+assert array("I").itemsize == _WORD  # program ids are decoded as array("I")
+
+
+class _State(ctypes.Structure):
+    """The state map's one value: what calibration learns, and where the program wrote the
+    last task header (so that it writes one per task, see :func:`build_program`)."""
+
+    _fields_ = [
+        ("reader_tgid", u32),  # learned: the tgid the kernel gives the calibrating process
+        ("prog_fd", u32),  # set by the reader: its own program fd ...
+        ("link_fd", u32),  # ... and link fd, whose f_op calibration learns
+        ("header_tgid", u32),
+        ("prog_fop", u64),  # learned: f_op of a BPF program file (&bpf_prog_fops)
+        ("link_fop", u64),  # learned: f_op of a BPF link file (&bpf_link_fops)
+        ("header_session", u64),  # bpf_iter_meta.session_id of the pass that wrote it
+        ("header_seq_num", u64),  # bpf_iter_meta.seq_num of the fd it was written for
+    ]
+
+
+def _round_up_to_8(size: int) -> int:
+    return (size + 7) & ~7
+
+
+# Stack of the program: the two records (8-aligned: comm is copied with 8-byte stores) and
+# 8 bytes for probe_read_kernel.
+_TASK_AT = -_round_up_to_8(ctypes.sizeof(TaskHeader))
+_LINK_AT = _TASK_AT - _round_up_to_8(ctypes.sizeof(LinkEntry))
+_PROG_ENTRY_AT = _LINK_AT + LinkEntry.prog_id.offset  # a program fd's entry is this word alone
+_SCRATCH = _LINK_AT - 8
+assert TaskHeader.comm.offset % 8 == 0
 
 
 # Every type named below, so that one walk of vmlinux BTF finds them all.
@@ -80,6 +143,8 @@ class OwnersLayout:
     ctx_fd: int
     ctx_file: int
     meta_seq: int
+    meta_session_id: int
+    meta_seq_num: int
     file_f_op: int
     file_private_data: int
     task_tgid: int
@@ -101,6 +166,8 @@ class OwnersLayout:
             ctx_fd=off("bpf_iter__task_file", "fd"),
             ctx_file=off("bpf_iter__task_file", "file"),
             meta_seq=off("bpf_iter_meta", "seq"),
+            meta_session_id=off("bpf_iter_meta", "session_id"),
+            meta_seq_num=off("bpf_iter_meta", "seq_num"),
             file_f_op=off("file", "f_op"),
             file_private_data=off("file", "private_data"),
             task_tgid=off("task_struct", "tgid"),
@@ -116,6 +183,11 @@ class _MapElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", u32), ("_pad", u32), ("key", u64), ("value", u64), ("flags", u64)]
 
 
+def _state(name: str) -> int:
+    """Offset of a field of the state map's value."""
+    return int(getattr(_State, name).offset)
+
+
 def _read_pointer(b: Builder, offset: int) -> None:
     """R3 += offset; R3 = *(u64 *)R3 read with probe_read_kernel (0 when unreadable)."""
     b.emit(asm.alu64_imm("add", R3, offset))
@@ -124,11 +196,18 @@ def _read_pointer(b: Builder, offset: int) -> None:
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
 
 
+def _seq_write(b: Builder, lay: OwnersLayout, stack_at: int, size: int) -> None:
+    """bpf_seq_write(ctx->meta->seq, R10 + stack_at, size)."""
+    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
+    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, stack_at))
+    b.emit(asm.mov64_imm(R3, size), asm.call(HELPER_SEQ_WRITE))
+
+
 def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     """The task_file program using the state map behind ``state_fd``."""
     lay = layout
     b = Builder()
-    # R6 = ctx, R7 = file, R8 = task, R9 = &state.
+    # R6 = ctx, R7 = file (then: 1 for a link fd, 0 for a program fd), R8 = task, R9 = &state.
     b.emit(asm.mov64_reg(R6, R1))
     b.emit(asm.ldx_mem(8, R7, R6, lay.ctx_file))
     b.jmp_imm("jeq", R7, 0, "out")
@@ -136,78 +215,207 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     b.jmp_imm("jeq", R8, 0, "out")
     b.emit(asm.ld_map_value(R9, state_fd, 0))
     # Calibrated already?  Then skip straight to the comparison.
-    b.emit(asm.ldx_mem(8, R1, R9, _ST_LINK_FOP))
+    b.emit(asm.ldx_mem(8, R1, R9, _state("link_fop")))
     b.jmp_imm("jeq", R1, 0, "calibrate")
-    b.emit(asm.ldx_mem(8, R1, R9, _ST_PROG_FOP))
+    b.emit(asm.ldx_mem(8, R1, R9, _state("prog_fop")))
     b.jmp_imm("jne", R1, 0, "match")
 
     b.label("calibrate")
     b.emit(asm.call(HELPER_GET_CURRENT_PID_TGID), asm.alu64_imm("rsh", R0, 32))
     b.emit(asm.ldx_mem(4, R1, R8, lay.task_tgid))
     b.jmp_reg("jne", R1, R0, "match")
-    b.emit(asm.stx_mem(4, R9, R0, _ST_TGID))
+    b.emit(asm.stx_mem(4, R9, R0, _state("reader_tgid")))
     b.emit(asm.ldx_mem(4, R1, R6, lay.ctx_fd))
-    b.emit(asm.ldx_mem(4, R2, R9, _ST_PROG_FD))
+    b.emit(asm.ldx_mem(4, R2, R9, _state("prog_fd")))
     b.jmp_reg("jne", R1, R2, "try_link")
-    b.emit(asm.ldx_mem(8, R3, R7, lay.file_f_op), asm.stx_mem(8, R9, R3, _ST_PROG_FOP))
+    b.emit(asm.ldx_mem(8, R3, R7, lay.file_f_op), asm.stx_mem(8, R9, R3, _state("prog_fop")))
     b.label("try_link")
-    b.emit(asm.ldx_mem(4, R2, R9, _ST_LINK_FD))
+    b.emit(asm.ldx_mem(4, R2, R9, _state("link_fd")))
     b.jmp_reg("jne", R1, R2, "match")
-    b.emit(asm.ldx_mem(8, R3, R7, lay.file_f_op), asm.stx_mem(8, R9, R3, _ST_LINK_FOP))
+    b.emit(asm.ldx_mem(8, R3, R7, lay.file_f_op), asm.stx_mem(8, R9, R3, _state("link_fop")))
 
+    # Only program and link files go further: most files end here.
     b.label("match")
     b.emit(asm.ldx_mem(8, R1, R7, lay.file_f_op))
-    b.emit(asm.ldx_mem(8, R2, R9, _ST_PROG_FOP))
+    b.emit(asm.ldx_mem(8, R2, R9, _state("prog_fop")))
     b.jmp_imm("jeq", R2, 0, "out")
-    b.emit(asm.st_mem(4, R10, _REC + 12, 1))  # via: 1 program fd
     b.emit(asm.ldx_mem(8, R3, R7, lay.file_private_data))  # void *: a plain integer
+    b.emit(asm.mov64_imm(R7, VIA_PROG))
     b.jmp_reg("jeq", R1, R2, "have_prog")
-    b.emit(asm.ldx_mem(8, R2, R9, _ST_LINK_FOP))
+    b.emit(asm.ldx_mem(8, R2, R9, _state("link_fop")))
     b.jmp_imm("jeq", R2, 0, "out")
     b.jmp_reg("jne", R1, R2, "out")
-    b.emit(asm.st_mem(4, R10, _REC + 12, 0))  # via: 0 link fd
+    b.emit(asm.mov64_imm(R7, VIA_LINK))
     _read_pointer(b, lay.link_prog)  # link->prog
     b.jmp_imm("jeq", R3, 0, "out")
 
+    # prog->aux->id into the entry.  (Two dependent loads that miss the cache for most
+    # programs: most of what a program fd costs beyond the walk itself.)
     b.label("have_prog")
-    _read_pointer(b, lay.prog_aux)  # prog->aux
+    _read_pointer(b, lay.prog_aux)
     b.jmp_imm("jeq", R3, 0, "out")
     b.emit(asm.alu64_imm("add", R3, lay.aux_id))
-    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, _REC), asm.mov64_imm(R2, 4))
+    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, _PROG_ENTRY_AT))
+    b.emit(asm.mov64_imm(R2, PROG_ENTRY_SIZE))
     b.emit(asm.call(HELPER_PROBE_READ_KERNEL))
     b.jmp_imm("jne", R0, 0, "out")
-    b.emit(asm.ldx_mem(4, R1, R8, lay.task_tgid), asm.stx_mem(4, R10, R1, _REC + 4))
-    b.emit(asm.ldx_mem(4, R1, R6, lay.ctx_fd), asm.stx_mem(4, R10, R1, _REC + 8))
+
+    # A task header first, unless this pass has written this task's already.  The state
+    # remembers the pass (session), the task and the fd (seq_num) of the last header.  When
+    # a read() buffer fills up, the kernel drops the output of the fd that overflowed it and
+    # calls the program again for the same position (same seq_num) on the next read(): the
+    # header written the first time was dropped too, so it is written again.  Extra headers
+    # are harmless; a missing one would give the entries to the task before.
+    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta))
+    b.emit(asm.ldx_mem(8, R2, R1, lay.meta_session_id))
+    b.emit(asm.ldx_mem(8, R3, R9, _state("header_session")))
+    b.jmp_reg("jne", R2, R3, "header")
+    b.emit(asm.ldx_mem(4, R2, R8, lay.task_tgid))
+    b.emit(asm.ldx_mem(4, R3, R9, _state("header_tgid")))
+    b.jmp_reg("jne", R2, R3, "header")
+    b.emit(asm.ldx_mem(8, R2, R1, lay.meta_seq_num))
+    b.emit(asm.ldx_mem(8, R3, R9, _state("header_seq_num")))
+    b.jmp_reg("jne", R2, R3, "entry")
+
+    b.label("header")
+    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta))
+    b.emit(asm.ldx_mem(8, R2, R1, lay.meta_session_id))
+    b.emit(asm.stx_mem(8, R9, R2, _state("header_session")))
+    b.emit(asm.ldx_mem(8, R2, R1, lay.meta_seq_num))
+    b.emit(asm.stx_mem(8, R9, R2, _state("header_seq_num")))
+    b.emit(asm.ldx_mem(4, R2, R8, lay.task_tgid))
+    b.emit(asm.stx_mem(4, R9, R2, _state("header_tgid")))
+    b.emit(asm.stx_mem(4, R10, R2, _TASK_AT + TaskHeader.tgid.offset))
+    b.emit(asm.st_mem(4, R10, _TASK_AT + TaskHeader.mark.offset, MARK))
+    b.emit(asm.st_mem(4, R10, _TASK_AT + TaskHeader.kind.offset, KIND_TASK))
     b.emit(asm.ldx_mem(8, R2, R8, lay.task_group_leader))
-    b.emit(asm.ldx_mem(8, R1, R2, lay.task_comm), asm.stx_mem(8, R10, R1, _REC + 16))
-    b.emit(asm.ldx_mem(8, R1, R2, lay.task_comm + 8), asm.stx_mem(8, R10, R1, _REC + 24))
-    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
-    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
-    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(HELPER_SEQ_WRITE))
+    for half in (0, 8):
+        b.emit(asm.ldx_mem(8, R1, R2, lay.task_comm + half))
+        b.emit(asm.stx_mem(8, R10, R1, _TASK_AT + TaskHeader.comm.offset + half))
+    _seq_write(b, lay, _TASK_AT, ctypes.sizeof(TaskHeader))
+
+    b.label("entry")
+    b.jmp_imm("jeq", R7, VIA_LINK, "link_entry")
+    _seq_write(b, lay, _PROG_ENTRY_AT, PROG_ENTRY_SIZE)
+    b.ja("out")
+    b.label("link_entry")
+    b.emit(asm.st_mem(4, R10, _LINK_AT + LinkEntry.mark.offset, MARK))
+    b.emit(asm.st_mem(4, R10, _LINK_AT + LinkEntry.kind.offset, KIND_LINK))
+    _seq_write(b, lay, _LINK_AT, ctypes.sizeof(LinkEntry))
     b.label("out")
     b.emit(asm.mov64_imm(R0, 0), asm.exit_())
     return b.insns()
 
 
-@dataclass(frozen=True, slots=True)
-class OwnerFd:
-    """One program or link fd seen by the iterator."""
+@dataclass(slots=True)
+class TaskFds:
+    """The program and link fds of one task, as one pass reported them."""
 
-    prog_id: int
-    pid: int
-    fd: int
-    via: str
-    comm: str
+    tgid: int
+    comm: bytes  # 16 bytes, NUL padded
+    prog_ids: array[int] = field(default_factory=lambda: array("I"))  # one per program fd
+    link_ids: list[int] = field(default_factory=list)  # one per link fd
+
+    @property
+    def name(self) -> str:
+        """``comm`` as text, like /proc/<pid>/comm."""
+        return self.comm.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def decode(data: bytes) -> list[OwnerFd]:
-    """Records of one pass; links without a program are dropped."""
-    usable = len(data) - len(data) % RECORD.size
-    return [
-        OwnerFd(pid_, tgid, fd, VIA[via & 1], comm.split(b"\0", 1)[0].decode(errors="replace"))
-        for pid_, tgid, fd, via, comm in RECORD.iter_unpack(data[:usable])
-        if pid_
-    ]
+_MARK_BYTES = MARK.to_bytes(_WORD, "little")
+
+
+def _next_mark(data: bytes, pos: int) -> int:
+    """Byte offset of the first marked record at or after ``pos`` (a word boundary), or
+    ``len(data)``.  A byte search, fast; a hit across two ids' words is stepped over."""
+    while (pos := data.find(_MARK_BYTES, pos)) >= 0:
+        if pos % _WORD == 0:
+            return pos
+        pos += 1
+    return len(data)
+
+
+def decode(data: bytes) -> list[TaskFds]:
+    """The tasks of one pass's output, in the order of the walk (a task may come twice: a
+    thread with a file table of its own).  A torn or unknown record ends the decoding."""
+    end = len(data) - len(data) % _WORD
+    tasks: list[TaskFds] = []
+    pos = 0
+    while pos + _MARKED.size <= end:
+        # A marked record (the stream begins with one): a task header or a link entry.
+        mark, kind = _MARKED.unpack_from(data, pos)
+        if mark == MARK and kind == KIND_TASK and pos + TASK_HEADER.size <= end:
+            _, _, comm, tgid = TASK_HEADER.unpack_from(data, pos)
+            tasks.append(TaskFds(tgid, comm))
+            pos += TASK_HEADER.size
+        elif mark == MARK and kind == KIND_LINK and tasks and pos + LINK_ENTRY.size <= end:
+            tasks[-1].link_ids.append(LINK_ENTRY.unpack_from(data, pos)[2])
+            pos += LINK_ENTRY.size
+        else:
+            break
+        # Then the task's program fds up to the next marked record, copied in one go.
+        run_end = min(_next_mark(data, pos), end)
+        tasks[-1].prog_ids.frombytes(data[pos:run_end])
+        pos = run_end
+    return tasks
+
+
+_OwnerKey = tuple[int, int, bytes]
+"""(tgid, via, comm) of one holder."""
+
+
+def _by_pid_and_via(owner: Owner) -> tuple[int, str]:
+    return owner.pid, owner.via
+
+
+def _add_holder(held: tuple[Owner, ...], owner: Owner) -> tuple[Owner, ...]:
+    """``held`` with ``owner``, kept sorted and with one entry per (pid, via), like /proc."""
+    if any(o.pid == owner.pid and o.via == owner.via for o in held):
+        return held
+    return tuple(sorted((*held, owner), key=_by_pid_and_via))
+
+
+def group_by_program(
+    tasks: Sequence[TaskFds], cache: dict[_OwnerKey, Owner] | None = None
+) -> tuple[dict[int, tuple[Owner, ...]], dict[_OwnerKey, Owner]]:
+    """Program id -> holders, sorted by (pid, via), from one pass's tasks.
+
+    Runs every pass, so each task's ids go into the result in bulk (one shared tuple for
+    all of them); only ids that another task holds too are merged one by one.  The
+    :class:`Owner` of a (pid, via, comm) seen in the previous pass is reused (``cache``; the
+    executable is read once per new owner).  Returns the grouping and the cache for the
+    next pass.
+    """
+    old = cache or {}
+    new: dict[_OwnerKey, Owner] = {}
+    exes: dict[int, str] = {}
+    result: dict[int, tuple[Owner, ...]] = {}
+    for task in tasks:
+        for via, ids in ((VIA_LINK, task.link_ids), (VIA_PROG, task.prog_ids)):
+            if not ids:
+                continue
+            key = (task.tgid, via, task.comm)
+            owner = new.get(key) or old.get(key)
+            if owner is None:
+                if task.tgid not in exes:
+                    exes[task.tgid] = process_executable(task.tgid)
+                owner = Owner(task.tgid, task.name, exes[task.tgid], VIA[via])
+            new[key] = owner
+            by_this: dict[int, tuple[Owner, ...]] = dict.fromkeys(ids, (owner,))
+            for prog_id in by_this.keys() & result.keys():
+                by_this[prog_id] = _add_holder(result.pop(prog_id), owner)
+            # The smaller dict is copied into the larger (order does not matter).
+            if len(by_this) > len(result):
+                result, by_this = by_this, result
+            result.update(by_this)
+    return result, new
+
+
+def owners_from_records(
+    data: bytes, cache: dict[_OwnerKey, Owner] | None = None
+) -> tuple[dict[int, tuple[Owner, ...]], dict[_OwnerKey, Owner]]:
+    """:func:`group_by_program` of one pass's raw output."""
+    return group_by_program(decode(data), cache)
 
 
 class OwnersIterator(OwnedFds):
@@ -215,15 +423,17 @@ class OwnersIterator(OwnedFds):
 
     Raises :class:`BpfError` when loading or calibration fails (for instance in a pid
     namespace whose pids differ from the kernel's global tgids): the caller then scans /proc.
+    Passes are serialised: the program keeps per-pass state in its map.
     """
 
     def __init__(self, layout: OwnersLayout) -> None:
         self.layout = layout
         super().__init__()
-        self._owner_cache: dict[tuple[int, int, bytes], Owner] = {}
+        self._owner_cache: dict[_OwnerKey, Owner] = {}
+        self._one_pass = threading.Lock()
         try:
             self._state_fd = self._keep(
-                create_map(MAP_TYPE_ARRAY, 4, _STATE_SIZE, 1, "otel_bpf_own")
+                create_map(MAP_TYPE_ARRAY, 4, ctypes.sizeof(_State), 1, "otel_bpf_own")
             )
             insns = build_program(layout, self._state_fd)
             self.insn_count = len(insns)
@@ -245,90 +455,44 @@ class OwnersIterator(OwnedFds):
             raise
 
     def _calibrate(self) -> None:
-        value = struct.pack("<IIIIQQ", 0, self.prog_fd, self.link_fd, 0, 0, 0)
-        self._update_state(value)
+        self._update_state(_State(prog_fd=self.prog_fd, link_fd=self.link_fd))
         read_iterator(self.link_fd)  # learns f_op; files seen before ours are not reported
         state = self._lookup_state()
-        _, _, _, _, prog_fop, link_fop = struct.unpack("<IIIIQQ", state)
-        if not prog_fop or not link_fop:
+        if not state.prog_fop or not state.link_fop:
             raise BpfError(
                 errno.ESRCH,
                 "iter/task_file calibration did not see this process's own BPF fds",
             )
-        own = {(o.prog_id, o.pid) for o in self.read()}
-        if (self.prog_id, os.getpid()) not in own:
+        mine = [t for t in self.read() if t.tgid == os.getpid()]
+        if not any(self.prog_id in t.prog_ids and self.prog_id in t.link_ids for t in mine):
             raise BpfError(
                 errno.ESRCH,
                 "iter/task_file reports this process under another pid (a pid namespace?)",
             )
 
-    def _update_state(self, value: bytes) -> None:
-        key = ctypes.c_uint32(0)
-        buf = ctypes.create_string_buffer(value, _STATE_SIZE)
-        attr = _MapElemAttr(self._state_fd, 0, ctypes.addressof(key), ctypes.addressof(buf), 0)
-        bpf(Cmd.MAP_UPDATE_ELEM, attr, "owners state")
+    def _state_attr(self, key: ctypes.c_uint32, value: _State) -> _MapElemAttr:
+        return _MapElemAttr(self._state_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
 
-    def _lookup_state(self) -> bytes:
+    def _update_state(self, value: _State) -> None:
         key = ctypes.c_uint32(0)
-        buf = ctypes.create_string_buffer(_STATE_SIZE)
-        attr = _MapElemAttr(self._state_fd, 0, ctypes.addressof(key), ctypes.addressof(buf), 0)
-        bpf(Cmd.MAP_LOOKUP_ELEM, attr, "owners state")
-        return buf.raw
+        bpf(Cmd.MAP_UPDATE_ELEM, self._state_attr(key, value), "owners state")
 
-    def read(self) -> list[OwnerFd]:
-        """One pass: every program or link fd held by any process."""
-        return decode(read_iterator(self.link_fd))
+    def _lookup_state(self) -> _State:
+        key, value = ctypes.c_uint32(0), _State()
+        bpf(Cmd.MAP_LOOKUP_ELEM, self._state_attr(key, value), "owners state")
+        return value
+
+    def read_raw(self) -> bytes:
+        """One pass's output, undecoded."""
+        with self._one_pass:
+            return read_iterator(self.link_fd)
+
+    def read(self) -> list[TaskFds]:
+        """One pass: every task holding a program or link fd, with those fds' program ids."""
+        return decode(self.read_raw())
 
     def owners(self) -> dict[int, tuple[Owner, ...]]:
         """Program id -> holders, sorted by (pid, via), one entry per way held: the same shape
         as the /proc scan (``otel_bpf.kernel.owners.scan_owners``)."""
-        owners, self._owner_cache = owners_from_records(
-            read_iterator(self.link_fd), self._owner_cache
-        )
+        owners, self._owner_cache = group_by_program(self.read(), self._owner_cache)
         return owners
-
-
-_Key = tuple[int, int, bytes]
-"""(tgid, via, comm) of one holder."""
-
-
-def owners_from_records(
-    data: bytes, cache: dict[tuple[int, int, bytes], Owner] | None = None
-) -> tuple[dict[int, tuple[Owner, ...]], dict[tuple[int, int, bytes], Owner]]:
-    """Group one pass's records by program.
-
-    Runs every pass, so it works on the unpacked tuples and reuses the :class:`Owner` of a
-    (pid, via, comm) seen in the previous pass (``cache``; the executable is read once per
-    new owner).  Returns the grouping and the cache for the next pass.
-    """
-    old = cache or {}
-    new: dict[tuple[int, int, bytes], Owner] = {}
-    # Most programs have one holder: its key alone, a set only from a second distinct one.
-    found: dict[int, _Key | set[_Key]] = {}
-    usable = len(data) - len(data) % RECORD.size
-    for prog_id, tgid, _fd, via, comm in RECORD.iter_unpack(data[:usable]):
-        if prog_id:
-            key = (tgid, via & 1, comm)
-            held = found.get(prog_id)
-            if held is None:
-                found[prog_id] = key
-            elif isinstance(held, set):
-                held.add(key)
-            elif held != key:
-                found[prog_id] = {held, key}
-    exes: dict[int, str] = {}
-    result: dict[int, tuple[Owner, ...]] = {}
-    for prog_id, held in found.items():
-        owners = []
-        for key in sorted(held) if isinstance(held, set) else (held,):
-            owner = new.get(key) or old.get(key)
-            if owner is None:
-                pid, via, comm = key
-                if pid not in exes:
-                    exes[pid] = process_executable(pid)
-                name = comm.split(b"\0", 1)[0].decode(errors="replace")
-                owner = Owner(pid=pid, comm=name, executable=exes[pid], via=VIA[via])
-            new[key] = owner
-            owners.append(owner)
-        result[prog_id] = tuple(owners)
-    return result, new

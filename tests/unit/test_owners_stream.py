@@ -1,0 +1,113 @@
+"""Decoding the ``iter/task_file`` program's output and grouping it by program, no kernel."""
+
+from __future__ import annotations
+
+from array import array
+
+import pytest
+
+from otel_bpf.kernel.iterator import owners as owners_mod
+from otel_bpf.kernel.iterator.owners import (
+    KIND_LINK,
+    KIND_TASK,
+    LINK_ENTRY,
+    MARK,
+    TASK_HEADER,
+    decode,
+    group_by_program,
+    owners_from_records,
+)
+from otel_bpf.records import Owner
+
+
+def task(tgid: int, comm: bytes = b"proc") -> bytes:
+    return TASK_HEADER.pack(MARK, KIND_TASK, comm.ljust(16, b"\0"), tgid)
+
+
+def progs(*ids: int) -> bytes:
+    return array("I", ids).tobytes()
+
+
+def link(prog_id: int) -> bytes:
+    return LINK_ENTRY.pack(MARK, KIND_LINK, prog_id)
+
+
+@pytest.fixture(autouse=True)
+def executables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """process_executable without /proc: ``exe<pid>``; the pids asked, in order."""
+    asked: list[int] = []
+
+    def fake(pid: int) -> str:
+        asked.append(pid)
+        return f"exe{pid}"
+
+    monkeypatch.setattr(owners_mod, "process_executable", fake)
+    return asked
+
+
+def test_decode_splits_the_stream_into_tasks() -> None:
+    data = task(10, b"agent") + progs(5, 6) + link(7) + progs(8) + task(11) + link(9)
+    tasks = decode(data)
+    assert [(t.tgid, t.name, list(t.prog_ids), t.link_ids) for t in tasks] == [
+        (10, "agent", [5, 6, 8], [7]),
+        (11, "proc", [], [9]),
+    ]
+
+
+def test_zero_bytes_across_two_ids_are_not_a_record_start() -> None:
+    # 5 then 256: 05 00 00 00 | 00 01 00 00, four zero bytes from offset 1.
+    ids = [5, 256, 1, 1 << 24, 65536, 3]
+    assert list(decode(task(1) + progs(*ids))[0].prog_ids) == ids
+
+
+def test_a_torn_tail_or_an_unknown_record_ends_the_decoding() -> None:
+    data = task(1) + progs(5) + task(2) + progs(6)
+    assert [t.tgid for t in decode(data[:-2])] == [1, 2]
+    assert list(decode(data[:-2])[1].prog_ids) == []
+    assert decode(data[: len(task(1)) - 1]) == []
+    assert decode(progs(5) + task(1)) == []  # entries before any task
+    assert decode(LINK_ENTRY.pack(MARK, 99, 5)) == []
+    assert decode(link(5)) == []  # a link before any task
+
+
+def test_holders_sorted_by_pid_then_via_like_the_proc_scan() -> None:
+    data = task(30) + progs(1) + task(20) + link(1) + progs(1, 2) + task(10) + link(2)
+    owners, _ = owners_from_records(data)
+    assert {k: [(o.pid, o.via) for o in v] for k, v in owners.items()} == {
+        1: [(20, "link"), (20, "prog"), (30, "prog")],
+        2: [(10, "link"), (20, "prog")],
+    }
+    o = owners[1][0]
+    assert (o.comm, o.executable) == ("proc", "exe20")
+
+
+def test_one_entry_per_pid_and_way_held() -> None:
+    # Two fds of one program in a task, and the task again (a thread with its own files).
+    data = task(10) + progs(1, 1, 2) + task(11) + progs(1) + task(10) + progs(1) + link(2)
+    owners, _ = owners_from_records(data)
+    assert [(o.pid, o.via) for o in owners[1]] == [(10, "prog"), (11, "prog")]
+    assert [(o.pid, o.via) for o in owners[2]] == [(10, "link"), (10, "prog")]
+
+
+def test_a_big_task_after_a_small_one_keeps_both() -> None:
+    # The larger of the two groupings is the one kept and added to: either order works.
+    data = task(1) + progs(7, 8) + task(2) + progs(*range(1, 100))
+    owners, _ = owners_from_records(data)
+    assert len(owners) == 99
+    assert [o.pid for o in owners[7]] == [1, 2]
+    assert [o.pid for o in owners[50]] == [2]
+
+
+def test_owners_are_reused_across_passes(executables: list[int]) -> None:
+    first, cache = group_by_program(decode(task(10) + progs(1, 2)))
+    second, cache = group_by_program(decode(task(10) + progs(2, 3)), cache)
+    assert second[2][0] is first[1][0]
+    assert executables == [10]
+    # A new comm is a new owner (exec); a holder gone from a pass leaves the cache.
+    third, cache = group_by_program(decode(task(10, b"renamed") + progs(3)), cache)
+    assert third[3] == (Owner(10, "renamed", "exe10", "prog"),)
+    assert list(cache) == [(10, 1, b"renamed".ljust(16, b"\0"))]
+
+
+def test_an_empty_pass() -> None:
+    assert owners_from_records(b"") == ({}, {})
