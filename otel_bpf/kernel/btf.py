@@ -135,13 +135,14 @@ class Btf:
         return self._strings[offset:end].decode(errors="replace")
 
     def func_name(self, type_id: int) -> str | None:
-        """The name of FUNC ``type_id``; None when it is not a FUNC."""
+        """The name of FUNC ``type_id``; None when it is not a FUNC or its name cannot be
+        read (an offset outside the string section, no NUL)."""
         try:
             if self.kind(type_id) != KIND_FUNC:
                 return None
-        except KeyError:
+            return self.name(type_id)
+        except (KeyError, BtfFormatError):
             return None
-        return self.name(type_id)
 
     def _type(self, type_id: int) -> tuple[int, int, int]:
         if not 1 <= type_id <= len(self._types):

@@ -77,7 +77,9 @@ def test_unknown_kind_and_bad_string_offset() -> None:
     blob = bytearray(build_func_btf(NAME))
     struct.pack_into("<I", blob, 24 + 12 + 4 + 12, 10_000)  # FUNC's name_off
     with pytest.raises(BtfFormatError, match="outside"):
-        Btf(bytes(blob)).func_name(BUILT_FUNC_TYPE_ID)
+        Btf(bytes(blob)).name(BUILT_FUNC_TYPE_ID)
+    # func_name, used to name programs, falls back instead (to the kernel's short name).
+    assert Btf(bytes(blob)).func_name(BUILT_FUNC_TYPE_ID) is None
 
 
 def test_unterminated_string() -> None:
