@@ -207,7 +207,7 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     """The task_file program using the state map behind ``state_fd``."""
     lay = layout
     b = Builder()
-    # R6 = ctx, R7 = file (then: 1 for a link fd, 0 for a program fd), R8 = task, R9 = &state.
+    # R6 = ctx, R7 = file (later the way held: VIA_PROG or VIA_LINK), R8 = task, R9 = &state.
     b.emit(asm.mov64_reg(R6, R1))
     b.emit(asm.ldx_mem(8, R7, R6, lay.ctx_file))
     b.jmp_imm("jeq", R7, 0, "out")
@@ -249,8 +249,8 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     _read_pointer(b, lay.link_prog)  # link->prog
     b.jmp_imm("jeq", R3, 0, "out")
 
-    # prog->aux->id into the entry.  (Two dependent loads that miss the cache for most
-    # programs: most of what a program fd costs beyond the walk itself.)
+    # prog->aux->id into the entry.  (With thousands of programs these two dependent loads
+    # mostly miss the caches and the TLB: most of what a program fd costs beyond the walk.)
     b.label("have_prog")
     _read_pointer(b, lay.prog_aux)
     b.jmp_imm("jeq", R3, 0, "out")
