@@ -39,7 +39,8 @@ _log = logging.getLogger(__name__)
 MIN_INTERVAL = 0.1
 MAX_INTERVAL = 3600.0
 DEFAULT_HISTORY = 120
-MIN_HISTORY = 60
+"""Snapshots kept by default: the live view's charts span them."""
+MIN_HISTORY = 1
 
 
 class ReadResultLike(Protocol):

@@ -252,7 +252,8 @@ async def _run(
     source: Callable[[], ReadResult] | None,
 ) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
-    from otel_bpf.sampler import Sampler
+    from otel_bpf.otel.plugin import FED_HISTORY
+    from otel_bpf.sampler import DEFAULT_HISTORY, Sampler
 
     run = _Run(config, telemetry, options)
     with ExitStack() as sync_stack:
@@ -267,6 +268,9 @@ async def _run(
                     stack.enter_context(stats_enabled())
                 sampler = Sampler(
                     interval=config.interval,
+                    # Only the live view's charts look back; the plugin and JSON take each
+                    # snapshot as it comes.
+                    history=DEFAULT_HISTORY if config.live else FED_HISTORY,
                     owners=_reads_owners(config, options),
                     maps=_reads_maps(config, options),
                     source=source,

@@ -63,7 +63,8 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         options: MetricsOptions = kwargs.get("options") or MetricsOptions()
         min_interval = float(kwargs.get("min_interval", 1.0))
         holder: StatsHolder = kwargs.get("stats_holder") or default_stats_holder()
-        sampler = Sampler(owners=options.needs_owners, maps=options.needs_maps)
+        # Each collection takes its own snapshot and the instruments read it then: no history.
+        sampler = Sampler(history=1, owners=options.needs_owners, maps=options.needs_maps)
         # One pass now: a missing privilege or kernel feature shows here, not at every export.
         sampler.sample_once()
         holder.acquire()

@@ -137,6 +137,12 @@ class BpfInstruments:
         """Observe again after :meth:`close`."""
         self._closed = False
 
+    def feed(self, snapshot: Snapshot) -> None:
+        """Account for ``snapshot`` as soon as it is taken (the plugin calls this for every
+        pass), so the sampler need not keep a history as long as a collection interval."""
+        with self._lock:
+            self._table.feed(snapshot)
+
     def frame(self) -> Frame:
         """The points for the newest snapshot (built once per snapshot, thread-safe)."""
         with self._lock:

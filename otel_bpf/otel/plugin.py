@@ -58,6 +58,11 @@ def default_stats_holder() -> StatsHolder:
     return holder
 
 
+FED_HISTORY = 4
+"""Snapshots a sampler needs to keep when the plugin feeds its instruments every pass: the
+newest, plus a margin for passes published while the event loop was busy elsewhere."""
+
+
 def _real_provider(provider: object) -> object:
     real = getattr(provider, "_real_meter_provider", None)
     return real if real is not None else provider
@@ -120,8 +125,13 @@ class BpfMetricsPlugin:
     ) -> None:
         self.options = options or MetricsOptions()
         self._own_sampler = sampler is None
+        # The instruments are fed every pass as it is taken (see _feed_every_pass): the own
+        # sampler keeps only a few snapshots, for a collection that overtakes the feeding.
         self._sampler = sampler or Sampler(
-            interval=interval, owners=self.options.needs_owners, maps=self.options.needs_maps
+            interval=interval,
+            history=FED_HISTORY,
+            owners=self.options.needs_owners,
+            maps=self.options.needs_maps,
         )
         if collection_interval is not None and not collection_interval > 0:
             raise ValueError("collection_interval must be > 0 seconds")
@@ -208,6 +218,7 @@ class BpfMetricsPlugin:
                     )
                 else:
                     self._instruments.reopen()
+                tg.start_soon(self._feed_every_pass, self._instruments)
                 self._idle_since_ref = time.monotonic()
                 self._seen_collection = self._instruments.last_collection
                 task_status.started()
@@ -224,6 +235,20 @@ class BpfMetricsPlugin:
                 self._instruments.close()
             self._release()
             self._running = False
+
+    async def _feed_every_pass(self, instruments: BpfInstruments) -> None:
+        # by_name_type series must see every program that came and went between two
+        # collections, which reading the sampler's history at collection time only does
+        # when the history spans a whole collection interval (120 snapshots of 1,000 busy
+        # programs hold about 50 MB).
+        with self._sampler.subscribe() as passes:
+            # A sampler started before this task already took a pass the subscription
+            # will not return.
+            latest = self._sampler.latest
+            if latest is not None:
+                instruments.feed(latest)
+            async for snapshot in passes:
+                instruments.feed(snapshot)
 
     # -- stats holding -------------------------------------------------------------------
 

@@ -126,9 +126,14 @@ class SeriesTable:
             self.reset()
         if self.options.attributes == "by_name_type":
             self._feed_aggregates(snapshot)
-        self._types_seen.update(
-            s.program.type for s in snapshot.programs if self.options.matches(s.program)
-        )
+        # Fed on every pass: only programs of a type not seen yet go through the filters.
+        unseen = {s.program.type for s in snapshot.programs} - self._types_seen
+        if unseen:
+            self._types_seen.update(
+                s.program.type
+                for s in snapshot.programs
+                if s.program.type in unseen and self.options.matches(s.program)
+            )
         self._seq = snapshot.seq
         self._latest = snapshot
         self._frame = EMPTY_FRAME

@@ -203,3 +203,60 @@ async def test_a_start_up_failure_is_raised_as_itself_and_holds_nothing() -> Non
         await plugin.run()
     assert holder.count == 0 and holder.events == ["on", "off", "on", "off"]
     mp.shutdown()
+
+
+async def test_by_name_type_counts_programs_that_came_and_went_between_collections() -> None:
+    """The plugin feeds every pass to its instruments: with a history of one snapshot, the
+    runs of short-lived programs between two collections still reach the aggregate."""
+    from dataclasses import replace
+
+    from otel_bpf.otel.options import MetricsOptions
+
+    passes = 0
+    twelve_passes = anyio.Event()
+
+    def source() -> Result:
+        # One short-lived program per pass (new id, 10 runs), never two passes in a row.
+        nonlocal passes
+        passes += 1
+        if passes == 12:
+            anyio.from_thread.run_sync(twelve_passes.set)
+        return Result([replace(prog(), id=100 + passes, run_cnt=10)])
+
+    holder = Holder()
+    sampler = Sampler(
+        interval=0.1,
+        history=1,
+        source=source,
+        stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
+        online_cpus=lambda: 1,
+    )
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(
+        mp,
+        sampler=sampler,
+        options=MetricsOptions(attributes="by_name_type"),
+        stats_holder=holder,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sampler.run)
+        async with plugin:
+            with anyio.fail_after(10):
+                await twelve_passes.wait()
+            await sampler.wait_next(sampler.latest.seq if sampler.latest else 0)
+            data = reader.get_metrics_data()
+            seen = sampler.latest
+        tg.cancel_scope.cancel()
+    assert data is not None and seen is not None
+    runs = [
+        p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "bpf.program.runs"
+        for p in m.data.data_points
+    ]
+    # Every program of every pass up to the collection counted, not only the newest one.
+    assert runs == [10 * seen.seq], (runs, seen.seq)
+    mp.shutdown()
