@@ -338,16 +338,51 @@ class ProgramReader:
         known: tuple[str, int | None] | None,
     ) -> tuple[str, int | None]:
         """Name (BTF-resolved when cut) and memlock of a program seen for the first time."""
-        if known is not None:
-            name = known[0]
-        else:
-            short = _short_name(v[_NAME])
-            name = short.decode(errors="replace")
-            if len(short) == _CUT_NAME_LEN and v[_BTF_ID] and v[_NR_FUNC_INFO]:
-                # On any failure bpftool falls back to the kernel's name, and so do we.
-                with suppress(BpfError, BtfFormatError):
-                    name = program_btf_name(fd, v[_BTF_ID], v[_FUNC_INFO_REC_SIZE]) or name
+        name = known[0] if known is not None else _full_name(fd, v)
         return name, (memlock_of_fd(fd) if memlock else _NOT_READ)
+
+
+def _full_name(fd: int, v: tuple[Any, ...]) -> str:
+    """The program's name from BTF func_info when the kernel cut it, else the kernel's."""
+    short = _short_name(v[_NAME])
+    name = short.decode(errors="replace")
+    if len(short) == _CUT_NAME_LEN and v[_BTF_ID] and v[_NR_FUNC_INFO]:
+        # On any failure bpftool falls back to the kernel's name, and so do we.
+        with suppress(BpfError, BtfFormatError):
+            name = program_btf_name(fd, v[_BTF_ID], v[_FUNC_INFO_REC_SIZE]) or name
+    return name
+
+
+def read_one(
+    prog_id: int, *, memlock: bool = True, boot_offset: float | None = None
+) -> ProgramRecord:
+    """One program's record, the same as a :func:`read_all` pass makes it.
+
+    GET_FD_BY_ID, OBJ_GET_INFO_BY_FD (again for the map ids past the first 64), the full
+    name from BTF when the kernel cut it, and ``memlock`` from fdinfo unless ``memlock`` is
+    false.  ``boot_offset`` (:func:`otel_bpf.kernel.system.boot_time_offset`) lets a caller
+    reading many programs take it once.  Raises
+    :class:`~otel_bpf.kernel.errors.BpfNotFoundError` when no program has that id (any more).
+    """
+    fd = bpf(Cmd.PROG_GET_FD_BY_ID, GetIdAttr(start_id=prog_id), f"program {prog_id}")
+    try:
+        map_buf = (ctypes.c_uint32 * _MAP_IDS_CAPACITY)()
+        info = ProgInfo(nr_map_ids=_MAP_IDS_CAPACITY, map_ids=ctypes.addressof(map_buf))
+        attr = InfoByFdAttr(bpf_fd=fd, info_len=_INFO_SIZE, info=ctypes.addressof(info))
+        bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program {prog_id}")
+        v = _LAYOUT.unpack_from(info)
+        count = v[_NR_MAP_IDS]
+        map_ids = tuple(map_buf[:count]) if count <= _MAP_IDS_CAPACITY else _all_map_ids(fd, count)
+        return _record(
+            v,
+            attr.info_len,
+            boot_time_offset() if boot_offset is None else boot_offset,
+            map_ids,
+            _full_name(fd, v),
+            memlock_of_fd(fd) if memlock else None,
+        )
+    finally:
+        os.close(fd)
 
 
 def _all_map_ids(fd: int, count: int) -> tuple[int, ...]:

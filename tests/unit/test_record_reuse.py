@@ -98,3 +98,62 @@ def test_an_equal_but_new_record_is_derived_again() -> None:
     s2 = snap(s1, [prog(1)], 2.0)
     s3 = snap(s2, [prog(1)], 3.0)
     assert s3.programs[0] == s2.programs[0] and s3.programs[0] is not s2.programs[0]
+
+
+def distinct_fields_record() -> ProgramRecord:
+    """Every field its own value, so a field stored into another's slot shows."""
+    owner = Owner(pid=1, comm="c", executable="e", via="prog")
+    m = MapRecord(
+        id=3, type="hash", name="m", key_size=4, value_size=8, max_entries=1, memlock_bytes=None
+    )
+    return ProgramRecord(
+        id=7, type="xdp", type_id=6, name="name", tag="ab" * 8, run_time_ns=100, run_cnt=4,
+        recursion_misses=2, load_time=1.5e9, uid=1000, verified_insns=12, xlated_size=96,
+        jited_size=80, map_ids=(3, 4), btf_id=9, memlock_bytes=8192, owners=(owner,), maps=(m,),
+    )  # fmt: skip
+
+
+def test_with_counters_is_replace() -> None:
+    old = distinct_fields_record()
+    new = record_builder.with_counters(old, 500, 9, 3)
+    assert type(new) is ProgramRecord
+    assert new == replace(old, run_time_ns=500, run_cnt=9, recursion_misses=3)
+    assert old.run_cnt == 4  # the old record is untouched
+    with pytest.raises(FrozenInstanceError):
+        new.run_cnt = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["slot-stores", "dataclass-fallback"])
+def test_update_counters_keeps_unchanged_records_and_copies_the_others(fast: bool) -> None:
+    update = (
+        record_builder._update_counters_by_slots
+        if fast
+        else record_builder._update_counters_by_replace
+    )
+    a = distinct_fields_record()
+    b = replace(a, id=8, name="other", memlock_bytes=None, owners=None, maps=None)
+    records = [a, b]
+    statics = [record_builder.static_fields(r) for r in records]
+    out = update(records, statics, [100, 700], [4, 9], [2, 0])
+    assert out[0] is a  # counters unchanged: the very same record
+    assert out[1] == replace(b, run_time_ns=700, run_cnt=9, recursion_misses=0)
+    assert type(out[1]) is ProgramRecord
+    assert hash(out[1]) == hash(replace(b, run_time_ns=700, run_cnt=9, recursion_misses=0))
+    (misses_only,) = update([a], statics[:1], [100], [4], [5])
+    assert misses_only == replace(a, recursion_misses=5) and misses_only is not a
+    with pytest.raises(ValueError, match="zip"):
+        update(records, statics, [1], [1], [1])  # columns of another length: a bug
+
+
+def test_the_unfrozen_class_never_leaks() -> None:
+    made = [
+        program_record(*VALUES),
+        record_builder.with_counters(prog(), 1, 2, 3),
+        *record_builder.update_counters(
+            [prog()], [record_builder.static_fields(prog())], [1], [2], [3]
+        ),
+    ]
+    for r in made:
+        assert type(r) is ProgramRecord
+        with pytest.raises(FrozenInstanceError):
+            del r.name  # type: ignore[misc]

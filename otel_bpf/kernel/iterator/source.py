@@ -1,42 +1,48 @@
 """The iterator sampling path: ``IteratorSource.read_all()`` returns what the syscall path does.
 
-Per pass, the counters (run time, run count, recursion misses), id, type and kernel name of
-every program come from one ``iter/bpf_prog`` read.  The fields that do not change while a
-program lives (tag, uid, sizes, verified instructions, map ids, BTF id and full name, memlock)
-are read through the syscall path once per new program and cached by (id, load time), so a
-pass costs one ``ITER_CREATE`` + a few ``read()`` calls however many programs are loaded.
+Per pass, the counters (run time, run count, recursion misses), id and load time of every
+program come from one ``iter/bpf_prog`` read.  The fields that do not change while a program
+lives (type, name, tag, uid, sizes, verified instructions, map ids, BTF id and full name,
+memlock) are read through the syscall path (:func:`~otel_bpf.kernel.programs.read_one`) once
+per new program and cached by (id, load time), so a pass costs one ``ITER_CREATE`` + a few
+``read()`` calls however many programs are loaded.
+
+The merge is shaped by what a pass usually is: the same programs as the previous pass, some
+or all of which ran.  The pass is decoded by column (:func:`decode_columns`); when the ids and
+load times equal the previous pass's (two list comparisons in C), the previous records are the
+base, row for row, with no per-program look-up; otherwise each program is looked up by id.
+Either way :func:`~otel_bpf.kernel.record_builder.update_counters` keeps the record of a
+program whose counters did not move and copies the others with their new counters.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
-import struct
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from operator import attrgetter
+from itertools import islice
+from operator import lt
+from typing import Any
 
-from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
-from otel_bpf.kernel.btf import program_btf_name
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
-from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
 from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
-from otel_bpf.kernel.iterator.progs import RECORD, ProgIterator, ProgIterLayout, ProgRecordRaw
-from otel_bpf.kernel.programs import ReadResult, record_from_info
-from otel_bpf.kernel.record_builder import RecordExtras, program_record
-from otel_bpf.kernel.syscall import bpf, close
+from otel_bpf.kernel.iterator.progs import (
+    PassColumns,
+    ProgIterator,
+    ProgIterLayout,
+    ProgRecordRaw,
+)
+from otel_bpf.kernel.programs import ReadResult, read_one
+from otel_bpf.kernel.record_builder import RecordExtras, static_fields, update_counters
 from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 from otel_bpf.records import MapRecord, Owner, ProgramRecord
 
 _log = logging.getLogger(__name__)
-
-_INFO_SIZE = ctypes.sizeof(ProgInfo)
-_MAP_IDS_CAPACITY = 64
 
 
 @dataclass(frozen=True)
@@ -47,35 +53,15 @@ class IteratorReadResult(ReadResult):
 
 
 @dataclass(slots=True)
-class _Cached:
-    """Static fields of one program, and the last record built from them.
+class _LastPass:
+    """The previous pass: its columns, the rows left out (own programs, programs that could
+    not be read) and the records of the others, in row order."""
 
-    ``head`` and ``tail`` are the record's fields before and after the three counters, so
-    a new record is one call: ``program_record(*head, ns, cnt, misses, *tail)``.
-    """
-
-    load_time_ns: int
-    head: tuple[object, ...]
-    tail: tuple[object, ...]
-    last: ProgramRecord
-
-    @classmethod
-    def of(cls, load_time_ns: int, static: ProgramRecord) -> _Cached:
-        fields = _RECORD_FIELDS(static)
-        return cls(load_time_ns, fields[:_COUNTERS], fields[_COUNTERS + 3 :], static)
-
-
-# ProgramRecord's fields up to memlock_bytes; the counters start at run_time_ns.
-_RECORD_FIELDS = attrgetter(
-    "id", "type", "type_id", "name", "tag", "run_time_ns", "run_cnt", "recursion_misses",
-    "load_time", "uid", "verified_insns", "xlated_size", "jited_size", "map_ids", "btf_id",
-    "memlock_bytes",
-)  # fmt: skip
-_COUNTERS = 5
-# The iterator's record without the fields the merge does not need (type and name come with
-# the static fields), so no bytes object is made per program.
-_MERGE_RECORD = struct.Struct("<I4x16xQQQQ")
-assert _MERGE_RECORD.size == RECORD.size
+    columns: PassColumns
+    dropped: list[int]
+    records: list[ProgramRecord]
+    statics: list[tuple[Any, ...]]  # static_fields() of each record
+    memlock: bool
 
 
 class IteratorSource:
@@ -119,7 +105,9 @@ class IteratorSource:
         self._lock = threading.Lock()
         self._progs = ProgIterator(layout, cpus)
         self._owners_iter: OwnersIterator | None = None
-        self._cache: dict[int, _Cached] = {}
+        # id -> (load time in ns since boot, the record read through the syscall path)
+        self._static: dict[int, tuple[int, ProgramRecord]] = {}
+        self._last: _LastPass | None = None
         self._extras_lock = threading.Lock()
         self._extras = RecordExtras()
         self._closed = False
@@ -201,44 +189,79 @@ class IteratorSource:
     def _merge(
         self, data: bytes, memlock: bool, skip: frozenset[int] = frozenset()
     ) -> tuple[list[ProgramRecord], list[str]]:
-        # Runs for every program every pass: unpacked tuples, an int-keyed cache, and the
-        # previous record reused while a program's counters do not move.  ``skip``: ids left
-        # out (the source's own programs).
-        records: list[ProgramRecord] = []
+        # Runs every pass: per program, only the counters become Python objects, and a record
+        # only for a program that ran.  ``skip``: ids left out (the source's own programs).
+        columns = PassColumns(data)
+        own_rows = columns.rows_of(skip)
         errors: list[str] = []
-        cache = self._cache
-        seen: dict[int, _Cached] = {}
+        last = self._last
+        if (
+            last is not None
+            and last.memlock == memlock
+            and last.dropped == own_rows
+            and columns.same_programs(last.columns)
+        ):
+            # The same programs as last pass, in id order: row for row, last pass's records.
+            bases, statics, dropped, in_order = last.records, last.statics, own_rows, True
+        else:
+            bases, dropped, errors = self._bases_after_change(columns, own_rows, memlock)
+            statics = list(map(static_fields, bases))
+            ids = columns.ids.tolist()
+            in_order = all(map(lt, ids, islice(ids, 1, None)))
+        records = update_counters(bases, statics, *columns.counters(dropped))
+        if in_order:
+            self._last = _LastPass(columns, dropped, records, statics, memlock)
+        else:
+            # The kernel walks its idr in id order; should that ever change, records are
+            # sorted here and every pass looks programs up by id.
+            records.sort(key=_by_id)
+            self._last = None
+        return records, errors
+
+    def _bases_after_change(
+        self, columns: PassColumns, own_rows: list[int], memlock: bool
+    ) -> tuple[list[ProgramRecord], list[int], list[str]]:
+        """Each program's record to update, looked up by id: last pass's record, or the
+        static one (read now for a program not seen before); the rows left out."""
+        last = self._last
+        previous: dict[int, ProgramRecord] = {}
+        if last is not None and last.memlock == memlock:
+            left_out = set(last.dropped)
+            ids = (i for row, i in enumerate(last.columns.ids.tolist()) if row not in left_out)
+            previous = dict(zip(ids, last.records, strict=True))
+        known, static = self._static, {}
+        bases: list[ProgramRecord] = []
+        dropped: list[int] = []
+        errors: list[str] = []
         boot_offset: float | None = None
-        usable = len(data) - len(data) % RECORD.size
-        previous_id = -1
-        in_order = True  # the kernel walks its idr in id order; sort only if that changes
-        for prog_id, load_time, ns, cnt, misses in _MERGE_RECORD.iter_unpack(data[:usable]):
-            if prog_id in skip:
+        own = set(own_rows)
+        rows = zip(columns.ids.tolist(), columns.load_times.tolist(), strict=True)
+        for row, (prog_id, load_time) in enumerate(rows):
+            if row in own:
+                dropped.append(row)
                 continue
-            entry = cache.get(prog_id)
-            if entry is None or entry.load_time_ns != load_time:
+            entry = known.get(prog_id)
+            if entry is not None and entry[0] == load_time:
+                base = previous.get(prog_id)
+            else:  # new, or the id now names another program
                 if boot_offset is None:
                     boot_offset = boot_time_offset()
                 try:
-                    static = _static_record(prog_id, boot_offset)
+                    entry = (load_time, read_one(prog_id, boot_offset=boot_offset))
                 except BpfNotFoundError:
-                    continue  # unloaded since the walk saw it
+                    dropped.append(row)  # unloaded since the walk saw it
+                    continue
                 except (BpfError, OSError) as err:
                     errors.append(f"program {prog_id}: {err}")
+                    dropped.append(row)
                     continue
-                entry = _Cached.of(load_time, static)
-            last = entry.last
-            if last.run_time_ns != ns or last.run_cnt != cnt or last.recursion_misses != misses:
-                last = entry.last = program_record(*entry.head, ns, cnt, misses, *entry.tail)
-            seen[prog_id] = entry
-            records.append(last if memlock else _without_memlock(last))
-            if prog_id < previous_id:
-                in_order = False
-            previous_id = prog_id
-        if not in_order:
-            records.sort(key=_by_id)
-        self._cache = seen  # forget programs that are gone
-        return records, errors
+                base = None
+            if base is None:
+                base = entry[1] if memlock else _without_memlock(entry[1])
+            static[prog_id] = entry
+            bases.append(base)
+        self._static = static  # forget programs that are gone
+        return bases, dropped, errors
 
     def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
         if self._owners_iter is None and self._owners_error is None:
@@ -271,39 +294,3 @@ def _by_id(record: ProgramRecord) -> int:
 
 def _without_memlock(record: ProgramRecord) -> ProgramRecord:
     return record if record.memlock_bytes is None else replace(record, memlock_bytes=None)
-
-
-def _static_record(prog_id: int, boot_offset: float) -> ProgramRecord:
-    """One program's record through the syscall path (counters as of now, static fields)."""
-    fd = bpf(Cmd.PROG_GET_FD_BY_ID, GetIdAttr(prog_id, 0, 0), f"program {prog_id}")
-    try:
-        info = ProgInfo()
-        map_ids = (ctypes.c_uint32 * _MAP_IDS_CAPACITY)()
-        info.nr_map_ids = _MAP_IDS_CAPACITY
-        info.map_ids = ctypes.addressof(map_ids)
-        attr = InfoByFdAttr(fd, _INFO_SIZE, ctypes.addressof(info))
-        bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program {prog_id}")
-        count = info.nr_map_ids
-        if count > _MAP_IDS_CAPACITY:
-            map_ids = (ctypes.c_uint32 * count)()
-            info2 = ProgInfo()
-            info2.nr_map_ids = count
-            info2.map_ids = ctypes.addressof(map_ids)
-            bpf(Cmd.OBJ_GET_INFO_BY_FD, InfoByFdAttr(fd, _INFO_SIZE, ctypes.addressof(info2)))
-            count = min(count, info2.nr_map_ids)
-        name = None
-        if len(info.name) == BPF_OBJ_NAME_LEN - 1 and info.btf_id and info.nr_func_info:
-            try:
-                name = program_btf_name(fd, info.btf_id, info.func_info_rec_size)
-            except (BpfError, ValueError):
-                name = None  # bpftool shows the kernel name then, and so does the syscall path
-        return record_from_info(
-            info,
-            attr.info_len,
-            boot_offset=boot_offset,
-            map_ids=tuple(map_ids[:count]),
-            name=name,
-            memlock=memlock_of_fd(fd),
-        )
-    finally:
-        close(fd)
