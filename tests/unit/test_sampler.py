@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import pytest
+from socket_filter_records import socket_filter as prog
 
 from otel_bpf.records import ProgramRecord, StatsState
 from otel_bpf.sampler import Sampler, validate_interval
@@ -18,27 +19,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def prog(pid: int = 1, run_cnt: int = 0, run_time_ns: int = 0) -> ProgramRecord:
-    return ProgramRecord(
-        id=pid,
-        type="socket_filter",
-        type_id=1,
-        name=f"p{pid}",
-        tag="00" * 8,
-        run_time_ns=run_time_ns,
-        run_cnt=run_cnt,
-        recursion_misses=0,
-        load_time=1000.0 + pid,
-        uid=0,
-        verified_insns=2,
-        xlated_size=16,
-        jited_size=40,
-        map_ids=(),
-        btf_id=0,
-        memlock_bytes=4096,
-    )
 
 
 @dataclass

@@ -5,32 +5,12 @@ from __future__ import annotations
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
+from socket_filter_records import socket_filter as prog
 
 from otel_bpf.records import ProgramRecord, StatsState
 from otel_bpf.snapshot import Snapshot, build_snapshot
 
 ON = StatsState(ours=True, sysctl=False, others=False)
-
-
-def prog(pid: int, run_cnt: int = 0, run_time_ns: int = 0) -> ProgramRecord:
-    return ProgramRecord(
-        id=pid,
-        type="socket_filter",
-        type_id=1,
-        name=f"p{pid}",
-        tag="00" * 8,
-        run_time_ns=run_time_ns,
-        run_cnt=run_cnt,
-        recursion_misses=0,
-        load_time=100.0 + pid,
-        uid=0,
-        verified_insns=2,
-        xlated_size=16,
-        jited_size=40,
-        map_ids=(),
-        btf_id=0,
-        memlock_bytes=4096,
-    )
 
 
 def snap(prev: Snapshot | None, records: list[ProgramRecord], t: float, cpus: int = 2) -> Snapshot:
