@@ -9,6 +9,9 @@ syscall with prebuilt attrs and one reusable info buffer, one ``struct`` unpack,
 that never change after load (the BTF full name: three extra syscalls and a parse; memlock:
 an fdinfo read) read once per program and cached.
 
+:func:`read_one` reads a single program by id the same way (the iterator path uses it for
+programs it has not seen before).
+
 Parsing is separate from the syscalls: :func:`record_from_info` builds a record from a filled
 :class:`ProgInfo` and the ``info_len`` the kernel returned, so captured bytes are testable
 without privileges (:func:`prog_info_from_bytes`).

@@ -8,11 +8,11 @@ per new program and cached by (id, load time), so a pass costs one ``ITER_CREATE
 ``read()`` calls however many programs are loaded.
 
 The merge is shaped by what a pass usually is: the same programs as the previous pass, some
-or all of which ran.  The pass is decoded by column (:func:`decode_columns`); when the ids and
-load times equal the previous pass's (two list comparisons in C), the previous records are the
-base, row for row, with no per-program look-up; otherwise each program is looked up by id.
-Either way :func:`~otel_bpf.kernel.record_builder.update_counters` keeps the record of a
-program whose counters did not move and copies the others with their new counters.
+or all of which ran.  The pass is read by column (:class:`PassColumns`); when its ids and load
+times equal the previous pass's (two comparisons in C), the previous records are the base,
+row for row, with no per-program look-up; otherwise each program is looked up by id.  Either
+way :func:`~otel_bpf.kernel.record_builder.update_counters` keeps the record of a program
+whose counters did not move and copies the others with their new counters.
 """
 
 from __future__ import annotations
