@@ -149,9 +149,11 @@ def build_c(tmp: Path, source: str = "prog_loop.c") -> Path:
     return exe
 
 
-def c_loop_ns(exe: Path, passes: int) -> tuple[int, float]:
-    """The C loop's (programs, median ns per program)."""
-    out = subprocess.run([str(exe), str(passes)], capture_output=True, text=True, timeout=600)
+def c_loop_ns(exe: Path, passes: int, run: bool = False) -> tuple[int, float]:
+    """The C loop's (programs, median ns per program); with ``run``, every program runs once
+    (untimed) before each timed pass."""
+    cmd = [str(exe), str(passes)] + (["run"] if run else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     programs, _best, median = out.stdout.split()
     return int(programs), float(median)
 

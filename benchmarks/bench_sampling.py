@@ -12,6 +12,9 @@ prints nanoseconds per program for one full pass (records built, no owners) of:
   run with BPF_PROG_TEST_RUN between the timed passes, untimed): a new record per program,
 * ``C loop``: ``benchmarks/c/prog_loop.c`` (GET_NEXT_ID, GET_FD_BY_ID, OBJ_GET_INFO_BY_FD,
   close per program), compiled here with gcc: the floor for the syscall method,
+* ``C busy``: the same C loop when every program ran once before each timed pass (the C
+  program runs them itself, untimed): the kernel then sums per-CPU counters the CPUs just
+  wrote, which costs every method more; ``busy/C`` compares ``iter busy`` with it,
 * ``bpftool``: ``bpftool prog show -j`` to /dev/null, a whole process per pass,
 
 then the ratios to the C loop, and owner lookup separately (``iter/task_file`` against the
@@ -80,7 +83,7 @@ def main() -> None:
     print("ns per program per pass (owners: ms per pass, and ms per 1,000 host fds)")
     header = (
         f"{'programs':>8} | {'syscall':>7} {'it idle':>7} {'it busy':>7} {'C loop':>7} "
-        f"{'bpftool':>7} | {'sys/C':>5} {'idle/C':>6} {'busy/C':>6} {'tool/C':>6} | "
+        f"{'C busy':>7} {'bpftool':>7} | {'sys/C':>5} {'idle/C':>6} {'busy/C':>6} {'tool/C':>6} | "
         f"{'fds':>6} {'own it':>7} {'procfs':>7} {'it/1kfd':>7} {'pr/1kfd':>7} {'ratio':>6}"
     )
     print(header)
@@ -104,6 +107,7 @@ def main() -> None:
                     busy = median_s(partial(source.read_all, owners=False), passes, run_all)
                     busy = busy / n * 1e9
                     _, c_ns = c_loop_ns(exe, passes)
+                    _, c_busy_ns = c_loop_ns(exe, passes, run=True)
                     tool = (
                         median_s(bpftool_pass, max(3, passes // 4)) / n * 1e9
                         if has_bpftool
@@ -117,8 +121,8 @@ def main() -> None:
                     nfd = host_fds()
                 print(
                     f"{n:>8} | {syscall:>7.0f} {idle:>7.0f} {busy:>7.0f} {c_ns:>7.0f} "
-                    f"{tool:>7.0f} | {syscall / c_ns:>5.2f} {idle / c_ns:>6.3f} "
-                    f"{busy / c_ns:>6.3f} {tool / c_ns:>6.2f} | "
+                    f"{c_busy_ns:>7.0f} {tool:>7.0f} | {syscall / c_ns:>5.2f} "
+                    f"{idle / c_ns:>6.3f} {busy / c_busy_ns:>6.3f} {tool / c_ns:>6.2f} | "
                     f"{nfd:>6} {own_ms:>7.2f} {proc_ms:>7.2f} {own_ms / nfd * 1e3:>7.3f} "
                     f"{proc_ms / nfd * 1e3:>7.2f} {proc_ms / own_ms:>5.0f}x",
                     flush=True,
