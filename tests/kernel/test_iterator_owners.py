@@ -57,6 +57,21 @@ sys.stdin.read()
 
 READY_THEN_WAIT = "import sys; print('ready', flush=True); sys.stdin.read()"
 
+# Holds as many copies (dup) of the inherited fd argv[1] as the last number read from stdin.
+DUP_HOLDER = """
+import os, sys
+fd = int(sys.argv[1])
+copies = []
+print("ready", flush=True)
+for line in sys.stdin:
+    wanted = int(line)
+    while len(copies) < wanted:
+        copies.append(os.dup(fd))
+    while len(copies) > wanted:
+        os.close(copies.pop())
+    print("ok", flush=True)
+"""
+
 
 def _pairs(owners: dict[int, tuple[Owner, ...]]) -> Pairs:
     return {(prog_id, o.pid, o.via) for prog_id, os_ in owners.items() for o in os_}
@@ -208,8 +223,9 @@ def test_a_task_header_dropped_at_a_read_boundary_is_written_again(
 ) -> None:
     """The kernel drops the output of the fd that overflows a read()'s buffer and runs the
     program again for it on the next read(): the task header must come again too, or the
-    fd would be given to the task before.  Copies of one of our program fds (dup) move a
-    child's header to just before the end of the first read's buffer."""
+    fd would be given to the task before.  Copies of one of our program fds (dup), held by a
+    process that the walk (by pid) meets first, move a child's header to just before the end
+    of the first read's buffer."""
     seq_buffer = os.sysconf("SC_PAGE_SIZE") << 3  # bpf_seq_read's buffer: PAGE_SIZE << 3
     # Where the child's header starts: so that it fits but its fd's entry does not, or so
     # that the header itself does not.  (seq_write() wants room to spare: a record that
@@ -222,33 +238,48 @@ def test_a_task_header_dropped_at_a_read_boundary_is_written_again(
     wanted = seq_buffer // PROG_ENTRY_SIZE + 1024
     if hard < wanted:
         pytest.skip(f"needs RLIMIT_NOFILE >= {wanted} (hard limit {hard})")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))  # children inherit it
     with VmlinuxBtf() as btf:
         layout = OwnersLayout.from_btf(btf)
     prog = load_named("otel_t_edge")
-    copies: list[int] = []
     try:
-        child = _spawn([sys.executable, "-c", READY_THEN_WAIT], (prog,))
-        children.append(child)
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"  # comm set
-        if child.pid < os.getpid():
-            pytest.skip("pids wrapped around: the child's fds come before ours in the walk")
+        # The copies live in a holder spawned before the child rather than in this process,
+        # whose pid may be above the child's once pids wrapped around.  If they wrap between
+        # the two spawns, the next pair comes after the wrap, in order.
+        for _attempt in range(3):
+            holder = _spawn([sys.executable, "-c", DUP_HOLDER, str(prog)], (prog,))
+            child = _spawn([sys.executable, "-c", READY_THEN_WAIT], (prog,))
+            children.extend((holder, child))
+            for p in (holder, child):
+                assert p.stdout is not None and p.stdout.readline() == "ready\n"  # comm set
+            if holder.pid < child.pid:
+                break
+        else:
+            pytest.fail(
+                f"no holder spawned before the child in pid order: {holder.pid}, {child.pid}"
+            )
+
+        def hold(count: int) -> None:
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.write(f"{count}\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline() == "ok\n"
+
         with open(f"/proc/{child.pid}/comm", "rb") as f:
             comm = f.read().rstrip(b"\n")
         header = TASK_HEADER.pack(MARK, KIND_TASK, comm.ljust(16, b"\0"), child.pid)
         with OwnersIterator(layout) as it:
             # Other processes' fds may change meanwhile: measure again until it lands.
             for _attempt in range(5):
+                hold(0)
                 at = it.read_raw().find(header)
                 assert at >= 0
                 if at > target:
                     pytest.skip(f"other processes' BPF fds fill the first {at} bytes")
-                copies.extend(os.dup(prog) for _ in range((target - at) // PROG_ENTRY_SIZE))
+                hold((target - at) // PROG_ENTRY_SIZE)
                 chunks = _one_pass_in_reads(it.link_fd)
                 if len(chunks[0]) == target:
                     break
-                while copies:
-                    os.close(copies.pop())
             else:
                 pytest.fail("the child's header never landed at the read boundary")
             data = b"".join(chunks)
@@ -258,6 +289,5 @@ def test_a_task_header_dropped_at_a_read_boundary_is_written_again(
             held = [(o.pid, o.via) for o in owners[prog_id_of_fd(prog)] if o.pid in ours]
             assert held == sorted([(os.getpid(), "prog"), (child.pid, "prog")])
     finally:
-        for fd in [*copies, prog]:
-            os.close(fd)
+        os.close(prog)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
