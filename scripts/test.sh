@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian/Ubuntu machine, as root: installs what the tests
 # drive for real (bpftool, tmux, Prometheus, iproute2, the rotel collector), then runs tox:
-# lint (ruff, mypy --strict) and the full suite on every Python 3.10-3.13 that is present.
-# Extra arguments go to tox, e.g. `bash scripts/test.sh -e py311 -- -k stats`.
+# lint (ruff, mypy --strict), the whole suite on the default Python, the units and the kernel
+# tests on Python 3.10 and 3.13 (tox.ini's env_list), and the docs build once mkdocs.yml exists.
+# Extra arguments go to tox, e.g. `bash scripts/test.sh -e py311 -- -k stats`; the release
+# run, every tier on every interpreter: `bash scripts/test.sh -e lint,py310,py311,py312,py313`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +47,10 @@ for v in "${HOME:-/root}"/.pyenv/versions/3.1[0-3].*/bin; do
 done
 export PATH
 
-echo "== tox ${*:-}"
+if [ $# -eq 0 ]; then
+    envs=lint,py311,py310-core,py313-core
+    [ -f mkdocs.yml ] && envs="$envs,docs"
+    set -- -e "$envs"
+fi
+echo "== tox $*"
 exec "$TOOLS/bin/tox" "$@"
