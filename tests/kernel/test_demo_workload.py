@@ -326,6 +326,10 @@ def test_workload_started_from_a_short_lived_thread_outlives_that_thread() -> No
     assert not w.alive()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_standalone_command_runs_until_a_signal_and_cleans_up(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
@@ -333,6 +337,9 @@ def test_standalone_command_runs_until_a_signal_and_cleans_up(sig: signal.Signal
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python keeps it ignored: give
+        # the command the SIGINT of a terminal user, whatever started this test run.
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout is not None
     header = proc.stdout.readline()
