@@ -74,7 +74,10 @@ class Sampler:
     and ``.errors``, e.g. for tests); by default it is
     ``otel_bpf.kernel.programs.read_all(owners=owners, maps=maps)``.  ``stats_state`` and
     ``online_cpus`` replace the kernel's stats state and CPU count the same way.  All three
-    are called inside the worker thread of a pass, never on the event loop.
+    are called inside the worker thread of a pass, never on the event loop.  ``clock`` gives
+    the monotonic seconds stamped on each snapshot, from which elapsed time and rates follow;
+    it is ``time.monotonic`` unless a test drives time itself (e.g. with trio's ``MockClock``,
+    which also drives the schedule through ``anyio.current_time``).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Sampler:
         source: Callable[[], ReadResultLike] | None = None,
         stats_state: Callable[[], StatsState] | None = None,
         online_cpus: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._interval = validate_interval(interval)
         if isinstance(history, bool) or not isinstance(history, int) or history < MIN_HISTORY:
@@ -97,6 +101,7 @@ class Sampler:
         self._source = source
         self._stats_state = stats_state
         self._online_cpus = online_cpus
+        self._clock = clock
         self._broadcast: Broadcast[Snapshot] = Broadcast()
         # Serialises passes across threads: the event-loop path already uses a one-token
         # limiter, this also covers sample_once() called from a metrics collection thread.
@@ -167,7 +172,7 @@ class Sampler:
             return build_snapshot(
                 prev,
                 result.records,
-                monotonic=time.monotonic(),
+                monotonic=self._clock(),
                 wall_time=time.time(),
                 online_cpus=cpus,
                 stats=stats,

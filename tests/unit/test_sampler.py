@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
 import pytest
 from socket_filter_records import socket_filter as prog
+from trio.testing import MockClock
 
 from otel_bpf.records import ProgramRecord, StatsState
 from otel_bpf.sampler import Sampler, validate_interval
+from otel_bpf.snapshot import Snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -28,14 +31,18 @@ class Result:
 
 
 class Source:
-    """Program 1 runs 100 times per call; records which threads the passes ran in."""
+    """Program 1 runs 100 times per call; records which threads the passes ran in.
 
-    def __init__(self, delay: float = 0.0) -> None:
+    A pass takes ``delay`` seconds: slept for real, or jumped on ``clock`` when one is given.
+    """
+
+    def __init__(self, delay: float = 0.0, clock: MockClock | None = None) -> None:
         self.calls = 0
         self.threads: set[int] = set()
         self.active = 0
         self.max_active = 0
         self.delay = delay
+        self.clock = clock
         self._lock = threading.Lock()
 
     def __call__(self) -> Result:
@@ -45,7 +52,9 @@ class Source:
             self.calls += 1
             n = self.calls
         self.threads.add(threading.get_ident())
-        if self.delay:
+        if self.clock is not None:
+            self.clock.jump(self.delay)
+        elif self.delay:
             time.sleep(self.delay)
         with self._lock:
             self.active -= 1
@@ -59,7 +68,22 @@ def sampler(source: Source, interval: float = 0.1, history: int = 60) -> Sampler
         source=source,
         stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
         online_cpus=lambda: 2,
+        clock=source.clock.current_time if source.clock is not None else time.monotonic,
     )
+
+
+def virtual_time() -> MockClock:
+    """A clock for trio that jumps to the next deadline as soon as every task waits.
+
+    The schedule (``anyio.current_time``) and the snapshots' stamps both read it, so timing
+    is checked exactly and without sleeping.  No ``fail_after`` in such tests: with nothing
+    else to wait for, the clock would jump straight to its deadline (pytest-timeout guards).
+    """
+    return MockClock(autojump_threshold=0)
+
+
+def run_on_virtual_time(clock: MockClock, test: Callable[[], Awaitable[None]]) -> None:
+    anyio.run(test, backend="trio", backend_options={"clock": clock})
 
 
 @pytest.mark.parametrize("bad", [0.0, 0.09, 3600.5, -1, float("nan"), float("inf"), "x", None])
@@ -124,38 +148,55 @@ async def test_passes_run_in_worker_threads_one_at_a_time() -> None:
     assert src.calls >= 3
 
 
-async def test_schedule_does_not_drift() -> None:
+def test_schedule_does_not_drift() -> None:
     # Each pass takes 40 ms of a 100 ms interval.  A loop that sleeps one interval after each
     # pass would take 10 x 140 ms for ten ticks; the drift-free schedule takes 10 x 100 ms.
-    src = Source(delay=0.04)
-    s = sampler(src, interval=0.1, history=60)
-    with anyio.fail_after(10):
+    clock = virtual_time()
+    s = sampler(Source(delay=0.04, clock=clock), interval=0.1, history=60)
+    seen: list[Snapshot] = []
+
+    async def ten_ticks() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(s.run)
             start = s.latest
             assert start is not None
-            end = await s.wait_next(start.seq + 9)
+            seen.extend([start, await s.wait_next(start.seq + 9)])
             tg.cancel_scope.cancel()
-    span = end.monotonic - start.monotonic
+
+    run_on_virtual_time(clock, ten_ticks)
+    start, end = seen
     assert end.seq == start.seq + 10
-    assert 0.9 < span < 1.25, span
+    # The schedule starts when the first pass ends (0.04 s): tick n is due at 0.04 + n x 0.1 s
+    # and its pass is stamped 0.04 s later, so the first gap is 0.14 s and every later one
+    # exactly 0.1 s: ten ticks span 1.04 s (a drifting loop: 1.4 s).
+    passes = [snap.monotonic for snap in s.history if start.seq <= snap.seq <= end.seq]
+    gaps = [b - a for a, b in zip(passes, passes[1:], strict=False)]
+    assert gaps == pytest.approx([0.14] + [0.1] * 9)
+    assert end.monotonic - start.monotonic == pytest.approx(1.04)
 
 
-async def test_overrun_skips_ticks_instead_of_bursting() -> None:
-    src = Source(delay=0.35)
-    s = sampler(src, interval=0.1)
-    with anyio.fail_after(10):
+def test_overrun_skips_ticks_instead_of_bursting() -> None:
+    clock = virtual_time()
+    s = sampler(Source(delay=0.35, clock=clock), interval=0.1)
+    seen: list[Snapshot] = []
+
+    async def three_passes() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(s.run)
             a = s.latest
             assert a is not None
             b = await s.wait_next(a.seq)
-            c = await s.wait_next(b.seq)
+            seen.extend([a, b, await s.wait_next(b.seq)])
             tg.cancel_scope.cancel()
-    # After a 0.35 s pass the missed ticks are skipped: the next pass starts at the next tick
-    # boundary, not immediately three times in a row.
-    assert b.elapsed is not None and c.elapsed is not None
-    assert b.elapsed >= 0.35 and c.elapsed >= 0.35
+
+    run_on_virtual_time(clock, three_passes)
+    a, b, c = seen
+    # Pass 1 ends at 0.35 s, so tick 1 is due at 0.45 s; pass 2 ends at 0.80 s, past the ticks
+    # due at 0.55, 0.65 and 0.75 s: they are skipped and pass 3 starts at the next tick
+    # boundary, 0.85 s, instead of at once (a burst would end it at 1.15 s, 0.35 s later).
+    assert a.monotonic == pytest.approx(0.35)
+    assert b.elapsed == pytest.approx(0.45) and b.monotonic == pytest.approx(0.80)
+    assert c.elapsed == pytest.approx(0.40) and c.monotonic == pytest.approx(1.20)
 
 
 async def test_history_is_bounded_and_ordered() -> None:
@@ -302,10 +343,12 @@ async def test_request_refresh_runs_a_pass_early() -> None:
     assert snap.elapsed is not None and snap.elapsed < 5
 
 
-async def test_a_refresh_does_not_move_the_regular_schedule() -> None:
-    src = Source()
-    s = sampler(src, interval=0.6)
-    with anyio.fail_after(10):
+def test_a_refresh_does_not_move_the_regular_schedule() -> None:
+    clock = virtual_time()
+    s = sampler(Source(clock=clock), interval=0.6)
+    seen: list[Snapshot] = []
+
+    async def refresh_between_ticks() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(s.run)
             first = s.latest
@@ -313,11 +356,14 @@ async def test_a_refresh_does_not_move_the_regular_schedule() -> None:
             await anyio.sleep(0.15)
             s.request_refresh()
             early = await s.wait_next(first.seq)
-            regular = await s.wait_next(early.seq)
+            seen.extend([first, early, await s.wait_next(early.seq)])
             tg.cancel_scope.cancel()
-    assert early.monotonic - first.monotonic < 0.45
+
+    run_on_virtual_time(clock, refresh_between_ticks)
+    first, early, regular = seen
+    assert early.monotonic - first.monotonic == pytest.approx(0.15)
     # The regular tick still comes 0.6 s after the first pass, not 0.6 s after the refresh.
-    assert 0.5 < regular.monotonic - first.monotonic < 0.95
+    assert regular.monotonic - first.monotonic == pytest.approx(0.6)
 
 
 async def test_idle_subscribers_cost_no_memory_per_published_value() -> None:
