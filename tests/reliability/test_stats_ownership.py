@@ -9,6 +9,7 @@ the value it had before each test, whatever happens.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -106,6 +107,9 @@ def test_sysctl_fallback_restored_when_terminated(
     with subprocess.Popen(
         [sys.executable, "-c", FALLBACK_USER], stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": ROOT},
+        # The behaviour under test is the signal's default action; nohup (SIGHUP) or a shell's
+        # background job would hand the child an ignored signal instead.
+        preexec_fn=functools.partial(signal.signal, signum, signal.SIG_DFL),
     ) as user:  # fmt: skip
         assert user.stdout is not None
         assert user.stdout.readline().strip() == "on"
