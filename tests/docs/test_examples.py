@@ -9,6 +9,7 @@ is killed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,10 +85,8 @@ def run_block(block: CodeBlock, env: dict[str, str], tmp_path: Path) -> None:
         pytest.fail(f"{block.where} did not end within {TIMEOUT[block.kind]:g} s:\n{tail(out)}")
     finally:
         # Whatever the example started in the background and left behind.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert proc.returncode == 0, f"{block.where} exited {proc.returncode}:\n{tail(out)}"
 
 
