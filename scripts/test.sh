@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian/Ubuntu machine, as root: installs what the tests
-# drive for real (bpftool, tmux, Prometheus, iproute2, the rotel collector), then runs tox:
-# lint (ruff, mypy --strict), the whole suite on the default Python, the units and the kernel
-# tests on Python 3.10 and 3.13 (tox.ini's env_list), and the docs build once mkdocs.yml exists.
+# drive for real (bpftool, tmux, Prometheus, iproute2, jq, curl, the rotel collector), then runs tox:
+# lint (ruff, mypy --strict), the docs build (mkdocs --strict), the whole suite on the default
+# Python, the units and the kernel tests on Python 3.10 and 3.13 (tox.ini's env_list).
 # Extra arguments go to tox, e.g. `bash scripts/test.sh -e py311 -- -k stats`; the release
-# run, every tier on every interpreter: `bash scripts/test.sh -e lint,py310,py311,py312,py313`.
+# run, every tier on every interpreter: `bash scripts/test.sh -e lint,docs,py310,py311,py312,py313`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v jq >/dev/null || need_apt+=(jq)
+command -v curl >/dev/null || need_apt+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
@@ -47,10 +49,5 @@ for v in "${HOME:-/root}"/.pyenv/versions/3.1[0-3].*/bin; do
 done
 export PATH
 
-if [ $# -eq 0 ]; then
-    envs=lint,py311,py310-core,py313-core
-    [ -f mkdocs.yml ] && envs="$envs,docs"
-    set -- -e "$envs"
-fi
 echo "== tox $*"
 exec "$TOOLS/bin/tox" "$@"

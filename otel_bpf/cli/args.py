@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="write one JSON object per program per tick to stdout (JSON Lines, schema in "
-        "the README) (default: off)",
+        "the documentation's Command line page) (default: off)",
     )
     mode.add_argument(
         "--count",
