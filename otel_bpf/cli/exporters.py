@@ -121,9 +121,8 @@ def _no_exemplar_views() -> list[View]:
 def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
     import grpc  # type: ignore[import-untyped]
     from grpc import Compression as GrpcCompression
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-        OTLPMetricExporter as GrpcMetricExporter,
-    )
+
+    from otel_bpf.cli.otlp_grpc import BoundedGrpcMetricExporter
 
     credentials = None
     if not otlp.insecure:
@@ -147,7 +146,7 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
         "none": GrpcCompression.NoCompression,
         None: None,
     }[otlp.compression]
-    return GrpcMetricExporter(
+    return BoundedGrpcMetricExporter(
         endpoint=otlp.endpoint,
         insecure=otlp.insecure,
         credentials=credentials,
