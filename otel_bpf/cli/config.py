@@ -256,8 +256,10 @@ def _exporters(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str,
             return cli_args.exporter_list(found[1])
         except argparse.ArgumentTypeError as exc:
             raise ConfigError(f"{found[0]}: {exc}") from None
-    # The live view alone is a terminal tool; exporting is opt-in there.
-    return () if ns.live else ("otlp",)
+    # The live view and JSON Lines are terminal tools: there, OTLP is exported only when
+    # asked for (an exporter, or where to send it).
+    asked = ns.endpoint is not None or ns.protocol is not None
+    return () if (ns.live or ns.json) and not asked else ("otlp",)
 
 
 def _resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:

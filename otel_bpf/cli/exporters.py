@@ -57,6 +57,8 @@ class Telemetry:
         if self._shut_down:
             return
         self._shut_down = True
+        if self.otlp is not None:
+            self.otlp.final()
         if self.provider is not None:
             timeout_ms = max(1, int(timeout * 1000))
             try:

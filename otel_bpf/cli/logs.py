@@ -122,6 +122,9 @@ class BurstReportingExporter(MetricExporter):
         """Successful exports so far (read by tests and the shutdown log)."""
         self.last_ok: bool | None = None
         """Whether the latest export succeeded; None before the first."""
+        self.last_reason = ""
+        """Why the latest export failed (empty when it did not, or nothing said why)."""
+        self._final = False
 
     @property
     def failing(self) -> bool:
@@ -142,9 +145,15 @@ class BurstReportingExporter(MetricExporter):
         self._record(result, reason)
         return result
 
+    def final(self) -> None:
+        """The run is ending: exports from now on are the last ones, and their failure is
+        reported by whoever ends the run (no burst WARNING promising a retry)."""
+        self._final = True
+
     def _record(self, result: MetricExportResult, reason: str) -> None:
         with self._lock:
             self.last_ok = result is MetricExportResult.SUCCESS
+            self.last_reason = "" if self.last_ok else reason
             if result is MetricExportResult.SUCCESS:
                 self.exports_ok += 1
                 if self._failing_since is not None:
@@ -160,7 +169,7 @@ class BurstReportingExporter(MetricExporter):
                     self._failures = 0
                 return
             self._failures += 1
-            if self._failing_since is None:
+            if self._failing_since is None and not self._final:
                 self._failing_since = time.monotonic()
                 log.warning(
                     "export to %s failed%s; sampling goes on and exports are retried every "

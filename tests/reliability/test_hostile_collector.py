@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     PeriodicExportingMetricReader,
 )
-from peers import SilentCollector
+from peers import SilentCollector, cli_env, run_cli
 
 from otel_bpf import BpfMetricsPlugin, MetricsOptions
 from otel_bpf.cli import args as cli_args
@@ -89,3 +89,27 @@ async def test_stats_stay_on_while_the_reader_is_stuck_exporting() -> None:
             exporter.shutdown(timeout_millis=0)
             provider.shutdown(timeout_millis=1000)
         assert all(held), f"stats went off for {held.count(False)} of {len(held)} checks"
+
+
+@pytest.mark.e2e
+def test_json_exports_nothing_unless_asked() -> None:
+    started = time.monotonic()
+    proc = run_cli(["--json", "--count", "2", "--interval", "0.2"], timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "no exporter" in proc.stderr, proc.stderr
+    assert "4317" not in proc.stderr and "retried" not in proc.stderr, proc.stderr
+    assert took < 8.0, f"--json --count 2 took {took:.1f} s"
+
+
+@pytest.mark.e2e
+def test_no_message_at_exit_promises_a_retry() -> None:
+    """The only export is the final one, to a collector that never answers."""
+    with SilentCollector(lifetime=60) as silent:
+        args = ["--count", "2", "--interval", "0.2", "--endpoint", silent.url]
+        proc = run_cli(args, timeout=60, env=cli_env(OTEL_EXPORTER_OTLP_TIMEOUT="1"))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [x for x in proc.stderr.splitlines() if " WARNING " in x]
+    assert warnings, proc.stderr
+    assert not any("retried" in x or "retry" in x for x in warnings), proc.stderr
+    assert any("final export" in x for x in warnings), proc.stderr

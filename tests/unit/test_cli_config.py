@@ -48,6 +48,9 @@ def test_default_otlp_timeout_follows_a_short_export_interval() -> None:
 
 def test_live_alone_exports_nothing_unless_asked() -> None:
     assert cfg(["--live"]).exporters == ()
+    assert cfg(["--json"]).exporters == ()
+    assert cfg(["--json"], {"OTEL_METRICS_EXPORTER": "otlp"}).exporters == ("otlp",)
+    assert cfg(["--json", "--endpoint", "http://h:4317"]).exporters == ("otlp",)
     assert cfg(["--live"], {"OTEL_METRICS_EXPORTER": "otlp"}).exporters == ("otlp",)
     assert cfg(["--live", "--exporter", "prometheus"]).exporters == ("prometheus",)
 
