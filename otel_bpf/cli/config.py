@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from otel_bpf.cli import args as cli_args
 
@@ -163,11 +163,21 @@ def _readable_file(path: str, what: str) -> str:
 
 
 def _with_metrics_path(url: str) -> str:
-    """The generic OTLP/HTTP endpoint is a base URL: the signal path is appended."""
-    path = urlsplit(url).path
-    if path.rstrip("/").endswith(HTTP_METRICS_PATH):
+    """The generic OTLP/HTTP endpoint is a base URL: the signal path is appended to its
+    path (before any query string)."""
+    parts = urlsplit(url)
+    if parts.path.rstrip("/").endswith(HTTP_METRICS_PATH):
         return url
-    return url.rstrip("/") + HTTP_METRICS_PATH
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + HTTP_METRICS_PATH))
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: credentials (``user:password@``) replaced by ``***@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def resolve_otlp(

@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 
-from otel_bpf.cli.config import Config, OtlpSettings
+from otel_bpf.cli.config import Config, OtlpSettings, redact_url
 from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
 from otel_bpf.otel import names
 
@@ -230,7 +230,7 @@ def build_telemetry(
         for name in config.exporters:
             if name == "otlp":
                 assert config.otlp is not None
-                target = f"{config.otlp.endpoint} (OTLP {config.otlp.protocol})"
+                target = f"{redact_url(config.otlp.endpoint)} (OTLP {config.otlp.protocol})"
                 wrapped = BurstReportingExporter(otlp_exporter(config.otlp), gate, target)
                 telemetry.otlp = wrapped
                 readers.append(

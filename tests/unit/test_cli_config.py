@@ -252,3 +252,9 @@ def test_client_key_needs_certificate(tmp_path: Path) -> None:
 def test_bad_endpoint_flag() -> None:
     with pytest.raises(ConfigError, match="--endpoint: expected a URL"):
         cfg(["--endpoint", "collector:4317"])
+
+
+def test_http_metrics_path_goes_before_the_query() -> None:
+    c = cfg(["--protocol", "http/protobuf", "--endpoint", "http://h:4318/otlp?token=abc"])
+    assert c.otlp is not None
+    assert c.otlp.endpoint == "http://h:4318/otlp/v1/metrics?token=abc"

@@ -177,3 +177,11 @@ def test_series_get_no_exemplar_reservoir_unless_asked(monkeypatch: pytest.Monke
 
     monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", "always_on")
     assert _no_exemplar_views() == []
+
+
+def test_credentials_in_the_endpoint_are_not_shown() -> None:
+    t = telemetry(["--endpoint", "http://user:s3cret@127.0.0.1:1", "--protocol", "http/protobuf"])
+    try:
+        assert t.targets == ["http://***@127.0.0.1:1/v1/metrics (OTLP http/protobuf)"]
+    finally:
+        t.shutdown(1)
