@@ -12,6 +12,7 @@ one INFO when they succeed again.  State is a handful of fields: memory stays bo
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -31,11 +32,30 @@ _REASON_MAX = 500
 
 log = logging.getLogger(LOGGER_NAME)
 
+_URL_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]*@")
+
+
+def safe_line(text: str) -> str:
+    """``text`` fit for a terminal: every control or escape character shown escaped (a
+    collector chooses its error details and reason phrases), credentials in URLs hidden."""
+    from otel_bpf.live.sanitize import sanitize
+
+    return sanitize.__wrapped__(_URL_CREDENTIALS.sub("***@", text))
+
 
 class _UtcFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        # One place for every line: the message is one line; a traceback (debug only)
+        # keeps its line breaks, each line escaped.
+        return "\n".join(safe_line(line) for line in super().format(record).split("\n"))
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A line break inside a message would start a forged log line.
+        return super().formatMessage(record).replace("\n", "\\n").replace("\r", "\\r")
 
     def formatException(self, ei: Any) -> str:
         # Expected failures are reported as one line; a traceback is only for --log-level
