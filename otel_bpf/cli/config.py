@@ -27,6 +27,8 @@ DEFAULT_EXPORT_INTERVAL_S = 60.0
 DEFAULT_EXPORT_TIMEOUT_S = 30.0
 DEFAULT_PROMETHEUS_HOST = "127.0.0.1"
 DEFAULT_PROMETHEUS_PORT = 9464
+REPLY_MAX_BYTES = 64 * 1024
+"""The most read of one reply from a collector (an error message fits many times)."""
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 

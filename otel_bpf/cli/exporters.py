@@ -124,7 +124,7 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
     import grpc  # type: ignore[import-untyped]
     from grpc import Compression as GrpcCompression
 
-    from otel_bpf.cli.otlp_grpc import BoundedGrpcMetricExporter
+    from otel_bpf.cli.otlp_grpc import GRPC_CHANNEL_OPTIONS, BoundedGrpcMetricExporter
 
     credentials = None
     if not otlp.insecure:
@@ -158,6 +158,7 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
         # Requests of at most this many points: the protobuf of one export is built batch by
         # batch, so the exporter's peak memory stays flat however many programs are loaded.
         max_export_batch_size=GRPC_EXPORT_BATCH_POINTS,
+        channel_options=GRPC_CHANNEL_OPTIONS,
     )
 
 
@@ -166,6 +167,8 @@ def _http_exporter(otlp: OtlpSettings) -> MetricExporter:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
+
+    from otel_bpf.cli.otlp_http import BoundedReplySession
 
     compression = {
         "gzip": HttpCompression.Gzip,
@@ -180,6 +183,7 @@ def _http_exporter(otlp: OtlpSettings) -> MetricExporter:
         headers=dict(otlp.headers),
         timeout=otlp.timeout,
         compression=compression,
+        session=BoundedReplySession(),
     )
 
 

@@ -18,6 +18,11 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
 )
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 
+from otel_bpf.cli.config import REPLY_MAX_BYTES
+
+GRPC_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", REPLY_MAX_BYTES),)
+"""Replies are bounded as HTTP replies are (see otlp_http)."""
+
 
 class ExportDeadlineExceeded(Exception):
     """The batches of one export did not all go out before its deadline."""

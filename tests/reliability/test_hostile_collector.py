@@ -7,6 +7,7 @@ exporting is reading.
 
 from __future__ import annotations
 
+import io
 import time
 
 import anyio
@@ -24,7 +25,7 @@ from otel_bpf import BpfMetricsPlugin, MetricsOptions
 from otel_bpf.cli import args as cli_args
 from otel_bpf.cli.config import resolve
 from otel_bpf.cli.exporters import GRPC_EXPORT_BATCH_POINTS, build_telemetry
-from otel_bpf.cli.logs import ExportLogGate
+from otel_bpf.cli.logs import ExportLogGate, setup_logging, teardown_logging
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -113,3 +114,40 @@ def test_no_message_at_exit_promises_a_retry() -> None:
     assert warnings, proc.stderr
     assert not any("retried" in x or "retry" in x for x in warnings), proc.stderr
     assert any("final export" in x for x in warnings), proc.stderr
+
+
+def test_http_reply_body_is_read_bounded() -> None:
+    """A 200 reply with a 1 MiB body: not read whole, and not counted as a success."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = b"x" * (1 << 20)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        ns = cli_args.parse_args(["--endpoint", url, "--protocol", "http/protobuf"])
+        gate = ExportLogGate()
+        handler = setup_logging("info", gate, stream=io.StringIO())
+        telemetry = build_telemetry(resolve(ns, {"OTEL_EXPORTER_OTLP_TIMEOUT": "5"}), gate)
+        assert telemetry.otlp is not None
+        try:
+            result = telemetry.otlp.export(many_points(10), timeout_millis=5000)
+        finally:
+            teardown_logging([handler])
+        assert result is MetricExportResult.FAILURE
+        assert "larger than 64 KiB" in telemetry.otlp.last_reason
+    finally:
+        server.shutdown()
+        server.server_close()
