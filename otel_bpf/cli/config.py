@@ -85,6 +85,9 @@ class Config:
     log_level: str
     resource_attributes: Mapping[str, str]
     """``OTEL_RESOURCE_ATTRIBUTES`` plus ``service.name``."""
+    exemplar_filter: str | None = None
+    """``always_on``, ``always_off`` or ``trace_based`` from OTEL_METRICS_EXEMPLAR_FILTER;
+    None: no exemplars (observable instruments have none to give)."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -133,14 +136,19 @@ def parse_bool(text: str, what: str) -> bool:
     raise ConfigError(f"{what}: expected true or false, got {text!r}")
 
 
-def parse_positive(text: str, what: str, unit: str) -> float:
-    """A finite number > 0."""
+EXEMPLAR_FILTERS = ("always_on", "always_off", "trace_based")
+
+
+def parse_positive(text: str, what: str, unit: str, maximum: float = math.inf) -> float:
+    """A finite number > 0, at most ``maximum``."""
     try:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{what}: expected a number of {unit}, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{what}: expected a positive number of {unit}, got {text!r}")
+    if value > maximum:
+        raise ConfigError(f"{what}: at most {maximum:g} {unit}, got {text!r}")
     return value
 
 
@@ -307,10 +315,29 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     if ns.export_interval is not None:
         export_interval = float(ns.export_interval)
     elif (found := _env(env, "OTEL_METRIC_EXPORT_INTERVAL")) is not None:
-        export_interval = parse_positive(found[1], found[0], "milliseconds") / 1000.0
+        # The same bounds as --export-interval (the SDK's timer overflows on huge ones).
+        millis = parse_positive(
+            found[1], found[0], "milliseconds", cli_args.EXPORT_INTERVAL_MAX * 1000.0
+        )
+        if millis < cli_args.EXPORT_INTERVAL_MIN * 1000.0:
+            raise ConfigError(
+                f"{found[0]}: at least {cli_args.EXPORT_INTERVAL_MIN * 1000:g} milliseconds, "
+                f"got {found[1]!r}"
+            )
+        export_interval = millis / 1000.0
     export_timeout = DEFAULT_EXPORT_TIMEOUT_S
     if (found := _env(env, "OTEL_METRIC_EXPORT_TIMEOUT")) is not None:
-        export_timeout = parse_positive(found[1], found[0], "milliseconds") / 1000.0
+        millis = parse_positive(
+            found[1], found[0], "milliseconds", cli_args.EXPORT_INTERVAL_MAX * 1000.0
+        )
+        export_timeout = millis / 1000.0
+    exemplar_filter = None
+    if (found := _env(env, "OTEL_METRICS_EXEMPLAR_FILTER")) is not None:
+        exemplar_filter = found[1].lower()
+        if exemplar_filter not in EXEMPLAR_FILTERS:
+            raise ConfigError(
+                f"{found[0]}: expected one of {', '.join(EXEMPLAR_FILTERS)}, got {found[1]!r}"
+            )
 
     host, port = DEFAULT_PROMETHEUS_HOST, DEFAULT_PROMETHEUS_PORT
     if "prometheus" in exporters:
@@ -348,4 +375,5 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         owner_names=owner_names,
         log_level=_log_level(ns, env),
         resource_attributes=_resource_attributes(env),
+        exemplar_filter=exemplar_filter,
     )

@@ -9,16 +9,17 @@ chosen from the resolved protocol and every setting is passed explicitly, so wha
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
     ExemplarFilter,
     ExemplarReservoir,
     MeterProvider,
+    TraceBasedExemplarFilter,
 )
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -79,11 +80,13 @@ class Telemetry:
 GRPC_EXPORT_BATCH_POINTS = 1000
 
 
-def _exemplar_filter() -> ExemplarFilter | None:
+def _exemplar_filter(name: str | None) -> ExemplarFilter:
     """No exemplars unless OTEL_METRICS_EXEMPLAR_FILTER asks: observable instruments have
     none to give, and the SDK's default filter looks up the current span per data point."""
-    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"):
-        return None  # the SDK reads the variable itself
+    if name == "always_on":
+        return AlwaysOnExemplarFilter()
+    if name == "trace_based":
+        return TraceBasedExemplarFilter()
     return AlwaysOffExemplarFilter()
 
 
@@ -100,7 +103,7 @@ class _NoExemplars(ExemplarReservoir):
 _NO_EXEMPLARS = _NoExemplars()
 
 
-def _no_exemplar_views() -> list[View]:
+def _no_exemplar_views(exemplar_filter: str | None) -> list[View]:
     """Views giving every series the empty reservoir, unless exemplars were asked for.
 
     The SDK builds a sampling reservoir (a dict and a lock) for every attribute set even when
@@ -108,7 +111,7 @@ def _no_exemplar_views() -> list[View]:
     per cent of a collection at 1,000 programs.  (SDKs whose View lacks the parameter keep
     their default.)
     """
-    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"):
+    if exemplar_filter is not None:
         return []
     if "exemplar_reservoir_factory" not in inspect.signature(View).parameters:
         return []
@@ -276,7 +279,7 @@ def build_telemetry(
         metric_readers=readers,
         resource=resource,
         shutdown_on_exit=False,
-        exemplar_filter=_exemplar_filter(),
-        views=_no_exemplar_views(),
+        exemplar_filter=_exemplar_filter(config.exemplar_filter),
+        views=_no_exemplar_views(config.exemplar_filter),
     )
     return telemetry

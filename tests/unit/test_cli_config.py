@@ -211,6 +211,10 @@ INVALID_ENV = [
     ("OTEL_METRIC_EXPORT_INTERVAL", "1s", "milliseconds"),
     ("OTEL_METRIC_EXPORT_INTERVAL", "0", "positive"),
     ("OTEL_METRIC_EXPORT_TIMEOUT", "inf", "positive"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "9e15", "at most 8.64e+07 milliseconds"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "50", "at least 100 milliseconds"),
+    ("OTEL_METRIC_EXPORT_TIMEOUT", "9e15", "at most"),
+    ("OTEL_METRICS_EXEMPLAR_FILTER", "junk", "expected one of always_on"),
     ("OTEL_RESOURCE_ATTRIBUTES", "team", "key=value"),
     ("OTEL_LOG_LEVEL", "chatty", "expected one of"),
 ]
