@@ -9,6 +9,8 @@ chosen from the resolved protocol and every setting is passed explicitly, so wha
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +126,12 @@ def _no_exemplar_views(exemplar_filter: str | None) -> list[View]:
 
 
 def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # gRPC's C core writes its own lines to stderr (one "Handshake failed" per attempt
+        # when TLS meets a plaintext port), past our log handler and over the live view;
+        # the reason reaches the export WARNING anyway.  It reads the variable once, when
+        # grpc is first imported.  (A value the user set is kept.)
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import grpc  # type: ignore[import-untyped]
     from grpc import Compression as GrpcCompression
 

@@ -151,3 +151,27 @@ def test_http_reply_body_is_read_bounded() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.e2e
+def test_tls_to_a_plaintext_port_gives_one_warning_and_no_other_line() -> None:
+    """gRPC's C core logs each failed handshake to stderr itself, past the log handler."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        args = ["--count", "8", "--interval", "0.5", "--export-interval", "0.5",
+                "--endpoint", url]  # fmt: skip
+        proc = run_cli(args, timeout=60, env=cli_env(OTEL_EXPORTER_OTLP_TIMEOUT="1"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    foreign = [x for x in lines if not x.startswith("20")]
+    assert foreign == [], proc.stderr
+    warnings = [x for x in lines if " WARNING " in x and " export to" in x and "final" not in x]
+    assert len(warnings) == 1, proc.stderr
