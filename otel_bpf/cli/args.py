@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=exporter_list,
         metavar="{otlp,console,prometheus,none}",
         help="where metrics go; a comma list is allowed (env OTEL_METRICS_EXPORTER; "
-        "default: otlp, or none with --live)",
+        "default: otlp, or with --live or --json none unless --endpoint or --protocol is given)",
     )
     exp.add_argument(
         "--endpoint",

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from otel_bpf.cli import args as cli_args
 
@@ -27,6 +27,8 @@ DEFAULT_EXPORT_INTERVAL_S = 60.0
 DEFAULT_EXPORT_TIMEOUT_S = 30.0
 DEFAULT_PROMETHEUS_HOST = "127.0.0.1"
 DEFAULT_PROMETHEUS_PORT = 9464
+REPLY_MAX_BYTES = 64 * 1024
+"""The most read of one reply from a collector (an error message fits many times)."""
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -83,6 +85,9 @@ class Config:
     log_level: str
     resource_attributes: Mapping[str, str]
     """``OTEL_RESOURCE_ATTRIBUTES`` plus ``service.name``."""
+    exemplar_filter: str | None = None
+    """``always_on``, ``always_off`` or ``trace_based`` from OTEL_METRICS_EXEMPLAR_FILTER;
+    None: no exemplars (observable instruments have none to give)."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -131,14 +136,19 @@ def parse_bool(text: str, what: str) -> bool:
     raise ConfigError(f"{what}: expected true or false, got {text!r}")
 
 
-def parse_positive(text: str, what: str, unit: str) -> float:
-    """A finite number > 0."""
+EXEMPLAR_FILTERS = ("always_on", "always_off", "trace_based")
+
+
+def parse_positive(text: str, what: str, unit: str, maximum: float = math.inf) -> float:
+    """A finite number > 0, at most ``maximum``."""
     try:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{what}: expected a number of {unit}, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{what}: expected a positive number of {unit}, got {text!r}")
+    if value > maximum:
+        raise ConfigError(f"{what}: at most {maximum:g} {unit}, got {text!r}")
     return value
 
 
@@ -163,11 +173,21 @@ def _readable_file(path: str, what: str) -> str:
 
 
 def _with_metrics_path(url: str) -> str:
-    """The generic OTLP/HTTP endpoint is a base URL: the signal path is appended."""
-    path = urlsplit(url).path
-    if path.rstrip("/").endswith(HTTP_METRICS_PATH):
+    """The generic OTLP/HTTP endpoint is a base URL: the signal path is appended to its
+    path (before any query string)."""
+    parts = urlsplit(url)
+    if parts.path.rstrip("/").endswith(HTTP_METRICS_PATH):
         return url
-    return url.rstrip("/") + HTTP_METRICS_PATH
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + HTTP_METRICS_PATH))
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: credentials (``user:password@``) replaced by ``***@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def resolve_otlp(
@@ -256,8 +276,10 @@ def _exporters(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str,
             return cli_args.exporter_list(found[1])
         except argparse.ArgumentTypeError as exc:
             raise ConfigError(f"{found[0]}: {exc}") from None
-    # The live view alone is a terminal tool; exporting is opt-in there.
-    return () if ns.live else ("otlp",)
+    # The live view and JSON Lines are terminal tools: there, OTLP is exported only when
+    # asked for (an exporter, or where to send it).
+    asked = ns.endpoint is not None or ns.protocol is not None
+    return () if (ns.live or ns.json) and not asked else ("otlp",)
 
 
 def _resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
@@ -293,10 +315,29 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     if ns.export_interval is not None:
         export_interval = float(ns.export_interval)
     elif (found := _env(env, "OTEL_METRIC_EXPORT_INTERVAL")) is not None:
-        export_interval = parse_positive(found[1], found[0], "milliseconds") / 1000.0
+        # The same bounds as --export-interval (the SDK's timer overflows on huge ones).
+        millis = parse_positive(
+            found[1], found[0], "milliseconds", cli_args.EXPORT_INTERVAL_MAX * 1000.0
+        )
+        if millis < cli_args.EXPORT_INTERVAL_MIN * 1000.0:
+            raise ConfigError(
+                f"{found[0]}: at least {cli_args.EXPORT_INTERVAL_MIN * 1000:g} milliseconds, "
+                f"got {found[1]!r}"
+            )
+        export_interval = millis / 1000.0
     export_timeout = DEFAULT_EXPORT_TIMEOUT_S
     if (found := _env(env, "OTEL_METRIC_EXPORT_TIMEOUT")) is not None:
-        export_timeout = parse_positive(found[1], found[0], "milliseconds") / 1000.0
+        millis = parse_positive(
+            found[1], found[0], "milliseconds", cli_args.EXPORT_INTERVAL_MAX * 1000.0
+        )
+        export_timeout = millis / 1000.0
+    exemplar_filter = None
+    if (found := _env(env, "OTEL_METRICS_EXEMPLAR_FILTER")) is not None:
+        exemplar_filter = found[1].lower()
+        if exemplar_filter not in EXEMPLAR_FILTERS:
+            raise ConfigError(
+                f"{found[0]}: expected one of {', '.join(EXEMPLAR_FILTERS)}, got {found[1]!r}"
+            )
 
     host, port = DEFAULT_PROMETHEUS_HOST, DEFAULT_PROMETHEUS_PORT
     if "prometheus" in exporters:
@@ -334,4 +375,5 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         owner_names=owner_names,
         log_level=_log_level(ns, env),
         resource_attributes=_resource_attributes(env),
+        exemplar_filter=exemplar_filter,
     )

@@ -9,6 +9,7 @@ chosen from the resolved protocol and every setting is passed explicitly, so wha
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from typing import Any
 
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
     ExemplarFilter,
     ExemplarReservoir,
     MeterProvider,
+    TraceBasedExemplarFilter,
 )
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -29,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 
-from otel_bpf.cli.config import Config, OtlpSettings
+from otel_bpf.cli.config import Config, OtlpSettings, redact_url
 from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
 from otel_bpf.otel import names
 
@@ -57,6 +60,8 @@ class Telemetry:
         if self._shut_down:
             return
         self._shut_down = True
+        if self.otlp is not None:
+            self.otlp.final()
         if self.provider is not None:
             timeout_ms = max(1, int(timeout * 1000))
             try:
@@ -77,11 +82,13 @@ class Telemetry:
 GRPC_EXPORT_BATCH_POINTS = 1000
 
 
-def _exemplar_filter() -> ExemplarFilter | None:
+def _exemplar_filter(name: str | None) -> ExemplarFilter:
     """No exemplars unless OTEL_METRICS_EXEMPLAR_FILTER asks: observable instruments have
     none to give, and the SDK's default filter looks up the current span per data point."""
-    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"):
-        return None  # the SDK reads the variable itself
+    if name == "always_on":
+        return AlwaysOnExemplarFilter()
+    if name == "trace_based":
+        return TraceBasedExemplarFilter()
     return AlwaysOffExemplarFilter()
 
 
@@ -98,7 +105,7 @@ class _NoExemplars(ExemplarReservoir):
 _NO_EXEMPLARS = _NoExemplars()
 
 
-def _no_exemplar_views() -> list[View]:
+def _no_exemplar_views(exemplar_filter: str | None) -> list[View]:
     """Views giving every series the empty reservoir, unless exemplars were asked for.
 
     The SDK builds a sampling reservoir (a dict and a lock) for every attribute set even when
@@ -106,7 +113,7 @@ def _no_exemplar_views() -> list[View]:
     per cent of a collection at 1,000 programs.  (SDKs whose View lacks the parameter keep
     their default.)
     """
-    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"):
+    if exemplar_filter is not None:
         return []
     if "exemplar_reservoir_factory" not in inspect.signature(View).parameters:
         return []
@@ -119,11 +126,16 @@ def _no_exemplar_views() -> list[View]:
 
 
 def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # gRPC's C core writes its own lines to stderr (one "Handshake failed" per attempt
+        # when TLS meets a plaintext port), past our log handler and over the live view;
+        # the reason reaches the export WARNING anyway.  It reads the variable once, when
+        # grpc is first imported.  (A value the user set is kept.)
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import grpc  # type: ignore[import-untyped]
     from grpc import Compression as GrpcCompression
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-        OTLPMetricExporter as GrpcMetricExporter,
-    )
+
+    from otel_bpf.cli.otlp_grpc import GRPC_CHANNEL_OPTIONS, BoundedGrpcMetricExporter
 
     credentials = None
     if not otlp.insecure:
@@ -147,7 +159,7 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
         "none": GrpcCompression.NoCompression,
         None: None,
     }[otlp.compression]
-    return GrpcMetricExporter(
+    return BoundedGrpcMetricExporter(
         endpoint=otlp.endpoint,
         insecure=otlp.insecure,
         credentials=credentials,
@@ -157,6 +169,7 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
         # Requests of at most this many points: the protobuf of one export is built batch by
         # batch, so the exporter's peak memory stays flat however many programs are loaded.
         max_export_batch_size=GRPC_EXPORT_BATCH_POINTS,
+        channel_options=GRPC_CHANNEL_OPTIONS,
     )
 
 
@@ -165,6 +178,8 @@ def _http_exporter(otlp: OtlpSettings) -> MetricExporter:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
+
+    from otel_bpf.cli.otlp_http import BoundedReplySession
 
     compression = {
         "gzip": HttpCompression.Gzip,
@@ -179,6 +194,7 @@ def _http_exporter(otlp: OtlpSettings) -> MetricExporter:
         headers=dict(otlp.headers),
         timeout=otlp.timeout,
         compression=compression,
+        session=BoundedReplySession(),
     )
 
 
@@ -229,7 +245,7 @@ def build_telemetry(
         for name in config.exporters:
             if name == "otlp":
                 assert config.otlp is not None
-                target = f"{config.otlp.endpoint} (OTLP {config.otlp.protocol})"
+                target = f"{redact_url(config.otlp.endpoint)} (OTLP {config.otlp.protocol})"
                 wrapped = BurstReportingExporter(otlp_exporter(config.otlp), gate, target)
                 telemetry.otlp = wrapped
                 readers.append(
@@ -271,7 +287,7 @@ def build_telemetry(
         metric_readers=readers,
         resource=resource,
         shutdown_on_exit=False,
-        exemplar_filter=_exemplar_filter(),
-        views=_no_exemplar_views(),
+        exemplar_filter=_exemplar_filter(config.exemplar_filter),
+        views=_no_exemplar_views(config.exemplar_filter),
     )
     return telemetry

@@ -12,6 +12,7 @@ one INFO when they succeed again.  State is a handful of fields: memory stays bo
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -31,11 +32,30 @@ _REASON_MAX = 500
 
 log = logging.getLogger(LOGGER_NAME)
 
+_URL_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]*@")
+
+
+def safe_line(text: str) -> str:
+    """``text`` fit for a terminal: every control or escape character shown escaped (a
+    collector chooses its error details and reason phrases), credentials in URLs hidden."""
+    from otel_bpf.live.sanitize import sanitize
+
+    return sanitize.__wrapped__(_URL_CREDENTIALS.sub("***@", text))
+
 
 class _UtcFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        # One place for every line: the message is one line; a traceback (debug only)
+        # keeps its line breaks, each line escaped.
+        return "\n".join(safe_line(line) for line in super().format(record).split("\n"))
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A line break inside a message would start a forged log line.
+        return super().formatMessage(record).replace("\n", "\\n").replace("\r", "\\r")
 
     def formatException(self, ei: Any) -> str:
         # Expected failures are reported as one line; a traceback is only for --log-level
@@ -122,6 +142,9 @@ class BurstReportingExporter(MetricExporter):
         """Successful exports so far (read by tests and the shutdown log)."""
         self.last_ok: bool | None = None
         """Whether the latest export succeeded; None before the first."""
+        self.last_reason = ""
+        """Why the latest export failed (empty when it did not, or nothing said why)."""
+        self._final = False
 
     @property
     def failing(self) -> bool:
@@ -142,9 +165,15 @@ class BurstReportingExporter(MetricExporter):
         self._record(result, reason)
         return result
 
+    def final(self) -> None:
+        """The run is ending: exports from now on are the last ones, and their failure is
+        reported by whoever ends the run (no burst WARNING promising a retry)."""
+        self._final = True
+
     def _record(self, result: MetricExportResult, reason: str) -> None:
         with self._lock:
             self.last_ok = result is MetricExportResult.SUCCESS
+            self.last_reason = "" if self.last_ok else reason
             if result is MetricExportResult.SUCCESS:
                 self.exports_ok += 1
                 if self._failing_since is not None:
@@ -160,7 +189,7 @@ class BurstReportingExporter(MetricExporter):
                     self._failures = 0
                 return
             self._failures += 1
-            if self._failing_since is None:
+            if self._failing_since is None and not self._final:
                 self._failing_since = time.monotonic()
                 log.warning(
                     "export to %s failed%s; sampling goes on and exports are retried every "

@@ -186,7 +186,8 @@ async def _final_export(telemetry: Telemetry) -> None:
     elif failure:
         log.warning("final export failed: %s", failure[0])
     elif telemetry.otlp is not None and telemetry.otlp.last_ok is False:
-        log.warning("final export failed: the collector did not take it")
+        reason = telemetry.otlp.last_reason or "the collector did not take it"
+        log.warning("final export to %s failed: %s", ", ".join(telemetry.targets), reason)
     elif telemetry.otlp is not None and telemetry.otlp.last_ok is None:
         log.info("nothing was exported (OTEL_SDK_DISABLED?)")
     else:

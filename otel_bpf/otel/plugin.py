@@ -88,6 +88,23 @@ def reader_export_interval(provider: object) -> float | None:
     return min(intervals) if intervals else None
 
 
+def reader_exporting(provider: object) -> bool:
+    """Whether one of the provider's readers is inside an export now.
+
+    The SDK's ``PeriodicExportingMetricReader`` holds its private ``_export_lock`` for the
+    whole export (every request and retry); there is no public hook.  A reader stuck in an
+    export to a collector that does not answer is still a reader: its next collection
+    comes when the export gives up, so that time must not count as nobody reading.
+    """
+    readers = getattr(_real_provider(provider), "_metric_readers", None) or ()
+    for reader in readers:
+        lock = getattr(reader, "_export_lock", None)
+        locked = getattr(lock, "locked", None)
+        if callable(locked) and locked():
+            return True
+    return False
+
+
 def _sole(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups, else ``exc``."""
     while True:
@@ -149,6 +166,7 @@ class BpfMetricsPlugin:
         self._seen_collection: float | None = None
         self._idle_since_ref = 0.0
         self._released_for_idle_at: float | None = None
+        self._last_seen_exporting = 0.0
 
     # -- public state --------------------------------------------------------------------
 
@@ -287,12 +305,16 @@ class BpfMetricsPlugin:
                 if self._seen_collection is not None:
                     self._gaps.append(last - self._seen_collection)
                 self._seen_collection = last
+            if reader_exporting(provider):
+                self._last_seen_exporting = now
             if provider_is_shut_down(provider):
                 if self._held:
                     _log.info("meter provider shut down: BPF run-time statistics off")
                     self._release()
                 continue
-            ref = max(last or 0.0, self._idle_since_ref)
+            # Idle is counted from the end of the last collection, as far as it is seen:
+            # its start, or the last moment a reader was seen exporting what it collected.
+            ref = max(last or 0.0, self._idle_since_ref, self._last_seen_exporting)
             idle_after = self._idle_collections * max(
                 self._expected_collection_interval(provider), self._sampler.interval
             )

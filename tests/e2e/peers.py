@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -328,6 +329,66 @@ class Prometheus:
 
     def __enter__(self) -> Prometheus:
         return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- hostile collectors --------------------------------------------------------------------
+
+
+class SilentCollector:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers.
+
+    Holds at most ``max_connections`` (later ones are closed at once) and stops after
+    ``lifetime`` seconds whatever happens, so a test cannot leave it behind.
+    """
+
+    def __init__(self, max_connections: int = 64, lifetime: float = 300.0) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._max = max_connections
+        self._deadline = time.monotonic() + lifetime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="silent collector", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            self.accepted += 1
+            if len(self._held) < self._max:
+                self._held.append(conn)
+            else:
+                conn.close()
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for conn in self._held:
+            conn.close()
+        self._held.clear()
+        self._listener.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> SilentCollector:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -16,7 +16,8 @@ from otel_bpf.cli import args as cli_args
 
 pytestmark = [pytest.mark.timeout(60)]
 
-CONFIG_SOURCE = Path(cli_args.__file__).with_name("config.py")
+PACKAGE = Path(cli_args.__file__).resolve().parents[1]
+ENV_READS = re.compile(r"os\.environ|os\.getenv|environ\.get|\benv(iron)?\b")
 
 MORE_FLAGS = [
     (["--count", "abc"], "--count"),
@@ -48,6 +49,8 @@ MORE_ENV = [
     ("OTEL_EXPORTER_OTLP_TIMEOUT", "nan"),
     ("OTEL_METRIC_EXPORT_INTERVAL", "nan"),
     ("OTEL_METRIC_EXPORT_TIMEOUT", "inf"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "9e15"),
+    ("OTEL_METRICS_EXEMPLAR_FILTER", "junk"),
 ]
 
 MORE_PROMETHEUS_ENV = [("OTEL_EXPORTER_PROMETHEUS_PORT", "70000")]
@@ -95,11 +98,18 @@ def test_prometheus_host_that_cannot_be_bound(host: str) -> None:
 
 
 def read_variables() -> set[str]:
-    """Every OTEL_* variable config.py reads, the OTLP suffixes in both spellings."""
-    text = CONFIG_SOURCE.read_text()
-    names = set(re.findall(r'"(OTEL_[A-Z_]*[A-Z])"', text))
-    suffixes = set(re.findall(r'_otlp_env\(\w+, "([A-Z_]+)"\)', text))
-    suffixes |= set(re.findall(r"for suffix in \(([^)]*)\)", text)[0].replace('"', "").split(", "))
+    """Every OTEL_* variable read by any module of the package that reads the
+    environment, the OTLP suffixes in both spellings."""
+    names: set[str] = set()
+    suffixes: set[str] = set()
+    for module in sorted(PACKAGE.rglob("*.py")):
+        text = module.read_text()
+        if not ENV_READS.search(text):
+            continue
+        names |= set(re.findall(r'"(OTEL_[A-Z_]*[A-Z])"', text))
+        suffixes |= set(re.findall(r'_otlp_env\(\w+, "([A-Z_]+)"\)', text))
+        for found in re.findall(r"for suffix in \(([^)]*)\)", text):
+            suffixes |= set(found.replace('"', "").split(", "))
     for suffix in suffixes:
         names |= {f"OTEL_EXPORTER_OTLP_{suffix}", f"OTEL_EXPORTER_OTLP_METRICS_{suffix}"}
     return names

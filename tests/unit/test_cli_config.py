@@ -48,6 +48,9 @@ def test_default_otlp_timeout_follows_a_short_export_interval() -> None:
 
 def test_live_alone_exports_nothing_unless_asked() -> None:
     assert cfg(["--live"]).exporters == ()
+    assert cfg(["--json"]).exporters == ()
+    assert cfg(["--json"], {"OTEL_METRICS_EXPORTER": "otlp"}).exporters == ("otlp",)
+    assert cfg(["--json", "--endpoint", "http://h:4317"]).exporters == ("otlp",)
     assert cfg(["--live"], {"OTEL_METRICS_EXPORTER": "otlp"}).exporters == ("otlp",)
     assert cfg(["--live", "--exporter", "prometheus"]).exporters == ("prometheus",)
 
@@ -208,6 +211,10 @@ INVALID_ENV = [
     ("OTEL_METRIC_EXPORT_INTERVAL", "1s", "milliseconds"),
     ("OTEL_METRIC_EXPORT_INTERVAL", "0", "positive"),
     ("OTEL_METRIC_EXPORT_TIMEOUT", "inf", "positive"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "9e15", "at most 8.64e+07 milliseconds"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "50", "at least 100 milliseconds"),
+    ("OTEL_METRIC_EXPORT_TIMEOUT", "9e15", "at most"),
+    ("OTEL_METRICS_EXEMPLAR_FILTER", "junk", "expected one of always_on"),
     ("OTEL_RESOURCE_ATTRIBUTES", "team", "key=value"),
     ("OTEL_LOG_LEVEL", "chatty", "expected one of"),
 ]
@@ -249,3 +256,9 @@ def test_client_key_needs_certificate(tmp_path: Path) -> None:
 def test_bad_endpoint_flag() -> None:
     with pytest.raises(ConfigError, match="--endpoint: expected a URL"):
         cfg(["--endpoint", "collector:4317"])
+
+
+def test_http_metrics_path_goes_before_the_query() -> None:
+    c = cfg(["--protocol", "http/protobuf", "--endpoint", "http://h:4318/otlp?token=abc"])
+    assert c.otlp is not None
+    assert c.otlp.endpoint == "http://h:4318/otlp/v1/metrics?token=abc"

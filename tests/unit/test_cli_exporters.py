@@ -146,7 +146,7 @@ def test_series_get_no_exemplar_reservoir_unless_asked(monkeypatch: pytest.Monke
     from otel_bpf.cli.exporters import _NO_EXEMPLARS, _no_exemplar_views
 
     monkeypatch.delenv("OTEL_METRICS_EXEMPLAR_FILTER", raising=False)
-    views = _no_exemplar_views()
+    views = _no_exemplar_views(None)
     assert len(views) == 1
     reader = InMemoryMetricReader()
     mp = MeterProvider(metric_readers=[reader], views=views, shutdown_on_exit=False)
@@ -176,4 +176,12 @@ def test_series_get_no_exemplar_reservoir_unless_asked(monkeypatch: pytest.Monke
     mp.shutdown()
 
     monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", "always_on")
-    assert _no_exemplar_views() == []
+    assert _no_exemplar_views("always_on") == []
+
+
+def test_credentials_in_the_endpoint_are_not_shown() -> None:
+    t = telemetry(["--endpoint", "http://user:s3cret@127.0.0.1:1", "--protocol", "http/protobuf"])
+    try:
+        assert t.targets == ["http://***@127.0.0.1:1/v1/metrics (OTLP http/protobuf)"]
+    finally:
+        t.shutdown(1)

@@ -127,3 +127,20 @@ def test_debug_level_lets_every_attempt_through() -> None:
         root.setLevel(level)
     text = stream.getvalue()
     assert "Transient error" in text and "resumed after 1 failed attempt " in text
+
+
+def test_every_line_is_escaped_and_hides_credentials() -> None:
+    """Text a collector chooses (gRPC error details, an HTTP reason phrase) reaches the log."""
+    stream = io.StringIO()
+    handler = setup_logging("info", stream=stream)
+    try:
+        logging.getLogger("opentelemetry.exporter").warning(
+            "Failed to export to http://user:s3cret@h:4318, reason: %s",
+            "\x1b]0;TITLE\x07\x1b[2J\nforged line\x9b",
+        )
+    finally:
+        teardown_logging([handler])
+    out = stream.getvalue()
+    assert out.count("\n") == 1, out
+    assert not any(ch in out[:-1] for ch in "\x1b\x07\x9b\r\n"), repr(out)
+    assert "\\x1b]0;TITLE\\x07" in out and "s3cret" not in out and "***@h:4318" in out
