@@ -345,6 +345,20 @@ def _guard(fn: Callable[[], int]) -> int:
         raise
 
 
+def _check_extras(config: Config) -> None:
+    """The optional extras the chosen exporters need, checked before the kernel is touched:
+    a missing extra is a usage problem, found before any BPF program or iterator is loaded."""
+    if "prometheus" in config.exporters:
+        try:
+            import opentelemetry.exporter.prometheus  # noqa: F401
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise ExporterError(
+                "the prometheus exporter needs the optional extra: "
+                "pip install 'otel-bpf[prometheus]' (opentelemetry-exporter-prometheus)"
+            ) from None
+
+
 def _preflight() -> None:
     """One read of the program list: fails early, with the privileges, when it cannot work."""
     from otel_bpf import read_programs
@@ -395,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
+    _check_extras(config)
     _preflight()
     with ExitStack() as source_stack:
         # The path is chosen before the provider is built: the resource names it.
