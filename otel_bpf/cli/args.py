@@ -57,6 +57,8 @@ environment (flags win over the environment):
   OTEL_LOG_LEVEL                        debug | info | warning | error
 
 Stats (BPF_ENABLE_STATS) are switched on while bpftop-otel runs and off when it exits.
+A headless run that exports also releases them after three export intervals without a
+collection (a Prometheus endpoint nobody scrapes) and takes them again at the next one.
 """
 
 
@@ -128,8 +130,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one message format: ``bpftop-otel: error: ...`` and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage()
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # One line, no usage block: the message names the option, --help has the rest.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ released, demo workload stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from otel_bpf import __version__
 from otel_bpf.cli import args as cli_args
@@ -31,6 +33,7 @@ from otel_bpf.cli import jsonl
 from otel_bpf.cli.config import Config, ConfigError, resolve
 from otel_bpf.cli.exporters import ExporterError, Telemetry, build_telemetry
 from otel_bpf.cli.logs import ExportLogGate, setup_logging
+from otel_bpf.cli.output import LineOutput, OutputError, check_open, raise_for
 from otel_bpf.cli.signals import cancel_on_signal
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 
@@ -44,6 +47,12 @@ log = logging.getLogger("bpftop-otel")
 
 FINAL_EXPORT_TIMEOUT = 10.0
 """Seconds the final collection and export may take at exit."""
+
+OUTPUT_STALL_AT_COUNT = 10.0
+"""At the end of ``--count``: seconds the --json reader may take no bytes before the lines
+still buffered are given up."""
+OUTPUT_STALL_AT_SIGNAL = 0.2
+"""After a signal (or another early end): the same, short, so the exit stays prompt."""
 
 PRIVILEGE_HINT = "bpftop-otel needs CAP_SYS_ADMIN and CAP_BPF (CAP_PERFMON for some program types)"
 
@@ -101,6 +110,20 @@ class _Run:
         )
         self.ticks = 0
         self.announced = False
+        self.output: LineOutput | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.token: anyio.lowlevel.EventLoopToken | None = None
+
+    def output_failed(self) -> None:
+        """In the output's thread: end the run (the error is raised after cleanup)."""
+        scope = self.scope
+        if scope is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                anyio.from_thread.run_sync(scope.cancel, token=self.token)
+
+    @property
+    def count_reached(self) -> bool:
+        return self.config.count is not None and self.ticks >= self.config.count
 
     def announce(self, snap: Snapshot) -> None:
         """Log once what is being sampled and how (the path and the stats state)."""
@@ -139,8 +162,8 @@ class _Run:
             except BroadcastClosed:  # the sampler stopped: the run is ending
                 return
             seq = snap.seq
-            if self.config.json:
-                _write_lines(jsonl.snapshot_lines(snap, self.selected))
+            if self.output is not None:
+                self.output.offer(jsonl.snapshot_lines(snap, self.selected))
             self.tick(snap, scope)
 
     async def live(self, sampler: Sampler, scope: anyio.CancelScope) -> None:
@@ -149,12 +172,6 @@ class _Run:
 
         await run_live(sampler, LiveOptions(ascii=self.config.ascii))
         scope.cancel()
-
-
-def _write_lines(lines: list[str]) -> None:
-    if lines:
-        sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
 
 
 async def _final_export(telemetry: Telemetry) -> None:
@@ -257,6 +274,9 @@ async def _run(
     from otel_bpf.sampler import DEFAULT_HISTORY, Sampler
 
     run = _Run(config, telemetry, options)
+    run.token = anyio.lowlevel.current_token()
+    if config.json:
+        run.output = LineOutput(1, on_error=run.output_failed)
     with ExitStack() as sync_stack:
         if config.demo:
             sync_stack.enter_context(_demo_workload())
@@ -285,6 +305,7 @@ async def _run(
                     # instruments are still open, then the plugin switches stats off.
                     stack.push_async_callback(_final_export, telemetry)
                 async with anyio.create_task_group() as tg:
+                    run.scope = tg.cancel_scope
                     if not config.live:
                         # The live view handles SIGINT/SIGTERM itself (it must restore the
                         # terminal first); a second receiver would replace its handlers.
@@ -300,9 +321,15 @@ async def _run(
                     tg.start_soon(run.consume, sampler, tg.cancel_scope)
                     if config.live:
                         tg.start_soon(run.live, sampler, tg.cancel_scope)
+                if run.output is not None:
+                    # Before the final export: the lines of the last ticks come first.
+                    stall = OUTPUT_STALL_AT_COUNT if run.count_reached else OUTPUT_STALL_AT_SIGNAL
+                    run.output.close(stall)
         finally:
             state = stats_state()
             log.info("stopped after %d ticks; stats now %s", run.ticks, state.describe())
+    if run.output is not None and run.output.error is not None:
+        raise_for(run.output.error)
     return cli_args.EXIT_OK
 
 
@@ -322,6 +349,10 @@ def _guard(fn: Callable[[], int]) -> int:
         bpf = _find(exc, BpfError)
         if bpf is not None:
             _error(str(bpf.strerror or bpf))
+            return cli_args.EXIT_RUNTIME
+        output = _find(exc, OutputError)
+        if output is not None:
+            _error(str(output))
             return cli_args.EXIT_RUNTIME
         exporter = _find(exc, ExporterError)
         if exporter is not None:
@@ -344,6 +375,20 @@ def _guard(fn: Callable[[], int]) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             return cli_args.EXIT_OK
         raise
+
+
+def _check_extras(config: Config) -> None:
+    """The optional extras the chosen exporters need, checked before the kernel is touched:
+    a missing extra is a usage problem, found before any BPF program or iterator is loaded."""
+    if "prometheus" in config.exporters:
+        try:
+            import opentelemetry.exporter.prometheus  # noqa: F401
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise ExporterError(
+                "the prometheus exporter needs the optional extra: "
+                "pip install 'otel-bpf[prometheus]' (opentelemetry-exporter-prometheus)"
+            ) from None
 
 
 def _preflight() -> None:
@@ -395,7 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
+    if config.json:
+        check_open(1)
     log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
+    _check_extras(config)
     _preflight()
     with ExitStack() as source_stack:
         # The path is chosen before the provider is built: the resource names it.

@@ -198,6 +198,21 @@ def format_row(cells: Sequence[str], lay: Layout) -> str:
     return GAP.join(parts)
 
 
+TITLE_KEEP = 99
+"""Rank of the title item that is never dropped: the stats state, the one thing the view
+promises about the host (stats on or off decides whether any runtime figure means anything)."""
+
+
+def title_line(items: Sequence[tuple[str, int]], width: int) -> str:
+    """The title: ``(text, rank)`` items joined in order; while too wide for ``width`` the
+    lowest-ranked item goes first, and when only the kept item is left it comes first so
+    a cut takes its end, never the whole of it."""
+    kept = [(text, rank) for text, rank in items if text]
+    while len(kept) > 1 and display_width("  ".join(t for t, _ in kept)) > width:
+        kept.remove(min(kept, key=lambda item: item[1]))
+    return "  ".join(t for t, _ in kept)
+
+
 def header_lines(ctx: RenderContext, state: ViewState, shown: int) -> list[Line]:
     """The status lines above the table."""
     snap = ctx.snapshot
@@ -205,15 +220,18 @@ def header_lines(ctx: RenderContext, state: ViewState, shown: int) -> list[Line]
     total = len(snap.programs) if snap else 0
     stats = snap.stats.describe() if snap else "-"
     path = snap.sampling_path if snap else "-"
-    first = [
-        "bpftop-otel",
-        f"host {sanitize(ctx.host)}" if ctx.host else "",
-        f"kernel {sanitize(ctx.kernel)}" if ctx.kernel else "",
-        f"{total} programs",
-        f"stats {stats}",
-        f"every {fmt_interval(ctx.interval)}",
-        f"path {sanitize(path)}",
-    ]
+    first = title_line(
+        [
+            ("bpftop-otel", 4),
+            (f"host {sanitize(ctx.host)}" if ctx.host else "", 1),
+            (f"kernel {sanitize(ctx.kernel)}" if ctx.kernel else "", 0),
+            (f"{total} programs", 5),
+            (f"stats {stats}", TITLE_KEEP),
+            (f"every {fmt_interval(ctx.interval)}", 3),
+            (f"path {sanitize(path)}", 2),
+        ],
+        width,
+    )
     direction = "desc" if state.sort_desc else "asc"
     second = [f"sort {SHORT_NAMES[state.sort_column]} {direction}"]
     if state.mode is Mode.FILTER:
@@ -224,7 +242,7 @@ def header_lines(ctx: RenderContext, state: ViewState, shown: int) -> list[Line]
         second.append("filter: none")
     if snap and snap.errors:
         second.append(f"{len(snap.errors)} read errors")
-    lines = [Line(fit("  ".join(p for p in first if p), width), Style.TITLE)]
+    lines = [Line(fit(first, width), Style.TITLE)]
     lines.append(Line(fit("  ".join(second), width)))
     if snap is not None and not snap.stats.enabled:
         warn = "BPF stats are off: runtimes and CPU % are not being counted"

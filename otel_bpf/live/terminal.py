@@ -118,6 +118,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _set_live_mode(fd: int) -> None:
+    """cbreak (keys one by one, Ctrl-C/Ctrl-Z still signal) without XON/XOFF flow control."""
+    tty.setcbreak(fd, termios.TCSANOW)
+    mode = termios.tcgetattr(fd)
+    mode[0] &= ~(termios.IXON | termios.IXOFF)
+    termios.tcsetattr(fd, termios.TCSANOW, mode)
+
+
 class Terminal:
     """Live mode on a tty: cbreak input, alternate screen, hidden cursor, no line wrap.
 
@@ -158,9 +166,12 @@ class Terminal:
         try:
             # Python 3.11's tty.setcbreak does not return the old attributes; save them.
             saved = termios.tcgetattr(self.stdin_fd)
+            # Flow control off: with IXON, Ctrl-S stops the tty's output and the next frame
+            # write would block the whole process (signals, sampling, exports).  The restore
+            # is immediate (TCSANOW): waiting for output to drain could wait forever.
             self._step(
-                lambda: tty.setcbreak(self.stdin_fd, termios.TCSANOW),
-                lambda: termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, saved),
+                lambda: _set_live_mode(self.stdin_fd),
+                lambda: termios.tcsetattr(self.stdin_fd, termios.TCSANOW, saved),
             )
             self._step(
                 lambda: self.write(Esc.ALT_SCREEN_ON.value),
@@ -190,12 +201,13 @@ class Terminal:
         return self.failures
 
     def size(self) -> tuple[int, int]:
-        """``(columns, lines)`` of the terminal (80x24 when it cannot be asked)."""
+        """``(columns, lines)`` of the terminal; 80 columns and 24 lines for what it cannot
+        tell (no answer, or 0: a serial line or a pty whose size was never set)."""
         try:
             size = os.get_terminal_size(self.stdout_fd)
         except OSError:
             return 80, 24
-        return max(size.columns, 1), max(size.lines, 1)
+        return size.columns or 80, size.lines or 24
 
     def __enter__(self) -> Terminal:
         self.enter()

@@ -6,8 +6,12 @@ These runs fail before touching the kernel, so they need no privileges.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
-from peers import cli_env, run_cli
+from peers import cli_command, cli_env, run_cli
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -73,6 +77,36 @@ def check(proc_stderr: str, returncode: int, needle: str) -> None:
 def test_invalid_flag(argv: list[str], needle: str) -> None:
     proc = run_cli([*argv, "--count", "1"], timeout=30)
     check(proc.stderr, proc.returncode, needle)
+    # The one line and nothing else (no usage block, on either stream).
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout == "", proc.stdout
+
+
+def test_parser_error_points_to_help() -> None:
+    proc = run_cli(["--no-such-flag"], timeout=30)
+    assert proc.stderr == (
+        "bpftop-otel: error: unrecognized arguments: --no-such-flag (see bpftop-otel --help)\n"
+    )
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_missing_prometheus_extra_is_reported_before_any_bpf_call(tmp_path: Path) -> None:
+    # A prometheus_client that cannot be imported stands for the extra not installed.
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "prometheus_client.py").write_text("raise ImportError('not installed')\n")
+    trace = tmp_path / "bpf.trace"
+    env = cli_env(PYTHONPATH=str(shadow))
+    proc = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=bpf", "-o", str(trace), *cli_command(),
+         "--exporter", "prometheus", "--count", "1"],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("bpftop-otel: error:")]
+    assert len(errors) == 1 and "optional extra" in errors[0], proc.stderr
+    calls = [line for line in trace.read_text().splitlines() if "bpf(" in line]
+    assert not calls, "bpf() called before the missing extra was reported:\n" + "\n".join(calls[:5])
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_ENV, ids=[n for n, _ in BAD_ENV])

@@ -117,7 +117,9 @@ def test_invalid_exits_2_with_one_clear_line(
     assert info.value.code == cli_args.EXIT_USAGE
     err = capsys.readouterr().err
     assert message in err
-    assert "bpftop-otel: error:" in err
+    assert err.startswith("bpftop-otel: error:")
+    assert err.count("\n") == 1, err  # one line: no usage block
+    assert err.endswith("(see bpftop-otel --help)\n")
     assert "Traceback" not in err
 
 
@@ -144,6 +146,9 @@ def test_help_documents_every_option_default_and_env(capsys: pytest.CaptureFixtu
         assert env in out
     for code in ("0 ", "1 ", "2 ", "77"):
         assert f"  {code}" in out
+    flat = " ".join(out.split())
+    assert "off when it exits" in flat
+    assert "releases them after three export intervals without a collection" in flat
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -381,3 +383,28 @@ def test_a_process_holding_prog_and_link_is_listed_once() -> None:
     detail = ViewState(mode=Mode.DETAIL, detail_id=5)
     body = "\n".join(texts(render(history, 200, 30, detail)[0]))
     assert "Owners: agent(77) [agent-bin] via link+prog, other(78) via prog" in body
+
+
+@pytest.mark.parametrize("width", [30, 40, 60, 80])
+def test_stats_state_stays_in_the_title_at_any_width(width: int) -> None:
+    # A cloud host name and a distribution kernel release fill 60 columns on their own.
+    history = demo_history()
+    ctx = RenderContext(
+        snapshot=history[-1],
+        history=tuple(history),
+        width=width,
+        height=24,
+        glyphs=Glyphs.ASCII,
+        host="ip-10-0-12-34.eu-west-1.compute.internal",
+        kernel="6.8.0-1021-aws",
+        interval=1.0,
+        now=history[-1].wall_time,
+    )
+    lines, _, _ = render_screen(ctx, ViewState())
+    title = lines[0].text
+    assert "stats on" in title, title
+    assert len(title) == width
+    off = StatsState(ours=False, sysctl=False, others=False)
+    history = snapshots([[program(1)]], stats=off)
+    ctx = dataclasses.replace(ctx, snapshot=history[-1], history=tuple(history))
+    assert "stats off" in render_screen(ctx, ViewState())[0][0].text

@@ -431,3 +431,20 @@ async def test_without_handlers_warnings_wait_for_the_normal_screen(
 
     await live_session(pty, body)
     assert "LAST-RESORT-WHILE-LIVE" in capsys.readouterr().err
+
+
+def test_live_mode_turns_flow_control_off_and_restores_it(pty: Pty) -> None:
+    mode = termios.tcgetattr(pty.slave)
+    mode[0] |= termios.IXON
+    termios.tcsetattr(pty.slave, termios.TCSANOW, mode)
+    with Terminal(pty.slave, pty.slave):
+        # Ctrl-S is a key now, not a stop of the output that would block the next frame.
+        assert not termios.tcgetattr(pty.slave)[0] & (termios.IXON | termios.IXOFF)
+    assert termios.tcgetattr(pty.slave)[0] & termios.IXON
+
+
+def test_a_terminal_reporting_0x0_gets_80x24(pty: Pty) -> None:
+    fcntl.ioctl(pty.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    assert Terminal(pty.slave, pty.slave).size() == (80, 24)
+    fcntl.ioctl(pty.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 0, 0, 0))
+    assert Terminal(pty.slave, pty.slave).size() == (80, 30)

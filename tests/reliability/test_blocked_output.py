@@ -1,0 +1,95 @@
+"""Standard output that does not take the lines: a stalled ``--json`` reader, a closed
+stdout, a full device.  Sampling and the other exporters go on, a signal still ends the run
+at once, and a failed output is one error line with exit status 1.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from peers import cli_command, cli_env, free_port, wait_for_port, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+F_SETPIPE_SZ = 1031
+
+
+def demo_runs(port: int) -> float:
+    """The summed ``bpf_program_runs`` of the demo programs, as scraped."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read(8 << 20).decode()
+    values = re.findall(r"^bpf_program_runs\S*otel_demo_\S*\} (\S+)$", text, re.M)
+    return sum(float(v) for v in values)
+
+
+def test_a_stalled_json_reader_stalls_neither_sampling_nor_prometheus(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)  # full after the first tick; never read
+    port = free_port()
+    err = tmp_path / "stderr"
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(
+            [*cli_command(), "--json", "--demo", "--exporter", "prometheus",
+             "--prometheus-port", str(port), "--interval", "0.5"],
+            stdout=write_end, stderr=err_file, stdin=subprocess.DEVNULL, env=cli_env(),
+        )  # fmt: skip
+    os.close(write_end)
+    try:
+        assert wait_for_port(port, 45, proc), err.read_text()
+        assert wait_until(lambda: demo_runs(port) > 0, 30), err.read_text()
+        time.sleep(2)  # the pipe is long full by now
+        seen = []
+        for _ in range(4):
+            seen.append(demo_runs(port))
+            time.sleep(1.5)
+        assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(10)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(read_end)
+    text = err.read_text()
+    assert status == 0, text
+    assert took < 1.5, f"exit took {took:.2f} s after SIGTERM with the reader stalled"
+    assert "Traceback" not in text
+    assert "--json reader stopped reading" in text
+
+
+def run(args: list[str], **redirect: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli_command(), "--json", "--count", "2", "--interval", "0.2", "--exporter", "none",
+         *args],
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=60, env=cli_env(),
+        **redirect,  # type: ignore[call-overload]
+    )  # fmt: skip
+
+
+def one_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("bpftop-otel: error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+def test_closed_stdout_is_one_error_line() -> None:
+    # As a shell's >&- : fd 1 is not open in the child.
+    proc = run([], stdout=subprocess.DEVNULL, pass_fds=(), preexec_fn=lambda: os.close(1))
+    one_error(proc, "standard output is closed")
+
+
+def test_a_full_stdout_is_one_error_line() -> None:
+    with open("/dev/full", "wb") as full:
+        proc = run([], stdout=full)
+    one_error(proc, "cannot write standard output: No space left on device")
