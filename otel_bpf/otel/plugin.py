@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 
+from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.sampler import Sampler
@@ -127,11 +128,12 @@ class BpfMetricsPlugin:
         self._own_sampler = sampler is None
         # The instruments are fed every pass as it is taken (see _feed_every_pass): the own
         # sampler keeps only a few snapshots, for a collection that overtakes the feeding.
+        # An own sampler opens open_source("auto") at its first pass: the iterator path where
+        # the kernel allows it, as the command line does.
         self._sampler = sampler or Sampler(
             interval=interval,
             history=FED_HISTORY,
-            owners=self.options.needs_owners,
-            maps=self.options.needs_maps,
+            options=SourceOptions(owners=self.options.needs_owners, maps=self.options.needs_maps),
         )
         if collection_interval is not None and not collection_interval > 0:
             raise ValueError("collection_interval must be > 0 seconds")
@@ -156,6 +158,11 @@ class BpfMetricsPlugin:
     def sampler(self) -> Sampler:
         """The sampler whose snapshots are exported."""
         return self._sampler
+
+    @property
+    def sampling_path(self) -> SamplingPath | None:
+        """The path the sampler reads programs through (None before the first pass)."""
+        return self._sampler.sampling_path
 
     @property
     def instruments(self) -> BpfInstruments | None:
@@ -219,6 +226,7 @@ class BpfMetricsPlugin:
                 else:
                     self._instruments.reopen()
                 tg.start_soon(self._feed_every_pass, self._instruments)
+                _log.info("BPF program metrics: sampling path %s", self.sampling_path)
                 self._idle_since_ref = time.monotonic()
                 self._seen_collection = self._instruments.last_collection
                 task_status.started()
@@ -234,6 +242,8 @@ class BpfMetricsPlugin:
             if self._instruments is not None:
                 self._instruments.close()
             self._release()
+            if self._own_sampler:
+                self._sampler.close()
             self._running = False
 
     async def _feed_every_pass(self, instruments: BpfInstruments) -> None:

@@ -12,6 +12,7 @@ from kernel_progs import counting_filter, load_named, prog_id_of_fd
 
 from otel_bpf.kernel.owners import process_comm, scan_owners
 from otel_bpf.kernel.programs import read_all
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import ProgramRecord
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -38,7 +39,7 @@ sys.stdin.read()
 
 
 def record(prog_id: int, **kw: bool) -> ProgramRecord:
-    result = read_all(**kw)
+    result = read_all(SourceOptions(**kw))
     assert result.errors == []
     return next(r for r in result.records if r.id == prog_id)
 

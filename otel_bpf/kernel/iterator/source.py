@@ -1,4 +1,4 @@
-"""The iterator sampling path: ``IteratorSource.read_all()`` returns what the syscall path does.
+"""The iterator sampling path: ``IteratorSource.read()`` returns what the syscall path does.
 
 Per pass, the counters (run time, run count, recursion misses), id and load time of every
 program come from one ``iter/bpf_prog`` read.  The fields that do not change while a program
@@ -26,6 +26,7 @@ from itertools import islice
 from operator import lt
 from typing import Any
 
+from otel_bpf.kernel.decorate import Decorator
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
 from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
@@ -36,20 +37,14 @@ from otel_bpf.kernel.iterator.progs import (
     ProgIterLayout,
     ProgRecordRaw,
 )
-from otel_bpf.kernel.programs import ReadResult, read_one
-from otel_bpf.kernel.record_builder import RecordExtras, static_fields, update_counters
+from otel_bpf.kernel.programs import read_one
+from otel_bpf.kernel.record_builder import static_fields, update_counters
+from otel_bpf.kernel.source import ReadResult, SamplingPath, SourceOptions
 from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
-from otel_bpf.records import MapRecord, Owner, ProgramRecord
+from otel_bpf.records import Owner, ProgramRecord
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IteratorReadResult(ReadResult):
-    """A :class:`ReadResult` that says it came from the iterator path."""
-
-    sampling_path: str = "iterator"
 
 
 @dataclass(slots=True)
@@ -65,30 +60,26 @@ class _LastPass:
 
 
 class IteratorSource:
-    """Owns the iterator programs' fds; a context manager, and a zero-argument callable for
-    :class:`otel_bpf.sampler.Sampler` (``source=``) using the options given here.
+    """The iterator path: a :class:`~otel_bpf.kernel.source.ProgramSource` that owns the
+    iterator programs' fds (close it, or use it as a context manager).
 
     ``layout_overrides`` and ``owners_layout_overrides`` replace ids/offsets read from BTF
     (tests use them to make the self-check or the owners calibration fail);
     ``use_rdonly_cast`` forces a variant (None: the kfunc when present).
     """
 
+    path: SamplingPath = "iterator"
+
     def __init__(
         self,
+        options: SourceOptions | None = None,
         *,
-        owners: bool = False,
-        maps: bool = False,
-        memlock: bool = True,
-        include_self: bool = False,
         layout_overrides: Mapping[str, int] | None = None,
         owners_layout_overrides: Mapping[str, int] | None = None,
         use_rdonly_cast: bool | None = None,
         cpus: Sequence[int] | None = None,
     ) -> None:
-        self.owners = owners
-        self.maps = maps
-        self.memlock = memlock
-        self.include_self = include_self
+        self._options = options or SourceOptions()
         with VmlinuxBtf() as btf:
             btf.prefetch(PROG_BTF_NAMES + OWNERS_BTF_NAMES)
             layout = ProgIterLayout.from_btf(btf, use_rdonly_cast=use_rdonly_cast)
@@ -108,11 +99,15 @@ class IteratorSource:
         # id -> (load time in ns since boot, the record read through the syscall path)
         self._static: dict[int, tuple[int, ProgramRecord]] = {}
         self._last: _LastPass | None = None
-        self._extras_lock = threading.Lock()
-        self._extras = RecordExtras()
+        self._decorator = Decorator(self._owners_pass)
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def options(self) -> SourceOptions:
+        """What :meth:`read` reads when not told otherwise."""
+        return self._options
 
     @property
     def variant(self) -> str:
@@ -146,9 +141,6 @@ class IteratorSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __call__(self) -> IteratorReadResult:
-        return self.read_all()
-
     # -- passes --------------------------------------------------------------------------
 
     def read_raw(self) -> list[ProgRecordRaw]:
@@ -156,35 +148,15 @@ class IteratorSource:
         with self._lock:
             return self._progs.read()
 
-    def read_all(
-        self,
-        *,
-        owners: bool | None = None,
-        maps: bool | None = None,
-        memlock: bool | None = None,
-        include_self: bool | None = None,
-    ) -> IteratorReadResult:
-        """One pass over every program, sorted by id; None options take the constructor's."""
-        owners = self.owners if owners is None else owners
-        maps = self.maps if maps is None else maps
-        memlock = self.memlock if memlock is None else memlock
-        include_self = self.include_self if include_self is None else include_self
+    def read(self, options: SourceOptions | None = None) -> ReadResult:
+        """One pass over every program, sorted by id (``options`` default to the source's)."""
+        options = options or self._options
         with self._lock:
             if self._closed:
                 raise BpfError(errno.EBADF, "the iterator source is closed")
-            skip = frozenset() if include_self else self.self_ids
-            records, errors = self._merge(self._progs.read_raw(), memlock, skip)
-            by_prog = self._owners_pass() if owners else None
-        found: dict[int, MapRecord] | None = None
-        if maps:
-            from otel_bpf.kernel.maps import read_maps
-
-            found, map_errors = read_maps(i for r in records for i in r.map_ids)
-            errors.extend(map_errors)
-        if owners or maps:
-            with self._extras_lock:
-                records = self._extras.attach(records, by_prog, found)
-        return IteratorReadResult(records, errors)
+            skip = frozenset() if options.include_self else self.self_ids
+            records, errors = self._merge(self._progs.read_raw(), options.memlock, skip)
+        return ReadResult(self._decorator.decorate(records, errors, options), errors)
 
     def _merge(
         self, data: bytes, memlock: bool, skip: frozenset[int] = frozenset()
@@ -264,6 +236,10 @@ class IteratorSource:
         return bases, dropped, errors
 
     def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
+        with self._lock:
+            return self._owners_locked()
+
+    def _owners_locked(self) -> dict[int, tuple[Owner, ...]]:
         if self._owners_iter is None and self._owners_error is None:
             assert self._owners_layout is not None
             try:
