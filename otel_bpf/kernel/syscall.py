@@ -10,6 +10,7 @@ import platform
 
 from otel_bpf.kernel._uapi import Cmd
 from otel_bpf.kernel.errors import COMMAND_MIN_KERNEL, BpfError, error_for, unsupported_command
+from otel_bpf.kernel.system import kernel_release
 
 # __NR_bpf per architecture (arch/*/include/uapi/asm/unistd*.h).
 _SYSCALL_NUMBERS = {
@@ -105,7 +106,7 @@ def command_known(cmd: Cmd) -> bool:
 def kernel_at_least(major: int, minor: int) -> bool:
     """Whether the running kernel's release is at least ``major.minor``."""
     try:
-        parts = os.uname().release.split(".")
+        parts = kernel_release().split(".")
         return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
     except (ValueError, IndexError):
         return True

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import pytest
 from kernel_progs import PASS_ALL, load_btf_named, load_named, prog_id_of_fd
 
-from otel_bpf.kernel.iterator.progs import PROGRAM_NAME, possible_cpus
+from otel_bpf.kernel.iterator.progs import PROGRAM_NAME
 from otel_bpf.kernel.iterator.selfcheck import (
     IteratorUnavailableError,
     compare,
@@ -32,6 +32,7 @@ from otel_bpf.kernel.loader import attach_socket_filter, program_info
 from otel_bpf.kernel.programs import read_all
 from otel_bpf.kernel.source import SourceOptions, open_source
 from otel_bpf.kernel.stats import stats_enabled
+from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.records import ProgramRecord
 from otel_bpf.sampler import Sampler
 

@@ -48,11 +48,10 @@ from otel_bpf.kernel.iterator._common import (
 )
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.maps import create_map
-from otel_bpf.kernel.system import parse_cpu_list
+from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
 PROGRAM_NAME = "otel_bpf_progs"
-POSSIBLE_CPUS_PATH = "/sys/devices/system/cpu/possible"
 
 # Native byte order: the program stores the kernel's values as they are.
 RECORD = struct.Struct("=II16sQQQQ")
@@ -212,12 +211,6 @@ class ProgIterLayout:
     def variant(self) -> str:
         """``rdonly_cast`` or ``probe_read``."""
         return "rdonly_cast" if self.rdonly_cast_id else "probe_read"
-
-
-def possible_cpus(path: str = POSSIBLE_CPUS_PATH) -> list[int]:
-    """The CPUs the kernel sums per-CPU stats over (``for_each_possible_cpu``)."""
-    with open(path) as f:
-        return parse_cpu_list(f.read())
 
 
 def _exit_if(b: Builder, op: str, reg: int, imm: int) -> None:
