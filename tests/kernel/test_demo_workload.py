@@ -15,9 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 import otel_bpf
-from otel_bpf.demo import DemoWorkload, DemoWorkloadError
+from otel_bpf.demo import DemoWorkload, DemoWorkloadError, cgroup
 from otel_bpf.demo import programs as demo
-from otel_bpf.kernel import cgroup
 from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.records import ProgramRecord

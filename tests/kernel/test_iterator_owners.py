@@ -19,8 +19,7 @@ from collections.abc import Iterator
 import pytest
 from kernel_progs import load_named, prog_id_of_fd
 
-from otel_bpf.kernel._uapi import Cmd
-from otel_bpf.kernel.iterator._common import IterCreateAttr
+from otel_bpf.kernel._uapi import Cmd, IterCreateAttr
 from otel_bpf.kernel.iterator.owners import (
     KIND_TASK,
     MARK,

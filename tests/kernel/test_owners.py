@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # closes the program fd and keeps only the link fd until stdin closes.
 LINK_HOLDER = """
 import os, sys
-from otel_bpf.kernel import asm, links, netns
+from otel_bpf.demo import netns
+from otel_bpf.kernel import asm, links
 from otel_bpf.kernel._uapi import AttachType, ProgType
 from otel_bpf.kernel.fdinfo import parse_fdinfo
 from otel_bpf.kernel.loader import load_program
