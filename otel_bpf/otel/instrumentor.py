@@ -25,7 +25,8 @@ from opentelemetry.metrics import MeterProvider
 from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
-from otel_bpf.otel.plugin import StatsHolder, default_stats_holder, provider_is_shut_down
+from otel_bpf.otel.plugin import StatsHolder, default_stats_holder
+from otel_bpf.otel.sdk_private import provider_is_shut_down
 from otel_bpf.sampler import Sampler
 
 __all__ = ["BpfProgramsInstrumentor"]

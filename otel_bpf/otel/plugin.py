@@ -18,7 +18,6 @@ anything else in the process share one kernel fd.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from types import TracebackType
@@ -32,6 +31,7 @@ from opentelemetry.metrics import MeterProvider
 from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
+from otel_bpf.otel.sdk_private import provider_is_shut_down, reader_export_interval
 from otel_bpf.sampler import Sampler
 
 __all__ = ["BpfMetricsPlugin", "StatsHolder"]
@@ -62,31 +62,6 @@ def default_stats_holder() -> StatsHolder:
 FED_HISTORY = 4
 """Snapshots a sampler needs to keep when the plugin feeds its instruments every pass: the
 newest, plus a margin for passes published while the event loop was busy elsewhere."""
-
-
-def _real_provider(provider: object) -> object:
-    real = getattr(provider, "_real_meter_provider", None)
-    return real if real is not None else provider
-
-
-def provider_is_shut_down(provider: object) -> bool:
-    """The SDK MeterProvider's ``shutdown()`` has been called (False for other providers).
-
-    The SDK sets its private ``_shutdown`` flag first thing in ``shutdown()``; there is no
-    public hook, and waiting for process exit would keep stats on for nothing.
-    """
-    return bool(getattr(_real_provider(provider), "_shutdown", False))
-
-
-def reader_export_interval(provider: object) -> float | None:
-    """The shortest export interval (s) among the provider's periodic readers, if any."""
-    readers = getattr(_real_provider(provider), "_metric_readers", None) or ()
-    intervals = []
-    for reader in readers:
-        millis = getattr(reader, "_export_interval_millis", None)
-        if isinstance(millis, (int, float)) and math.isfinite(millis) and millis > 0:
-            intervals.append(millis / 1000.0)
-    return min(intervals) if intervals else None
 
 
 def _sole(exc: BaseException) -> BaseException:

@@ -18,7 +18,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from otel_bpf.otel.plugin import BpfMetricsPlugin, reader_export_interval
+from otel_bpf.otel.plugin import BpfMetricsPlugin
+from otel_bpf.otel.sdk_private import reader_export_interval
 from otel_bpf.records import ProgramRecord, StatsState
 from otel_bpf.sampler import Sampler
 
