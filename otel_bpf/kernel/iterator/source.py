@@ -7,12 +7,10 @@ memlock) are read through the syscall path (:func:`~otel_bpf.kernel.programs.rea
 per new program and cached by (id, load time), so a pass costs one ``ITER_CREATE`` + a few
 ``read()`` calls however many programs are loaded.
 
-The merge is shaped by what a pass usually is: the same programs as the previous pass, some
-or all of which ran.  The pass is read by column (:class:`PassColumns`); when its ids and load
-times equal the previous pass's (two comparisons in C), the previous records are the base,
-row for row, with no per-program look-up; otherwise each program is looked up by id.  Either
-way :func:`~otel_bpf.kernel.record_builder.update_counters` keeps the record of a program
-whose counters did not move and copies the others with their new counters.
+An :class:`IteratorSource` is three pieces: it owns the iterator programs' fds (the
+``iter/bpf_prog`` walk, and the ``iter/task_file`` walk for owners, loaded when first asked),
+a :class:`~otel_bpf.kernel.iterator.merge.PassMerger` turns each walk into records reusing
+the previous pass's, and a :class:`~otel_bpf.kernel.decorate.Decorator` adds owners and maps.
 """
 
 from __future__ import annotations
@@ -21,42 +19,24 @@ import errno
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from itertools import islice
-from operator import lt
-from typing import Any
+from dataclasses import replace
 
 from otel_bpf.kernel.decorate import Decorator
-from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
+from otel_bpf.kernel.errors import BpfError
+from otel_bpf.kernel.iterator.merge import PassMerger
 from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
 from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import (
-    PassColumns,
     ProgIterator,
     ProgIterLayout,
     ProgRecordRaw,
 )
-from otel_bpf.kernel.programs import read_one
-from otel_bpf.kernel.record_builder import static_fields, update_counters
 from otel_bpf.kernel.source import ReadResult, SamplingPath, SourceOptions
-from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
-from otel_bpf.records import Owner, ProgramRecord
+from otel_bpf.records import Owner
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _LastPass:
-    """The previous pass: its columns, the rows left out (own programs, programs that could
-    not be read) and the records of the others, in row order."""
-
-    columns: PassColumns
-    dropped: list[int]
-    records: list[ProgramRecord]
-    statics: list[tuple[Any, ...]]  # static_fields() of each record
-    memlock: bool
 
 
 class IteratorSource:
@@ -78,6 +58,7 @@ class IteratorSource:
         owners_layout_overrides: Mapping[str, int] | None = None,
         use_rdonly_cast: bool | None = None,
         cpus: Sequence[int] | None = None,
+        merger: PassMerger | None = None,
     ) -> None:
         self._options = options or SourceOptions()
         with VmlinuxBtf() as btf:
@@ -96,9 +77,7 @@ class IteratorSource:
         self._lock = threading.Lock()
         self._progs = ProgIterator(layout, cpus)
         self._owners_iter: OwnersIterator | None = None
-        # id -> (load time in ns since boot, the record read through the syscall path)
-        self._static: dict[int, tuple[int, ProgramRecord]] = {}
-        self._last: _LastPass | None = None
+        self._merger = merger or PassMerger()
         self._decorator = Decorator(self._owners_pass)
         self._closed = False
 
@@ -155,85 +134,8 @@ class IteratorSource:
             if self._closed:
                 raise BpfError(errno.EBADF, "the iterator source is closed")
             skip = frozenset() if options.include_self else self.self_ids
-            records, errors = self._merge(self._progs.read_raw(), options.memlock, skip)
+            records, errors = self._merger.merge(self._progs.read_raw(), options.memlock, skip)
         return ReadResult(self._decorator.decorate(records, errors, options), errors)
-
-    def _merge(
-        self, data: bytes, memlock: bool, skip: frozenset[int] = frozenset()
-    ) -> tuple[list[ProgramRecord], list[str]]:
-        # Runs every pass: per program, only the counters become Python objects, and a record
-        # only for a program that ran.  ``skip``: ids left out (the source's own programs).
-        columns = PassColumns(data)
-        own_rows = columns.rows_of(skip)
-        errors: list[str] = []
-        last = self._last
-        if (
-            last is not None
-            and last.memlock == memlock
-            and last.dropped == own_rows
-            and columns.same_programs(last.columns)
-        ):
-            # The same programs as last pass, in id order: row for row, last pass's records.
-            bases, statics, dropped, in_order = last.records, last.statics, own_rows, True
-        else:
-            bases, dropped, errors = self._bases_after_change(columns, own_rows, memlock)
-            statics = list(map(static_fields, bases))
-            ids = columns.ids.tolist()
-            in_order = all(map(lt, ids, islice(ids, 1, None)))
-        records = update_counters(bases, statics, *columns.counters(dropped))
-        if in_order:
-            self._last = _LastPass(columns, dropped, records, statics, memlock)
-        else:
-            # The kernel walks its idr in id order; should that ever change, records are
-            # sorted here and every pass looks programs up by id.
-            records.sort(key=_by_id)
-            self._last = None
-        return records, errors
-
-    def _bases_after_change(
-        self, columns: PassColumns, own_rows: list[int], memlock: bool
-    ) -> tuple[list[ProgramRecord], list[int], list[str]]:
-        """Each program's record to update, looked up by id: last pass's record, or the
-        static one (read now for a program not seen before); the rows left out."""
-        last = self._last
-        previous: dict[int, ProgramRecord] = {}
-        if last is not None and last.memlock == memlock:
-            left_out = set(last.dropped)
-            ids = (i for row, i in enumerate(last.columns.ids.tolist()) if row not in left_out)
-            previous = dict(zip(ids, last.records, strict=True))
-        known, static = self._static, {}
-        bases: list[ProgramRecord] = []
-        dropped: list[int] = []
-        errors: list[str] = []
-        boot_offset: float | None = None
-        own = set(own_rows)
-        rows = zip(columns.ids.tolist(), columns.load_times.tolist(), strict=True)
-        for row, (prog_id, load_time) in enumerate(rows):
-            if row in own:
-                dropped.append(row)
-                continue
-            entry = known.get(prog_id)
-            if entry is not None and entry[0] == load_time:
-                base = previous.get(prog_id)
-            else:  # new, or the id now names another program
-                if boot_offset is None:
-                    boot_offset = boot_time_offset()
-                try:
-                    entry = (load_time, read_one(prog_id, boot_offset=boot_offset))
-                except BpfNotFoundError:
-                    dropped.append(row)  # unloaded since the walk saw it
-                    continue
-                except (BpfError, OSError) as err:
-                    errors.append(f"program {prog_id}: {err}")
-                    dropped.append(row)
-                    continue
-                base = None
-            if base is None:
-                base = entry[1] if memlock else _without_memlock(entry[1])
-            static[prog_id] = entry
-            bases.append(base)
-        self._static = static  # forget programs that are gone
-        return bases, dropped, errors
 
     def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
         with self._lock:
@@ -262,11 +164,3 @@ class IteratorSource:
         from otel_bpf.kernel.owners import scan_owners
 
         return scan_owners()
-
-
-def _by_id(record: ProgramRecord) -> int:
-    return record.id
-
-
-def _without_memlock(record: ProgramRecord) -> ProgramRecord:
-    return record if record.memlock_bytes is None else replace(record, memlock_bytes=None)
