@@ -249,8 +249,10 @@ def test_one_failing_program_never_ends_the_pass(monkeypatch: pytest.MonkeyPatch
     import ctypes
     import errno
 
+    from otel_bpf.kernel import syscall
+
     reader = SyscallSource()
-    real = programs._raw_syscall
+    real = syscall._syscall
     fds = [load_named(f"otel_t_fault{i}") for i in range(3)]
     try:
         gone_id, broken_id, fine_id = (prog_id_of_fd(fd) for fd in fds)
@@ -265,7 +267,7 @@ def test_one_failing_program_never_ends_the_pass(monkeypatch: pytest.MonkeyPatch
                 return -1
             return int(real(*args))
 
-        monkeypatch.setattr(programs, "_raw_syscall", faulty)
+        monkeypatch.setattr(syscall, "_syscall", faulty)
         result = reader.read()
         ids = {r.id for r in result.records}
         assert fine_id in ids and gone_id not in ids and broken_id not in ids
