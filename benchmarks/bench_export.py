@@ -35,7 +35,7 @@ from otel_bpf.cli.args import parse_args
 from otel_bpf.cli.config import resolve
 from otel_bpf.cli.exporters import build_telemetry
 from otel_bpf.cli.logs import ExportLogGate
-from otel_bpf.kernel.source import open_source
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import create_instruments

@@ -39,10 +39,11 @@ from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import load_program
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.owners import scan_owners
 from otel_bpf.kernel.programs import read_all
 from otel_bpf.kernel.record_builder import with_counters
-from otel_bpf.kernel.source import SourceOptions, open_source
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 

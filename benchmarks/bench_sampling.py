@@ -46,9 +46,9 @@ from _bench import (
 )
 
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.owners import scan_owners
 from otel_bpf.kernel.programs import SyscallSource
-from otel_bpf.kernel.source import open_source
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 

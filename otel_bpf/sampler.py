@@ -182,7 +182,7 @@ class Sampler:
 
     def _open_source(self) -> ProgramSource:
         if self._source is None:
-            from otel_bpf.kernel.source import open_source
+            from otel_bpf.kernel.open_source import open_source
 
             self._source = open_source("auto", self.options)
         return self._source

@@ -382,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
     _preflight()
-    from otel_bpf.kernel.source import MODES, open_source
+    from otel_bpf.kernel.open_source import open_source
+    from otel_bpf.kernel.source import MODES
 
     mode = next(m for m in MODES if m == config.sampling_path)  # validated by the parser
     # The path is chosen before the provider is built: the resource names it.  open_source

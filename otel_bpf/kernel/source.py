@@ -11,13 +11,10 @@ pass reads besides the counters.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from otel_bpf.records import ProgramRecord
 
 __all__ = [
@@ -27,16 +24,13 @@ __all__ = [
     "ReadResult",
     "SamplingPath",
     "SourceOptions",
-    "open_source",
 ]
-
-_log = logging.getLogger("otel_bpf.sampling")
 
 SamplingPath = Literal["iterator", "syscall"]
 """The way a source reads the kernel (the ``bpf.sampling.path`` resource attribute)."""
 
 Mode = Literal["auto", "iterator", "syscall"]
-"""What :func:`open_source` is asked for: a path, or ``auto`` (the iterator where it works)."""
+"""What ``open_source`` is asked for: a path, or ``auto`` (the iterator where it works)."""
 
 MODES: tuple[Mode, ...] = ("auto", "iterator", "syscall")
 
@@ -88,43 +82,3 @@ class ProgramSource(Protocol):
     def __enter__(self) -> ProgramSource: ...
 
     def __exit__(self, *exc: object) -> None: ...
-
-
-def open_source(
-    mode: Mode = "auto",
-    options: SourceOptions | None = None,
-    *,
-    layout_overrides: Mapping[str, int] | None = None,
-    use_rdonly_cast: bool | None = None,
-) -> ProgramSource:
-    """The program source for ``mode``, its path logged once with the reason.
-
-    ``syscall`` always gives the syscall path.  ``iterator`` gives the iterator path,
-    self-checked against the syscall path, or raises
-    :class:`~otel_bpf.kernel.iterator.selfcheck.IteratorUnavailableError`.  ``auto`` tries the
-    iterator and falls back to the syscall path with one warning that says why.
-    ``layout_overrides`` and ``use_rdonly_cast`` reach the iterator's layout (tests make
-    the self-check fail with them).
-    """
-    from otel_bpf.kernel.iterator.selfcheck import IteratorUnavailableError, open_iterator_source
-    from otel_bpf.kernel.programs import SyscallSource
-
-    if mode not in MODES:
-        raise ValueError(f"sampling path must be one of {', '.join(MODES)}, got {mode!r}")
-    options = options or SourceOptions()
-    if mode == "syscall":
-        _log.info("sampling path: syscall (chosen by option)")
-        return SyscallSource(options)
-    try:
-        source = open_iterator_source(
-            options, layout_overrides=layout_overrides, use_rdonly_cast=use_rdonly_cast
-        )
-    except IteratorUnavailableError as err:
-        if mode == "iterator":
-            raise
-        reason = err.strerror or str(err)
-        _log.warning("sampling path: syscall (BPF iterator unavailable: %s)", reason)
-        return SyscallSource(options)
-    reason = f"iter/bpf_prog ({source.variant} variant) agrees with the syscall path"
-    _log.info("sampling path: iterator (%s)", reason)
-    return source

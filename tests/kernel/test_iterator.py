@@ -29,8 +29,9 @@ from otel_bpf.kernel.iterator.selfcheck import (
 )
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import attach_socket_filter, program_info
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.programs import read_all
-from otel_bpf.kernel.source import SourceOptions, open_source
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.records import ProgramRecord
