@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from otel_bpf.kernel.errors import BpfPermissionError
 from otel_bpf.kernel.iterator.selfcheck import IteratorUnavailableError, open_iterator_source
 from otel_bpf.kernel.programs import SyscallSource
 from otel_bpf.kernel.source import MODES, Mode, ProgramSource, SourceOptions
@@ -48,7 +49,11 @@ def open_source(
         if mode == "iterator":
             raise
         reason = err.strerror or str(err)
-        _log.warning("sampling path: syscall (BPF iterator unavailable: %s)", reason)
+        # Without the privileges to load it, the syscall path lacks them too (both need
+        # CAP_SYS_ADMIN here): its first pass reports that, once, in its own words.
+        denied = isinstance(err.__cause__, (BpfPermissionError, PermissionError))
+        level = logging.INFO if denied else logging.WARNING
+        _log.log(level, "sampling path: syscall (BPF iterator unavailable: %s)", reason)
         return SyscallSource(options)
     reason = f"iter/bpf_prog ({source.variant} variant) agrees with the syscall path"
     _log.info("sampling path: iterator (%s)", reason)
