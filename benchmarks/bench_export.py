@@ -35,7 +35,7 @@ from otel_bpf.cli.args import parse_args
 from otel_bpf.cli.config import resolve
 from otel_bpf.cli.exporters import build_telemetry
 from otel_bpf.cli.logs import ExportLogGate
-from otel_bpf.kernel.iterator.selfcheck import choose_source
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import create_instruments
@@ -108,8 +108,8 @@ def main() -> None:
                 ["--endpoint", endpoint, "--protocol", args.protocol, "--export-interval", "3600"]
             )
         )
-        source, path, _reason = choose_source("auto")
-        telemetry = build_telemetry(config, ExportLogGate(), sampling_path=path)
+        source = open_source("auto")
+        telemetry = build_telemetry(config, ExportLogGate(), sampling_path=source.path)
         assert telemetry.provider is not None
         sampler = Sampler(interval=1, history=4, source=source)
         instruments = create_instruments(telemetry.provider, lambda: sampler.history)
@@ -128,7 +128,7 @@ def main() -> None:
 
     print(
         f"{total} points ({len(sampler.latest.programs) if sampler.latest else 0} programs "
-        f"on the host, sampling path {path}), OTLP {args.protocol}"
+        f"on the host, sampling path {source.path}), OTLP {args.protocol}"
     )
     print(f"{'':>28} | {'ms per export':>13} | {'us per point':>12} | {'% of a core at 10 s':>19}")
     for label, ms in (

@@ -6,7 +6,7 @@ For each size the script loads that many tiny socket filters (and releases them 
 then prints nanoseconds per program for one pass of:
 
 * the iterator path: the read alone (ITER_CREATE + read to EOF + close), read + decode into
-  tuples (``IteratorSource.read_raw``) and the full ``IteratorSource.read_all`` (records
+  tuples (``IteratorSource.read_raw``) and the full ``IteratorSource.read`` (records
   merged with the cached static fields), with idle programs (earlier records reused) and
   as if every program had run since the previous pass ("busy": a new record each),
 * the syscall path (``otel_bpf.kernel.programs.read_all``, with and without fdinfo memlock),
@@ -37,12 +37,13 @@ from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
 from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout
-from otel_bpf.kernel.iterator.selfcheck import choose_source
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import load_program
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.owners import scan_owners
 from otel_bpf.kernel.programs import read_all
 from otel_bpf.kernel.record_builder import with_counters
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
@@ -114,22 +115,25 @@ def main() -> None:
                     fds.append(load_program(ProgType.SOCKET_FILTER, PASS_ALL, "bench_filter"))
                 passes = args.passes if size <= 1000 else max(3, args.passes // 4)
                 t0 = time.perf_counter()
-                source, path, reason = choose_source(
-                    "auto", owners=True, use_rdonly_cast=False if args.probe_read else None
+                source = open_source(
+                    "auto",
+                    SourceOptions(owners=True),
+                    use_rdonly_cast=False if args.probe_read else None,
                 )
                 auto_ms = (time.perf_counter() - t0) * 1e3
                 if not isinstance(source, IteratorSource):
-                    sys.exit(f"iterator path unavailable: {reason}")
+                    sys.exit("iterator path unavailable (see the warning above)")
                 with source:
                     n = len(source.read_raw())
                     with ProgIterator(source.layout) as bare:
                         raw_bytes = median_s(bare.read_raw, passes) / n * 1e9
                     raw = median_s(source.read_raw, passes) / n * 1e9
-                    full = median_s(partial(source.read_all, owners=False), passes) / n * 1e9
-                    busy_pass = partial(source.read_all, owners=False)
+                    no_owners = SourceOptions(owners=False)
+                    full = median_s(partial(source.read, no_owners), passes) / n * 1e9
+                    busy_pass = partial(source.read, no_owners)
                     stale = partial(make_records_stale, source)
                     busy = median_s(busy_pass, passes, between=stale) / n * 1e9
-                    sc = median_s(partial(read_all, memlock=False), passes) / n * 1e9
+                    sc = median_s(partial(read_all, SourceOptions(memlock=False)), passes) / n * 1e9
                     scm = median_s(read_all, passes) / n * 1e9
                     _, c_ns = c_loop_ns(exe, passes)
                     with VmlinuxBtf() as btf:

@@ -5,9 +5,9 @@
 For each size the script loads that many tiny socket filters (released at the end) and
 prints nanoseconds per program for one full pass (records built, no owners) of:
 
-* ``syscall``: ``otel_bpf.kernel.programs.read_all()`` as the sampler calls it (memlock on),
-* ``iter idle``: ``IteratorSource.read_all()`` when no program ran since the previous pass
-  (earlier records are reused),
+* ``syscall``: ``SyscallSource.read()`` as the sampler calls it (memlock on),
+* ``iter idle``: ``IteratorSource.read()`` (what ``open_source("auto")`` gives) when no
+  program ran since the previous pass (earlier records are reused),
 * ``iter busy``: the same when EVERY program ran once since the previous pass (each one is
   run with BPF_PROG_TEST_RUN between the timed passes, untimed): a new record per program,
 * ``C loop``: ``benchmarks/c/prog_loop.c`` (GET_NEXT_ID, GET_FD_BY_ID, OBJ_GET_INFO_BY_FD,
@@ -46,10 +46,9 @@ from _bench import (
 )
 
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
-from otel_bpf.kernel.iterator.selfcheck import choose_source
-from otel_bpf.kernel.iterator.source import IteratorSource
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.owners import scan_owners
-from otel_bpf.kernel.programs import ProgramReader
+from otel_bpf.kernel.programs import SyscallSource
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
@@ -95,16 +94,16 @@ def main() -> None:
             for size in sizes:
                 grow(fds, size)
                 passes = args.passes if size <= 1000 else max(3, args.passes // 4)
-                source, path, reason = choose_source("auto", owners=True)
-                if not isinstance(source, IteratorSource):
-                    sys.exit(f"iterator path unavailable: {reason}")
+                source = open_source("auto")
+                if source.path != "iterator":
+                    sys.exit("iterator path unavailable (see the warning above)")
                 with source:
-                    n = len(source.read_all(owners=False).records)
-                    reader = ProgramReader()
-                    syscall = median_s(reader.read_all, passes) / n * 1e9
-                    idle = median_s(partial(source.read_all, owners=False), passes) / n * 1e9
+                    n = len(source.read().records)
+                    reader = SyscallSource()
+                    syscall = median_s(reader.read, passes) / n * 1e9
+                    idle = median_s(source.read, passes) / n * 1e9
                     run_all = partial(_run_each, fds)
-                    busy = median_s(partial(source.read_all, owners=False), passes, run_all)
+                    busy = median_s(source.read, passes, run_all)
                     busy = busy / n * 1e9
                     _, c_ns = c_loop_ns(exe, passes)
                     _, c_busy_ns = c_loop_ns(exe, passes, run=True)

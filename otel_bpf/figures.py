@@ -7,6 +7,8 @@ different program behind a reused id) starts a fresh series instead of yielding 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from otel_bpf.records import ProgramRecord
 
 LOAD_TIME_TOLERANCE = 1.0
@@ -20,15 +22,36 @@ out cyclically, so a one-second tolerance cannot merge two different programs in
 counters-went-backwards check below catches the rest."""
 
 
+class Reading(Protocol):
+    """What tells one program from another behind the same id: a record, or a running total."""
+
+    @property
+    def load_time(self) -> float: ...
+
+    @property
+    def run_time_ns(self) -> int: ...
+
+    @property
+    def run_cnt(self) -> int: ...
+
+    @property
+    def recursion_misses(self) -> int | None: ...
+
+
+def same_program(before: Reading, now: Reading) -> bool:
+    """Whether ``now`` is a later reading of the program ``before`` was read from, not of
+    another program behind a reused id: the same load time, and no counter went backwards."""
+    return (
+        abs(before.load_time - now.load_time) <= LOAD_TIME_TOLERANCE
+        and now.run_cnt >= before.run_cnt
+        and now.run_time_ns >= before.run_time_ns
+        and (now.recursion_misses or 0) >= (before.recursion_misses or 0)
+    )
+
+
 def comparable(prev: ProgramRecord | None, cur: ProgramRecord) -> bool:
     """Whether ``prev`` is an earlier reading of the very program ``cur`` describes."""
-    return (
-        prev is not None
-        and prev.id == cur.id
-        and abs(prev.load_time - cur.load_time) <= LOAD_TIME_TOLERANCE
-        and cur.run_cnt >= prev.run_cnt
-        and cur.run_time_ns >= prev.run_time_ns
-    )
+    return prev is not None and prev.id == cur.id and same_program(prev, cur)
 
 
 def period_avg_runtime_ns(prev: ProgramRecord | None, cur: ProgramRecord) -> float | None:

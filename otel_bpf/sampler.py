@@ -14,22 +14,25 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
 from otel_bpf.broadcast import Broadcast, Subscription
-from otel_bpf.records import ProgramRecord, StatsState
+from otel_bpf.kernel.source import SourceOptions
+from otel_bpf.records import StatsState
 from otel_bpf.snapshot import Snapshot, build_snapshot
+
+if TYPE_CHECKING:
+    from otel_bpf.kernel.source import ProgramSource, SamplingPath
 
 __all__ = [
     "DEFAULT_HISTORY",
     "MAX_INTERVAL",
     "MIN_HISTORY",
     "MIN_INTERVAL",
-    "ReadResultLike",
     "Sampler",
     "validate_interval",
 ]
@@ -41,16 +44,6 @@ MAX_INTERVAL = 3600.0
 DEFAULT_HISTORY = 120
 """Snapshots kept by default: the live view's charts span them."""
 MIN_HISTORY = 1
-
-
-class ReadResultLike(Protocol):
-    """What a program source returns: the records of one pass and the per-program errors."""
-
-    @property
-    def records(self) -> Sequence[ProgramRecord]: ...
-
-    @property
-    def errors(self) -> Sequence[str]: ...
 
 
 def validate_interval(interval: float) -> float:
@@ -70,13 +63,13 @@ def validate_interval(interval: float) -> float:
 class Sampler:
     """Samples every BPF program on the host at a fixed interval.
 
-    ``source`` replaces the kernel reader (a callable returning an object with ``.records``
-    and ``.errors``, e.g. for tests); by default it is
-    ``otel_bpf.kernel.programs.read_all(owners=owners, maps=maps)``.  ``stats_state`` and
-    ``online_cpus`` replace the kernel's stats state and CPU count the same way.  All three
-    are called inside the worker thread of a pass, never on the event loop.  ``clock`` gives
-    the monotonic seconds stamped on each snapshot, from which elapsed time and rates follow;
-    it is ``time.monotonic`` unless a test drives time itself (e.g. with trio's ``MockClock``,
+    ``source`` is the program source each pass reads (the caller keeps and closes it); by
+    default the sampler opens ``open_source("auto", options)`` at its first pass and closes
+    it with :meth:`close`.  ``stats_state`` and ``online_cpus`` replace the kernel's stats
+    state and CPU count (for tests).  Sources and both callables are used inside the worker
+    thread of a pass, never on the event loop.  ``clock`` gives the monotonic seconds
+    stamped on each snapshot, from which elapsed time and rates follow; it is
+    ``time.monotonic`` unless a test drives time itself (e.g. with trio's ``MockClock``,
     which also drives the schedule through ``anyio.current_time``).
     """
 
@@ -85,9 +78,8 @@ class Sampler:
         *,
         interval: float = 1.0,
         history: int = DEFAULT_HISTORY,
-        owners: bool = False,
-        maps: bool = False,
-        source: Callable[[], ReadResultLike] | None = None,
+        source: ProgramSource | None = None,
+        options: SourceOptions | None = None,
         stats_state: Callable[[], StatsState] | None = None,
         online_cpus: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -96,9 +88,10 @@ class Sampler:
         if isinstance(history, bool) or not isinstance(history, int) or history < MIN_HISTORY:
             raise ValueError(f"history must be an integer >= {MIN_HISTORY}, got {history!r}")
         self._history: deque[Snapshot] = deque(maxlen=history)
-        self.owners = owners
-        self.maps = maps
         self._source = source
+        self._own_source = source is None
+        self.options = options or (source.options if source is not None else SourceOptions())
+        """What each pass reads (the live view asks for owners and maps while it shows)."""
         self._stats_state = stats_state
         self._online_cpus = online_cpus
         self._clock = clock
@@ -117,6 +110,17 @@ class Sampler:
     def interval(self) -> float:
         """Seconds between passes."""
         return self._interval
+
+    @property
+    def sampling_path(self) -> SamplingPath | None:
+        """The path passes read through; None while an own source is not yet opened."""
+        return self._source.path if self._source is not None else None
+
+    def close(self) -> None:
+        """Close the source this sampler opened itself (a given one is the caller's)."""
+        if self._own_source and self._source is not None:
+            source, self._source = self._source, None
+            source.close()
 
     @property
     def latest(self) -> Snapshot | None:
@@ -166,7 +170,8 @@ class Sampler:
     def _pass(self) -> Snapshot:
         with self._pass_lock:
             prev = self.latest
-            result = self._read()
+            source = self._open_source()
+            result = source.read(self.options)
             stats = self._read_stats()
             cpus = self._read_cpus()
             return build_snapshot(
@@ -176,17 +181,16 @@ class Sampler:
                 wall_time=time.time(),
                 online_cpus=cpus,
                 stats=stats,
-                sampling_path=str(getattr(result, "sampling_path", "syscall")),
+                sampling_path=source.path,
                 errors=tuple(result.errors),
             )
 
-    def _read(self) -> ReadResultLike:
-        if self._source is not None:
-            return self._source()
-        from otel_bpf.kernel.programs import read_all
+    def _open_source(self) -> ProgramSource:
+        if self._source is None:
+            from otel_bpf.kernel.open_source import open_source
 
-        result: ReadResultLike = read_all(owners=self.owners, maps=self.maps)
-        return result
+            self._source = open_source("auto", self.options)
+        return self._source
 
     def _read_stats(self) -> StatsState:
         if self._stats_state is not None:

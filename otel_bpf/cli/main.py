@@ -38,7 +38,7 @@ from otel_bpf.cli.signals import cancel_on_signal
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 
 if TYPE_CHECKING:
-    from otel_bpf.kernel.programs import ReadResult
+    from otel_bpf.kernel.source import ProgramSource, SourceOptions
     from otel_bpf.otel.options import MetricsOptions
     from otel_bpf.sampler import Sampler
     from otel_bpf.snapshot import Snapshot
@@ -211,27 +211,14 @@ async def _final_export(telemetry: Telemetry) -> None:
         log.info("final export done")
 
 
-def _program_source(
-    config: Config, stack: ExitStack, *, owners: bool, maps: bool
-) -> tuple[Callable[[], ReadResult] | None, str]:
-    """The sampler's program reader for ``--sampling-path`` and the name of the path it reads
-    through (reader None: the sampler's own syscall path)."""
-    if config.sampling_path == "syscall":
-        return None, "syscall"
-    from otel_bpf.kernel.iterator.selfcheck import choose_source
+def _source_options(config: Config, options: MetricsOptions) -> SourceOptions:
+    from otel_bpf.kernel.source import SourceOptions
 
-    # An iterator source decides owners and maps when it is opened; the live view asks
-    # for both, so open it with them.
-    source, path, _reason = choose_source(
-        "iterator" if config.sampling_path == "iterator" else "auto",
-        owners=owners or config.live,
-        maps=maps or config.live,
+    # The live view shows owners and maps; a source reads what it was opened with.
+    return SourceOptions(
+        owners=_reads_owners(config, options) or config.live,
+        maps=_reads_maps(config, options) or config.live,
     )
-    close = getattr(source, "close", None)
-    if close is not None:
-        stack.callback(close)
-    # choose_source logs the path it chose and why.
-    return source, path
 
 
 @contextmanager
@@ -267,7 +254,7 @@ async def _run(
     config: Config,
     telemetry: Telemetry,
     options: MetricsOptions,
-    source: Callable[[], ReadResult] | None,
+    source: ProgramSource,
 ) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
     from otel_bpf.otel.plugin import FED_HISTORY
@@ -292,8 +279,6 @@ async def _run(
                     # Only the live view's charts look back; the plugin and JSON take each
                     # snapshot as it comes.
                     history=DEFAULT_HISTORY if config.live else FED_HISTORY,
-                    owners=_reads_owners(config, options),
-                    maps=_reads_maps(config, options),
                     source=source,
                 )
                 if telemetry.provider is not None:
@@ -393,9 +378,10 @@ def _check_extras(config: Config) -> None:
 
 def _preflight() -> None:
     """One read of the program list: fails early, with the privileges, when it cannot work."""
-    from otel_bpf import read_programs
+    from otel_bpf.kernel.programs import read_programs
+    from otel_bpf.kernel.source import SourceOptions
 
-    read_programs(memlock=False)
+    read_programs(SourceOptions(memlock=False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,15 +431,14 @@ def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     log.info("bpftop-otel %s starting (pid %d)", __version__, os.getpid())
     _check_extras(config)
     _preflight()
-    with ExitStack() as source_stack:
-        # The path is chosen before the provider is built: the resource names it.
-        source, path = _program_source(
-            config,
-            source_stack,
-            owners=_reads_owners(config, options),
-            maps=_reads_maps(config, options),
-        )
-        telemetry = build_telemetry(config, gate, sampling_path=path)
+    from otel_bpf.kernel.open_source import open_source
+    from otel_bpf.kernel.source import MODES
+
+    mode = next(m for m in MODES if m == config.sampling_path)  # validated by the parser
+    # The path is chosen before the provider is built: the resource names it.  open_source
+    # logs the path it chose and why.
+    with open_source(mode, _source_options(config, options)) as source:
+        telemetry = build_telemetry(config, gate, sampling_path=source.path)
         try:
             return anyio.run(_run, config, telemetry, options, source)
         finally:

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from otel_bpf.demo import cgroup, lifetime, netns
 from otel_bpf.demo import programs as demo
 from otel_bpf.demo.traffic import TrafficDriver
-from otel_bpf.kernel import cgroup, lifetime, netns
 from otel_bpf.kernel.loader import VerifierError, attach_socket_filter, load_program, program_id
 from otel_bpf.kernel.syscall import close as close_fd
 

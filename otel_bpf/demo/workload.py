@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import IO, Any
 
+from otel_bpf.demo import cgroup
 from otel_bpf.demo import programs as demo
 from otel_bpf.demo.traffic import check_rate
-from otel_bpf.kernel import cgroup
 
 DEFAULT_READY_TIMEOUT = 10.0
 DEFAULT_STOP_TIMEOUT = 5.0

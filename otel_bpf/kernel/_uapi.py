@@ -271,6 +271,7 @@ class MapType(enum.IntEnum):
 
     HASH = 1
     ARRAY = 2
+    PERCPU_ARRAY = 6
 
 
 class AttachType(enum.IntEnum):
@@ -278,6 +279,7 @@ class AttachType(enum.IntEnum):
 
     CGROUP_INET_INGRESS = 0
     CGROUP_INET_EGRESS = 1
+    TRACE_ITER = 28  # 5.8
     XDP = 37
 
 
@@ -300,3 +302,30 @@ class MapCreateAttr(ctypes.Structure):
         ("btf_vmlinux_value_type_id", u32),
         ("map_extra", u64),  # 5.16
     ]
+
+
+class Helper(enum.IntEnum):
+    """``enum bpf_func_id`` values the iterator programs call."""
+
+    GET_CURRENT_PID_TGID = 14
+    PROBE_READ_KERNEL = 113  # 5.5
+    SEQ_WRITE = 127  # 5.7
+    MAP_LOOKUP_PERCPU_ELEM = 195  # 5.19
+
+
+class IterCreateAttr(ctypes.Structure):
+    """The ``bpf_attr.iter_create`` member used by ``BPF_ITER_CREATE`` (5.8)."""
+
+    _fields_ = [("link_fd", u32), ("flags", u32)]
+
+
+class MapElemAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_MAP_*_ELEM``."""
+
+    _fields_ = [("map_fd", u32), ("_pad", u32), ("key", u64), ("value", u64), ("flags", u64)]
+
+
+# include/uapi/asm-generic/socket.h: setsockopt(SOL_SOCKET, SO_ATTACH_BPF, &prog_fd) attaches
+# a socket filter program by fd.
+SO_ATTACH_BPF = 50
+SO_DETACH_BPF = 27

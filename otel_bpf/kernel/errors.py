@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 
+from otel_bpf.kernel import system
+
 # The kernel-internal ENOTSUPP (524) leaks to user space from some BPF paths; Python's
 # errno module does not name it.
 ENOTSUPP = 524
@@ -74,17 +76,6 @@ COMMAND_PRIVILEGES: dict[str, str] = {
 }
 
 
-def kernel_release() -> str:
-    """The running kernel's release string, e.g. ``6.8.0-45-generic``."""
-    return os.uname().release
-
-
-def kernel_version() -> str:
-    """``major.minor`` of the running kernel, e.g. ``6.8``."""
-    parts = kernel_release().split(".")
-    return ".".join(parts[:2])
-
-
 def error_for(err: int, command: str, detail: str = "") -> BpfError:
     """Turn an errno from ``command`` into a typed exception with a readable message."""
     what = f"{command}{': ' + detail if detail else ''}"
@@ -99,10 +90,13 @@ def error_for(err: int, command: str, detail: str = "") -> BpfError:
         return BpfNotFoundError(err, f"{what}: object no longer exists")
     if err == errno.ENOSYS:
         return BpfUnsupportedError(
-            err, f"kernel {kernel_version()} has no bpf(2) system call (CONFIG_BPF_SYSCALL off)"
+            err,
+            f"kernel {system.kernel_version()} has no bpf(2) system call (CONFIG_BPF_SYSCALL off)",
         )
     if err in (errno.EOPNOTSUPP, ENOTSUPP):
-        return BpfUnsupportedError(err, f"{what}: not supported by kernel {kernel_version()}")
+        return BpfUnsupportedError(
+            err, f"{what}: not supported by kernel {system.kernel_version()}"
+        )
     # EINVAL is both "unknown command" and "bad argument"; callers that probe a command
     # turn it into unsupported_command() themselves.
     return BpfError(err, f"{what}: {os.strerror(err) if err != ENOTSUPP else 'not supported'}")
@@ -112,4 +106,6 @@ def unsupported_command(command: str) -> BpfUnsupportedError:
     """The error for a bpf(2) command the running kernel does not know."""
     need = COMMAND_MIN_KERNEL.get(command)
     suffix = f", needs >= {need}" if need else ""
-    return BpfUnsupportedError(errno.EINVAL, f"kernel {kernel_version()} lacks {command}{suffix}")
+    return BpfUnsupportedError(
+        errno.EINVAL, f"kernel {system.kernel_version()} lacks {command}{suffix}"
+    )

@@ -6,15 +6,18 @@ import ctypes
 import errno
 import socket
 
-from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, InfoByFdAttr, ProgInfo, ProgLoadAttr
+from otel_bpf.kernel._uapi import (
+    BPF_OBJ_NAME_LEN,
+    SO_ATTACH_BPF,
+    Cmd,
+    InfoByFdAttr,
+    ProgInfo,
+    ProgLoadAttr,
+)
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.syscall import bpf
 
 _LOG_SIZE = 1 << 20
-
-# setsockopt(SOL_SOCKET, SO_ATTACH_BPF, &prog_fd) attaches a socket filter program by fd.
-SO_ATTACH_BPF = 50
-SO_DETACH_BPF = 27
 
 
 class VerifierError(BpfError):

@@ -25,19 +25,20 @@ import os
 import struct
 import threading
 from contextlib import suppress
-from dataclasses import dataclass, field
-from errno import EINTR, ENOENT
+from errno import ENOENT
 from typing import Any
 
 from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
 from otel_bpf.kernel.btf import BtfFormatError, program_btf_name
-from otel_bpf.kernel.errors import BpfError, BpfPermissionError, error_for, unsupported_command
+from otel_bpf.kernel.decorate import Decorator
+from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.prog_types import PROG_TYPE_NAMES
-from otel_bpf.kernel.record_builder import RecordExtras, program_record
-from otel_bpf.kernel.syscall import bpf, command_known, syscall_number
+from otel_bpf.kernel.record_builder import program_record
+from otel_bpf.kernel.source import ReadResult, SamplingPath, SourceOptions
+from otel_bpf.kernel.syscall import bpf, command_error, prepared, raw_bpf
 from otel_bpf.kernel.system import boot_time_offset
-from otel_bpf.records import MapRecord, Owner, ProgramRecord
+from otel_bpf.records import ProgramRecord
 
 LIST_PERMISSION_MESSAGE = (
     "permission denied listing BPF programs (BPF_PROG_GET_NEXT_ID): needs CAP_SYS_ADMIN "
@@ -95,14 +96,6 @@ _CUT_NAME_LEN = BPF_OBJ_NAME_LEN - 1
 # InfoByFdAttr's first two fields, bpf_fd and info_len.
 _FD_AND_LEN = struct.Struct("<II")
 assert InfoByFdAttr.bpf_fd.offset == 0 and InfoByFdAttr.info_len.offset == 4
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """The programs of one pass, sorted by id, and what went wrong on the way."""
-
-    records: list[ProgramRecord]
-    errors: list[str] = field(default_factory=list)
 
 
 def prog_info_from_bytes(data: bytes) -> tuple[ProgInfo, int]:
@@ -177,30 +170,26 @@ def _record(
     )
 
 
-def _error(err: int, cmd: Cmd, detail: str = "") -> BpfError:
-    """The same typed error :func:`otel_bpf.kernel.syscall.bpf` raises for ``err``."""
-    if err == errno.EINVAL and not command_known(cmd):
-        return unsupported_command(cmd.uapi_name)
-    return error_for(err, cmd.uapi_name, detail)
-
-
 _NOT_READ = -1
 
-# A second handle on libc's syscall() without argtypes: the hot loop passes prebuilt ctypes
-# arguments, which skips the per-call conversion the typed wrapper in syscall.py does.
-_raw_syscall = ctypes.CDLL(None, use_errno=True).syscall
-_raw_syscall.restype = ctypes.c_long
 
-
-class ProgramReader:
-    """Reads every program; keeps its buffers and per-program static facts between passes.
+class SyscallSource:
+    """The syscall path: a :class:`~otel_bpf.kernel.source.ProgramSource` that asks the kernel
+    about each program in turn, keeping its buffers and static facts between passes.
 
     The full name (BTF) and memlock of a program never change after load, so each is read
     once per program, keyed by (id, load_time): ids are not reused until they wrap around,
-    and load_time tells a reused id apart. Passes through one reader run one at a time.
+    and load_time tells a reused id apart. Passes through one source run one at a time.
+    It holds no fd between passes, so :meth:`close` has nothing to release.
     """
 
-    def __init__(self) -> None:
+    path: SamplingPath = "syscall"
+
+    def __init__(
+        self, options: SourceOptions | None = None, *, decorator: Decorator | None = None
+    ) -> None:
+        self._options = options or SourceOptions()
+        self._decorator = decorator or Decorator()
         self._lock = threading.Lock()
         self._info = ProgInfo()
         self._map_ids = (ctypes.c_uint32 * _MAP_IDS_CAPACITY)()
@@ -210,30 +199,27 @@ class ProgramReader:
         self._static: dict[tuple[int, int], tuple[str, int | None]] = {}
         # (id, load_time) -> (the unpacked info of the last pass, the record built from it)
         self._last: dict[tuple[int, int], tuple[tuple[Any, ...], ProgramRecord]] = {}
-        self._extras_lock = threading.Lock()
-        self._extras = RecordExtras()
 
-    def read_all(
-        self, *, owners: bool = False, maps: bool = False, memlock: bool = True
-    ) -> ReadResult:
+    @property
+    def options(self) -> SourceOptions:
+        """What :meth:`read` reads when not told otherwise."""
+        return self._options
+
+    def read(self, options: SourceOptions | None = None) -> ReadResult:
         """One pass: every program's record, sorted by id, plus per-program errors."""
+        options = options or self._options
         with self._lock:
-            records, errors = self._pass(memlock)
-        found: dict[int, MapRecord] | None = None
-        by_prog: dict[int, tuple[Owner, ...]] | None = None
-        if maps:
-            from otel_bpf.kernel.maps import read_maps
+            records, errors = self._pass(options.memlock)
+        return ReadResult(self._decorator.decorate(records, errors, options), errors)
 
-            found, map_errors = read_maps(i for r in records for i in r.map_ids)
-            errors.extend(map_errors)
-        if owners:
-            from otel_bpf.kernel.owners import scan_owners
+    def close(self) -> None:
+        """Nothing to release: every fd of a pass is closed within it."""
 
-            by_prog = scan_owners()
-        if owners or maps:
-            with self._extras_lock:
-                records = self._extras.attach(records, by_prog, found)
-        return ReadResult(records, errors)
+    def __enter__(self) -> SyscallSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _pass(self, memlock: bool) -> tuple[list[ProgramRecord], list[str]]:
         # The hot loop: three syscalls per program through the raw ctypes function with
@@ -242,7 +228,7 @@ class ProgramReader:
         errors: list[str] = []
         old_static, static = self._static, {}
         old_last, last = self._last, {}
-        raw, get_errno = _raw_syscall, ctypes.get_errno
+        raw = raw_bpf
         unpack_from, close_fd = _LAYOUT.unpack_from, os.close
         info, map_buf = self._info, self._map_ids
         template = ProgInfo(nr_map_ids=_MAP_IDS_CAPACITY, map_ids=ctypes.addressof(map_buf))
@@ -251,39 +237,26 @@ class ProgramReader:
         info_attr_bytes = memoryview(self._info_attr).cast("B")
         pack_fd_len = _FD_AND_LEN.pack_into
         id_attr, info_attr = self._id_attr, self._info_attr
-        id_ptr, id_size = ctypes.addressof(id_attr), ctypes.sizeof(id_attr)
-        info_attr_ptr, info_attr_size = ctypes.addressof(info_attr), ctypes.sizeof(info_attr)
-        nr, long_ = ctypes.c_long(syscall_number()), ctypes.c_long
-        id_args = (ctypes.c_void_p(id_ptr), ctypes.c_uint(id_size))
-        next_args = (nr, long_(Cmd.PROG_GET_NEXT_ID), *id_args)
-        fd_args = (nr, long_(Cmd.PROG_GET_FD_BY_ID), *id_args)
-        info_args = (
-            nr,
-            long_(Cmd.OBJ_GET_INFO_BY_FD),
-            ctypes.c_void_p(info_attr_ptr),
-            ctypes.c_uint(info_attr_size),
-        )
+        next_args = prepared(Cmd.PROG_GET_NEXT_ID, id_attr)
+        fd_args = prepared(Cmd.PROG_GET_FD_BY_ID, id_attr)
+        info_args = prepared(Cmd.OBJ_GET_INFO_BY_FD, info_attr)
         boot_offset = boot_time_offset()
         id_attr.start_id = id_attr.next_id = id_attr.open_flags = 0
         while True:
-            while (ret := raw(*next_args)) < 0 and get_errno() == EINTR:
-                pass
-            if ret < 0:
-                err = get_errno()
+            if (ret := raw(next_args)) < 0:
+                err = -ret
                 if err == ENOENT:
                     break  # no program after start_id: the pass is complete
                 if err in (errno.EPERM, errno.EACCES):
                     raise BpfPermissionError(err, LIST_PERMISSION_MESSAGE)
-                raise _error(err, Cmd.PROG_GET_NEXT_ID)
+                raise command_error(err, Cmd.PROG_GET_NEXT_ID)
             # GET_FD_BY_ID checks that everything after prog_id is zero.
             prog_id = id_attr.start_id = id_attr.next_id
             id_attr.next_id = 0
-            while (fd := raw(*fd_args)) < 0 and get_errno() == EINTR:
-                pass
-            if fd < 0:
-                err = get_errno()
-                if err != ENOENT:  # ENOENT: unloaded since GET_NEXT_ID, nothing to report
-                    errors.append(f"program {prog_id}: {_error(err, Cmd.PROG_GET_FD_BY_ID)}")
+            if (fd := raw(fd_args)) < 0:
+                if fd != -ENOENT:  # ENOENT: unloaded since GET_NEXT_ID, nothing to report
+                    failure = command_error(-fd, Cmd.PROG_GET_FD_BY_ID)
+                    errors.append(f"program {prog_id}: {failure}")
                 continue
             try:
                 # Everything zero but the map ids buffer (a stale nr_* count with a NULL
@@ -292,11 +265,9 @@ class ProgramReader:
                 # field store costs more than these whole lines.
                 info_bytes[:] = info_template
                 pack_fd_len(info_attr_bytes, 0, fd, _INFO_SIZE)
-                while (ret := raw(*info_args)) < 0 and (get_errno() == EINTR):
-                    pass
-                if ret < 0:
-                    err = get_errno()
-                    errors.append(f"program {prog_id}: {_error(err, Cmd.OBJ_GET_INFO_BY_FD)}")
+                if (ret := raw(info_args)) < 0:
+                    failure = command_error(-ret, Cmd.OBJ_GET_INFO_BY_FD)
+                    errors.append(f"program {prog_id}: {failure}")
                     continue
                 v = unpack_from(info)
                 count = v[_NR_MAP_IDS]
@@ -399,24 +370,19 @@ def _all_map_ids(fd: int, count: int) -> tuple[int, ...]:
     return tuple(ids[: min(count, info.nr_map_ids)])
 
 
-_default_reader = ProgramReader()
+def read_all(options: SourceOptions | None = None) -> ReadResult:
+    """One pass over every program on the host through a fresh :class:`SyscallSource`.
 
-
-def read_all(*, owners: bool = False, maps: bool = False, memlock: bool = True) -> ReadResult:
-    """One pass over every program on the host.
-
-    ``owners`` adds the processes holding each program (a procfs scan), ``maps`` the maps
-    each program uses, ``memlock`` (default on) the locked memory from fdinfo.
     Raises :class:`~otel_bpf.kernel.errors.BpfPermissionError` without CAP_SYS_ADMIN.
     """
-    return _default_reader.read_all(owners=owners, maps=maps, memlock=memlock)
+    return SyscallSource(options).read()
 
 
-def read_programs(
-    *, owners: bool = False, maps: bool = False, memlock: bool = True
-) -> list[ProgramRecord]:
+def read_programs(options: SourceOptions | None = None) -> list[ProgramRecord]:
     """Every BPF program on the host as immutable records, sorted by id.
 
     A program that cannot be read is left out; :func:`read_all` also returns why.
+    ``options`` adds owners and maps, or leaves memlock out (see
+    :class:`~otel_bpf.kernel.source.SourceOptions`).
     """
-    return read_all(owners=owners, maps=maps, memlock=memlock).records
+    return read_all(options).records

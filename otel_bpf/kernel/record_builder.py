@@ -9,9 +9,10 @@ is paid for every program every tick.
 Here a record is made as an instance of an unfrozen subclass that adds nothing to the layout,
 filled with plain slot stores, then given its real class.  The result *is* a
 ``ProgramRecord`` (``type(r) is ProgramRecord``): equality, hash, repr and immutability are
-the dataclass's own.  The builders store every field of :data:`_FIELDS`, checked against the
-dataclass once at import; should the record's fields ever differ, the dataclass constructor
-and ``dataclasses.replace`` are used instead.
+the dataclass's own.  The fields are declared once, in :mod:`otel_bpf.records`; the builders
+are written from that declaration at import (:func:`derive_builders`), so they store every
+field whatever the fields are, and a record whose slots differ from its fields fails the
+import instead of silently taking a slower path.
 
 * :func:`program_record` builds a record from all its fields (a program seen for the first
   time, and every program on the syscall path, whose info arrives as one tuple);
@@ -22,7 +23,7 @@ and ``dataclasses.replace`` are used instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields, replace
+from dataclasses import MISSING, fields
 from operator import attrgetter
 from typing import Any
 
@@ -30,32 +31,17 @@ from otel_bpf.records import MapRecord, Owner, ProgramRecord
 
 __all__ = [
     "RecordExtras",
+    "derive_builders",
     "program_record",
     "static_fields",
     "update_counters",
     "with_counters",
 ]
 
-_FIELDS = (
-    "id",
-    "type",
-    "type_id",
-    "name",
-    "tag",
-    "run_time_ns",
-    "run_cnt",
-    "recursion_misses",
-    "load_time",
-    "uid",
-    "verified_insns",
-    "xlated_size",
-    "jited_size",
-    "map_ids",
-    "btf_id",
-    "memlock_bytes",
-    "owners",
-    "maps",
-)
+_COUNTERS = ("run_time_ns", "run_cnt", "recursion_misses")
+"""The fields a pass changes; the others stay as they were read for a program's first pass."""
+_EXTRAS = ("owners", "maps")
+"""The fields :class:`RecordExtras` adds, last in the record (they have defaults)."""
 
 
 class _UnfrozenProgramRecord(ProgramRecord):
@@ -74,108 +60,52 @@ class _UnfrozenProgramRecord(ProgramRecord):
     __init__ = object.__init__
 
 
-def _layout_matches() -> bool:
-    """The builders below store every field: no slot of a record they make is left unset."""
-    names = tuple(f.name for f in fields(ProgramRecord))
-    slots = getattr(ProgramRecord, "__slots__", None)
-    return names == _FIELDS and tuple(slots or ()) == _FIELDS
+def record_fields(record_class: type[Any]) -> tuple[str, ...]:
+    """The fields of a frozen, slotted record dataclass, in order; TypeError when its slots
+    are not exactly its fields (a builder storing the fields would leave a slot unset)."""
+    names = tuple(f.name for f in fields(record_class))
+    slots = tuple(getattr(record_class, "__slots__", ()))
+    if slots != names:
+        raise TypeError(f"{record_class.__name__}: slots {slots} are not its fields {names}")
+    return names
 
 
-FAST = _layout_matches()
-"""The slot-store construction is in use (tests check it stays so)."""
+def derive_builders(
+    record_class: type[Any], unfrozen: type[Any]
+) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., list[Any]]]:
+    """``(program_record, with_counters, update_counters)`` for ``record_class``, written
+    from its field list: every builder stores every field, whatever the fields are.
 
+    ``unfrozen`` is a subclass of ``record_class`` adding nothing but ordinary stores.  The
+    code is generated (as :mod:`dataclasses` generates ``__init__``) because a loop over
+    field names would cost a generic attribute call per field, which is what is avoided.
+    """
+    names = record_fields(record_class)
+    defaults = {f.name: f.default for f in fields(record_class) if f.default is not MISSING}
+    static = tuple(n for n in names if n not in _COUNTERS)
+    params = ", ".join(f"{n}=_d_{n}" if n in defaults else n for n in names)
+    body = "".join(f"    r.{n} = {n}\n" for n in names)
+    copy = "".join(f"    r.{n} = record.{n}\n" for n in static)
+    unpack = ", ".join(f"r.{n}" for n in static)
+    source = f"""
+def program_record({params}):
+    r = _New()
+{body}    r.__class__ = _Record
+    return r
 
-def _program_record_by_slots(
-    id: int,
-    type: str,
-    type_id: int,
-    name: str,
-    tag: str,
-    run_time_ns: int,
-    run_cnt: int,
-    recursion_misses: int | None,
-    load_time: float,
-    uid: int,
-    verified_insns: int | None,
-    xlated_size: int,
-    jited_size: int,
-    map_ids: tuple[int, ...],
-    btf_id: int,
-    memlock_bytes: int | None,
-    owners: tuple[Owner, ...] | None = None,
-    maps: tuple[MapRecord, ...] | None = None,
-) -> ProgramRecord:
-    r: Any = _UnfrozenProgramRecord()
-    r.id = id
-    r.type = type
-    r.type_id = type_id
-    r.name = name
-    r.tag = tag
-    r.run_time_ns = run_time_ns
+def with_counters(record, run_time_ns, run_cnt, recursion_misses):
+    r = _New()
+{copy}    r.run_time_ns = run_time_ns
     r.run_cnt = run_cnt
     r.recursion_misses = recursion_misses
-    r.load_time = load_time
-    r.uid = uid
-    r.verified_insns = verified_insns
-    r.xlated_size = xlated_size
-    r.jited_size = jited_size
-    r.map_ids = map_ids
-    r.btf_id = btf_id
-    r.memlock_bytes = memlock_bytes
-    r.owners = owners
-    r.maps = maps
-    r.__class__ = ProgramRecord
-    return r  # type: ignore[no-any-return]
+    r.__class__ = _Record
+    return r
 
-
-def _with_counters_by_slots(
-    record: ProgramRecord, run_time_ns: int, run_cnt: int, recursion_misses: int | None
-) -> ProgramRecord:
-    r: Any = _UnfrozenProgramRecord()
-    r.id = record.id
-    r.type = record.type
-    r.type_id = record.type_id
-    r.name = record.name
-    r.tag = record.tag
-    r.run_time_ns = run_time_ns
-    r.run_cnt = run_cnt
-    r.recursion_misses = recursion_misses
-    r.load_time = record.load_time
-    r.uid = record.uid
-    r.verified_insns = record.verified_insns
-    r.xlated_size = record.xlated_size
-    r.jited_size = record.jited_size
-    r.map_ids = record.map_ids
-    r.btf_id = record.btf_id
-    r.memlock_bytes = record.memlock_bytes
-    r.owners = record.owners
-    r.maps = record.maps
-    r.__class__ = ProgramRecord
-    return r  # type: ignore[no-any-return]
-
-
-_COUNTERS = ("run_time_ns", "run_cnt", "recursion_misses")
-_STATIC_FIELDS = tuple(f for f in _FIELDS if f not in _COUNTERS)
-
-static_fields: Callable[[ProgramRecord], tuple[Any, ...]] = attrgetter(*_STATIC_FIELDS)
-"""A record's fields other than the three counters, as the tuple :func:`update_counters`
-takes for each record."""
-
-
-def _update_counters_by_slots(
-    records: Iterable[ProgramRecord],
-    statics: Iterable[tuple[Any, ...]],
-    run_times: Iterable[int],
-    run_counts: Iterable[int],
-    recursion_misses: Iterable[int | None],
-) -> list[ProgramRecord]:
-    # The copy inlined, its static fields stored from one tuple unpack: on a host where
-    # programs run this loop makes a record per program per pass, and a call per record, or
-    # a load per field from the old record, would cost about a tenth more.
-    out: list[ProgramRecord] = []
+def update_counters(records, statics, run_times, run_counts, recursion_misses):
+    out = []
     append = out.append
-    new_record: Callable[[], Any] = _UnfrozenProgramRecord
-    record_class = ProgramRecord
+    new_record = _New
+    record_class = _Record
     for old, static, ns, cnt, misses in zip(
         records, statics, run_times, run_counts, recursion_misses, strict=True
     ):
@@ -183,59 +113,27 @@ def _update_counters_by_slots(
             append(old)
             continue
         r = new_record()
-        # In the order of _STATIC_FIELDS (a test gives every field its own value).
-        (
-            r.id,
-            r.type,
-            r.type_id,
-            r.name,
-            r.tag,
-            r.load_time,
-            r.uid,
-            r.verified_insns,
-            r.xlated_size,
-            r.jited_size,
-            r.map_ids,
-            r.btf_id,
-            r.memlock_bytes,
-            r.owners,
-            r.maps,
-        ) = static
+        ({unpack},) = static
         r.run_time_ns = ns
         r.run_cnt = cnt
         r.recursion_misses = misses
         r.__class__ = record_class
         append(r)
     return out
+"""
+    namespace: dict[str, Any] = {"_New": unfrozen, "_Record": record_class}
+    namespace.update({f"_d_{n}": v for n, v in defaults.items()})
+    exec(compile(source, f"<{record_class.__name__} builders>", "exec"), namespace)
+    return namespace["program_record"], namespace["with_counters"], namespace["update_counters"]
 
 
-# The dataclass's own ways, used only if records.py changed without this module.
+_FIELDS = record_fields(ProgramRecord)
+_STATIC_FIELDS = tuple(f for f in _FIELDS if f not in _COUNTERS)
+assert _FIELDS[-len(_EXTRAS) :] == _EXTRAS, "owners and maps must stay the last fields"
 
-
-def _with_counters_by_replace(
-    record: ProgramRecord, run_time_ns: int, run_cnt: int, recursion_misses: int | None
-) -> ProgramRecord:
-    return replace(
-        record, run_time_ns=run_time_ns, run_cnt=run_cnt, recursion_misses=recursion_misses
-    )
-
-
-def _update_counters_by_replace(
-    records: Iterable[ProgramRecord],
-    statics: Iterable[tuple[Any, ...]],
-    run_times: Iterable[int],
-    run_counts: Iterable[int],
-    recursion_misses: Iterable[int | None],
-) -> list[ProgramRecord]:
-    return [
-        old
-        if old.run_time_ns == ns and old.run_cnt == cnt and old.recursion_misses == misses
-        else _with_counters_by_replace(old, ns, cnt, misses)
-        for old, ns, cnt, misses in zip(
-            records, run_times, run_counts, recursion_misses, strict=True
-        )
-    ]
-
+static_fields: Callable[[ProgramRecord], tuple[Any, ...]] = attrgetter(*_STATIC_FIELDS)
+"""A record's fields other than the three counters, as the tuple :func:`update_counters`
+takes for each record."""
 
 program_record: Callable[..., ProgramRecord]
 """``ProgramRecord(*fields)`` (positional, in field order), several times cheaper."""
@@ -259,16 +157,11 @@ record and the counters its program has now, the record itself when they are unc
 (consumers skip unchanged programs by identity), else a copy with the new counters, like
 :func:`with_counters`; in one loop.  ``statics`` holds each record's :func:`static_fields`."""
 
-if FAST:
-    program_record = _program_record_by_slots
-    with_counters = _with_counters_by_slots
-    update_counters = _update_counters_by_slots
-else:
-    program_record = ProgramRecord
-    with_counters = _with_counters_by_replace
-    update_counters = _update_counters_by_replace
+program_record, with_counters, update_counters = derive_builders(
+    ProgramRecord, _UnfrozenProgramRecord
+)
 
-_BASE_FIELDS = attrgetter(*_FIELDS[:-2])
+_BASE_FIELDS = attrgetter(*_FIELDS[: -len(_EXTRAS)])
 """A record's fields before ``owners`` and ``maps``, as a tuple."""
 
 

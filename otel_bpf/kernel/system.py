@@ -21,28 +21,39 @@ def parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
-def _cpu_count(path: str) -> int:
+ONLINE_CPUS_PATH = "/sys/devices/system/cpu/online"
+POSSIBLE_CPUS_PATH = "/sys/devices/system/cpu/possible"
+
+
+def _cpu_list(path: str) -> list[int]:
     try:
         with open(path) as f:
-            count = len(parse_cpu_list(f.read()))
+            cpus = parse_cpu_list(f.read())
     except (OSError, ValueError):
-        count = 0
-    return count or os.cpu_count() or 1
+        cpus = []
+    return cpus or list(range(os.cpu_count() or 1))
 
 
 def online_cpus() -> int:
     """Number of online CPUs (``/sys/devices/system/cpu/online``)."""
-    return _cpu_count("/sys/devices/system/cpu/online")
+    return len(_cpu_list(ONLINE_CPUS_PATH))
 
 
-def possible_cpus() -> int:
-    """Number of possible CPUs: the size of per-CPU map values (``.../cpu/possible``)."""
-    return _cpu_count("/sys/devices/system/cpu/possible")
+def possible_cpus() -> list[int]:
+    """The CPUs the kernel keeps per-CPU data for and sums per-CPU stats over
+    (``for_each_possible_cpu``; ``/sys/devices/system/cpu/possible``)."""
+    return _cpu_list(POSSIBLE_CPUS_PATH)
 
 
 def kernel_release() -> str:
     """The running kernel's release, e.g. ``6.8.0-45-generic``."""
     return os.uname().release
+
+
+def kernel_version() -> str:
+    """``major.minor`` of the running kernel, e.g. ``6.8``."""
+    parts = kernel_release().split(".")
+    return ".".join(parts[:2])
 
 
 def hostname() -> str:

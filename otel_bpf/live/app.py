@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import anyio
@@ -223,8 +224,8 @@ async def run_live(sampler: Sampler, options: LiveOptions | None = None) -> None
     terminal = Terminal(options.stdin_fd, options.stdout_fd)
     view = LiveView(sampler, options, terminal)
     # The Process column and the maps of the detail view need these lookups.
-    asked = (sampler.owners, sampler.maps)
-    sampler.owners = sampler.maps = True
+    asked = sampler.options
+    sampler.options = replace(asked, owners=True, maps=True)
     try:
         with _logging_diverted():
             try:
@@ -239,4 +240,4 @@ async def run_live(sampler: Sampler, options: LiveOptions | None = None) -> None
             finally:
                 terminal.leave()
     finally:
-        sampler.owners, sampler.maps = asked
+        sampler.options = asked

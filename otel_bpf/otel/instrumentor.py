@@ -22,9 +22,11 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.metrics import MeterProvider
 
+from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
-from otel_bpf.otel.plugin import StatsHolder, default_stats_holder, provider_is_shut_down
+from otel_bpf.otel.plugin import StatsHolder, default_stats_holder
+from otel_bpf.otel.sdk_private import provider_is_shut_down
 from otel_bpf.sampler import Sampler
 
 __all__ = ["BpfProgramsInstrumentor"]
@@ -64,12 +66,22 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         min_interval = float(kwargs.get("min_interval", 1.0))
         holder: StatsHolder = kwargs.get("stats_holder") or default_stats_holder()
         # Each collection takes its own snapshot and the instruments read it then: no history.
-        sampler = Sampler(history=1, owners=options.needs_owners, maps=options.needs_maps)
+        # The sampler opens open_source("auto") at its first pass, as the command line does.
+        sampler = Sampler(
+            history=1,
+            options=SourceOptions(owners=options.needs_owners, maps=options.needs_maps),
+        )
         # One pass now: a missing privilege or kernel feature shows here, not at every export.
-        sampler.sample_once()
+        try:
+            sampler.sample_once()
+        except BaseException:
+            sampler.close()
+            raise
+        _log.info("BPF program metrics: sampling path %s", sampler.sampling_path)
         holder.acquire()
         self._holder = holder
         self._held = True
+        self._close_sampler()
         self._sampler = sampler
         if self._instruments is not None and self._instruments_provider is provider:
             # The API cannot remove instruments, and a second registration under the same
@@ -84,6 +96,17 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._instruments = create_instruments(
             provider, self._history, options, before_collect=before_collect
         )
+
+    @property
+    def sampling_path(self) -> SamplingPath | None:
+        """The path programs are read through while instrumented, else None."""
+        sampler = self._sampler
+        return sampler.sampling_path if sampler is not None else None
+
+    def _close_sampler(self) -> None:
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.close()
 
     def _history(self) -> tuple[Any, ...]:
         sampler = self._sampler
@@ -118,4 +141,4 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._instruments is not None:
             self._instruments.close()
         self._release()
-        self._sampler = None
+        self._close_sampler()

@@ -18,7 +18,6 @@ anything else in the process share one kernel fd.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from types import TracebackType
@@ -29,8 +28,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 
+from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
+from otel_bpf.otel.sdk_private import (
+    provider_is_shut_down,
+    reader_export_interval,
+    reader_exporting,
+)
 from otel_bpf.sampler import Sampler
 
 __all__ = ["BpfMetricsPlugin", "StatsHolder"]
@@ -61,48 +66,6 @@ def default_stats_holder() -> StatsHolder:
 FED_HISTORY = 4
 """Snapshots a sampler needs to keep when the plugin feeds its instruments every pass: the
 newest, plus a margin for passes published while the event loop was busy elsewhere."""
-
-
-def _real_provider(provider: object) -> object:
-    real = getattr(provider, "_real_meter_provider", None)
-    return real if real is not None else provider
-
-
-def provider_is_shut_down(provider: object) -> bool:
-    """The SDK MeterProvider's ``shutdown()`` has been called (False for other providers).
-
-    The SDK sets its private ``_shutdown`` flag first thing in ``shutdown()``; there is no
-    public hook, and waiting for process exit would keep stats on for nothing.
-    """
-    return bool(getattr(_real_provider(provider), "_shutdown", False))
-
-
-def reader_export_interval(provider: object) -> float | None:
-    """The shortest export interval (s) among the provider's periodic readers, if any."""
-    readers = getattr(_real_provider(provider), "_metric_readers", None) or ()
-    intervals = []
-    for reader in readers:
-        millis = getattr(reader, "_export_interval_millis", None)
-        if isinstance(millis, (int, float)) and math.isfinite(millis) and millis > 0:
-            intervals.append(millis / 1000.0)
-    return min(intervals) if intervals else None
-
-
-def reader_exporting(provider: object) -> bool:
-    """Whether one of the provider's readers is inside an export now.
-
-    The SDK's ``PeriodicExportingMetricReader`` holds its private ``_export_lock`` for the
-    whole export (every request and retry); there is no public hook.  A reader stuck in an
-    export to a collector that does not answer is still a reader: its next collection
-    comes when the export gives up, so that time must not count as nobody reading.
-    """
-    readers = getattr(_real_provider(provider), "_metric_readers", None) or ()
-    for reader in readers:
-        lock = getattr(reader, "_export_lock", None)
-        locked = getattr(lock, "locked", None)
-        if callable(locked) and locked():
-            return True
-    return False
 
 
 def _sole(exc: BaseException) -> BaseException:
@@ -144,11 +107,12 @@ class BpfMetricsPlugin:
         self._own_sampler = sampler is None
         # The instruments are fed every pass as it is taken (see _feed_every_pass): the own
         # sampler keeps only a few snapshots, for a collection that overtakes the feeding.
+        # An own sampler opens open_source("auto") at its first pass: the iterator path where
+        # the kernel allows it, as the command line does.
         self._sampler = sampler or Sampler(
             interval=interval,
             history=FED_HISTORY,
-            owners=self.options.needs_owners,
-            maps=self.options.needs_maps,
+            options=SourceOptions(owners=self.options.needs_owners, maps=self.options.needs_maps),
         )
         if collection_interval is not None and not collection_interval > 0:
             raise ValueError("collection_interval must be > 0 seconds")
@@ -174,6 +138,11 @@ class BpfMetricsPlugin:
     def sampler(self) -> Sampler:
         """The sampler whose snapshots are exported."""
         return self._sampler
+
+    @property
+    def sampling_path(self) -> SamplingPath | None:
+        """The path the sampler reads programs through (None before the first pass)."""
+        return self._sampler.sampling_path
 
     @property
     def instruments(self) -> BpfInstruments | None:
@@ -237,6 +206,7 @@ class BpfMetricsPlugin:
                 else:
                     self._instruments.reopen()
                 tg.start_soon(self._feed_every_pass, self._instruments)
+                _log.info("BPF program metrics: sampling path %s", self.sampling_path)
                 self._idle_since_ref = time.monotonic()
                 self._seen_collection = self._instruments.last_collection
                 task_status.started()
@@ -252,6 +222,8 @@ class BpfMetricsPlugin:
             if self._instruments is not None:
                 self._instruments.close()
             self._release()
+            if self._own_sampler:
+                self._sampler.close()
             self._running = False
 
     async def _feed_every_pass(self, instruments: BpfInstruments) -> None:

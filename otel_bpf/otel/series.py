@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from otel_bpf.figures import LOAD_TIME_TOLERANCE
+from otel_bpf.figures import same_program
 from otel_bpf.otel import names
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.records import ProgramRecord
@@ -68,16 +68,6 @@ class _Totals:
 
 def _totals(p: ProgramRecord) -> _Totals:
     return _Totals(p.load_time, p.run_time_ns, p.run_cnt, p.recursion_misses or 0)
-
-
-def _same_program(before: _Totals, now: _Totals) -> bool:
-    """``now`` is a later reading of the program ``before`` was read from (not a reused id)."""
-    return (
-        abs(before.load_time - now.load_time) <= LOAD_TIME_TOLERANCE
-        and now.run_time_ns >= before.run_time_ns
-        and now.run_cnt >= before.run_cnt
-        and now.recursion_misses >= before.recursion_misses
-    )
 
 
 @dataclass(slots=True)
@@ -166,7 +156,7 @@ class SeriesTable:
             now = seen.get(key, {})
             for prog_id, last in agg.live.items():
                 current = now.get(prog_id)
-                if current is None or not _same_program(last, current):
+                if current is None or not same_program(last, current):
                     # Unloaded (or its id now names another program): keep what it counted.
                     agg.offset.add(last)
             agg.live = now

@@ -28,6 +28,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from otel_bpf.otel.sdk_private import (
+    aggregation_attributes,
+    has_measurement_consumer,
+    match_aggregations,
+    sdk_instrument,
+    view_instrument_matches,
+)
+
 _log = logging.getLogger(__name__)
 
 AttributeKey = frozenset[tuple[str, Any]]
@@ -36,12 +44,6 @@ AttributeKey = frozenset[tuple[str, Any]]
 def attribute_key(attributes: Mapping[str, Any] | None) -> AttributeKey:
     """A hashable identity of an attribute set."""
     return frozenset((attributes or {}).items())
-
-
-def _sdk_provider(meter_provider: object) -> object:
-    # The API's proxy provider (global provider not set yet, or set later) wraps the SDK one.
-    real = getattr(meter_provider, "_real_meter_provider", None)
-    return real if real is not None else meter_provider
 
 
 class StaleSeriesPruner:
@@ -61,31 +63,17 @@ class StaleSeriesPruner:
         """Pruning works with this provider (False after an unexpected SDK layout)."""
         return self._disabled_reason is None
 
-    def _matches_for(self, instrument: object) -> list[object] | None:
-        provider = _sdk_provider(self._provider)
-        consumer = getattr(provider, "_measurement_consumer", None)
-        storages = getattr(consumer, "_reader_storages", None)
-        if not isinstance(storages, Mapping):
-            return None
-        matches: list[object] = []
-        for storage in list(storages.values()):
-            per_instrument = getattr(storage, "_instrument_view_instrument_matches", None)
-            if not isinstance(per_instrument, Mapping):
-                return None
-            matches.extend(per_instrument.get(instrument, ()))
-        return matches
-
     def prune(self, instrument: object, observed: Iterable[AttributeKey]) -> None:
         """Forget every attribute set of ``instrument`` that is not in ``observed``."""
         if self._disabled_reason is not None:
             return
         # An instrument created through the API's proxy (global provider set later) is
         # stored by the SDK under the real instrument the proxy wraps.
-        instrument = getattr(instrument, "_real_instrument", None) or instrument
+        instrument = sdk_instrument(instrument)
         try:
-            matches = self._matches_for(instrument)
+            matches = view_instrument_matches(self._provider, instrument)
             if matches is None:
-                if getattr(_sdk_provider(self._provider), "_measurement_consumer", None) is None:
+                if not has_measurement_consumer(self._provider):
                     # Not an SDK provider (no-op or proxy without a real one): nothing to do.
                     return
                 self._disable("the SDK's reader storage has an unexpected layout")
@@ -106,12 +94,7 @@ class StaleSeriesPruner:
             self._disable(f"{type(exc).__name__}: {exc}")
 
     def _prune_match(self, match: object, keep: set[AttributeKey]) -> None:
-        table = getattr(match, "_attributes_aggregation", None)
-        lock = getattr(match, "_lock", None)
-        view = getattr(match, "_view", None)
-        if not isinstance(table, dict) or lock is None:
-            raise TypeError("no _attributes_aggregation dict on the view instrument match")
-        view_keys = getattr(view, "_attribute_keys", None)
+        table, lock, view_keys = match_aggregations(match)
         if view_keys is not None:
             # A user View that keeps only some attribute keys aggregates on those.
             keep = {frozenset((k, v) for k, v in key if k in view_keys) for key in keep}
@@ -119,7 +102,7 @@ class StaleSeriesPruner:
             stale = [
                 hashed
                 for hashed, aggregation in table.items()
-                if attribute_key(getattr(aggregation, "_attributes", None)) not in keep
+                if attribute_key(aggregation_attributes(aggregation)) not in keep
             ]
             for hashed in stale:
                 del table[hashed]

@@ -22,6 +22,7 @@ from otel_bpf import read_programs
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.loader import load_program, program_id
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.syscall import close
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
@@ -74,7 +75,7 @@ def test_10000_programs_never_overflow_and_memory_stays_flat() -> None:
     inst = create_instruments(mp, lambda: sampler.history)
     # Programs other than ours (the host's own) also get series; the bound below is
     # relative to how many there are, not to a guess about the machine.
-    host_programs = len(read_programs(memlock=False))
+    host_programs = len(read_programs(SourceOptions(memlock=False)))
     started = time.monotonic()
     base_blocks = base_rss = 0
     max_series = 0
@@ -126,7 +127,7 @@ def test_10000_programs_never_overflow_and_memory_stays_flat() -> None:
     finally:
         mp.shutdown()
     elapsed = time.monotonic() - started
-    host_programs = max(host_programs, len(read_programs(memlock=False)))
+    host_programs = max(host_programs, len(read_programs(SourceOptions(memlock=False))))
     pruner = inst.pruner
     assert pruner is not None and pruner.active
     figures = (

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 import otel_bpf
-from otel_bpf.demo import DemoWorkload, DemoWorkloadError
+from otel_bpf.demo import DemoWorkload, DemoWorkloadError, cgroup
 from otel_bpf.demo import programs as demo
-from otel_bpf.kernel import cgroup
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.records import ProgramRecord
 
@@ -42,7 +42,7 @@ def workload() -> Iterator[DemoWorkload]:
 def ours(ids: dict[str, int]) -> tuple[float, dict[str, ProgramRecord]]:
     """The demo programs' records and the monotonic time they were read at (mid-pass)."""
     t0 = time.monotonic()
-    records = {r.id: r for r in otel_bpf.read_programs(memlock=False)}
+    records = {r.id: r for r in otel_bpf.read_programs(SourceOptions(memlock=False))}
     t1 = time.monotonic()
     return (t0 + t1) / 2, {name: records[i] for name, i in ids.items() if i in records}
 
@@ -194,7 +194,7 @@ def assert_nothing_left(info: dict[str, object]) -> None:
     ids = set(info["ids"].values())  # type: ignore[attr-defined]
     loaded = still_loaded(ids)
     assert not loaded, f"programs still loaded: {loaded}"
-    assert not {r.id for r in otel_bpf.read_programs(memlock=False)} & ids
+    assert not {r.id for r in otel_bpf.read_programs(SourceOptions(memlock=False))} & ids
     assert not os.path.exists(str(info["cgroup"])), f"{info['cgroup']} remains"
     # The namespace had no process but the worker (checked at start), so it went with it.
     # (Its inode number may be reused by a newer namespace, so it is not looked up again.)

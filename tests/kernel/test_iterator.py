@@ -17,21 +17,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from kernel_progs import PASS_ALL, load_btf_named, load_named, prog_id_of_fd
 
-from otel_bpf.kernel.iterator.progs import PROGRAM_NAME, possible_cpus
+from otel_bpf.kernel.iterator.progs import PROGRAM_NAME
 from otel_bpf.kernel.iterator.selfcheck import (
     IteratorUnavailableError,
-    choose_source,
     compare,
 )
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import attach_socket_filter, program_info
+from otel_bpf.kernel.open_source import open_source
 from otel_bpf.kernel.programs import read_all
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
+from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.records import ProgramRecord
 from otel_bpf.sampler import Sampler
 
@@ -89,7 +91,7 @@ def _drain(f: Filter, count: int) -> None:
 
 
 def _loaded_ids() -> set[int]:
-    return {r.id for r in read_all(memlock=False).records}
+    return {r.id for r in read_all(SourceOptions(memlock=False)).records}
 
 
 def _view(r: ProgramRecord) -> tuple[object, ...]:
@@ -99,10 +101,10 @@ def _view(r: ProgramRecord) -> tuple[object, ...]:
 def _compare_paths(source: IteratorSource, ours: dict[int, Filter]) -> None:
     """Iterator and syscall records agree; every one of ``ours`` is compared exactly."""
     for _attempt in range(5):
-        before = {r.id: r for r in read_all(memlock=False).records}
+        before = {r.id: r for r in read_all(SourceOptions(memlock=False)).records}
         raw = source.read_raw()
-        merged = {r.id: r for r in source.read_all().records}
-        after = {r.id: r for r in read_all(memlock=False).records}
+        merged = {r.id: r for r in source.read().records}
+        after = {r.id: r for r in read_all(SourceOptions(memlock=False)).records}
         problems = compare(
             list(before.values()),
             raw,
@@ -155,29 +157,31 @@ def test_both_paths_agree_across_random_workloads(stats: None, rdonly_cast: bool
                     _drain(f, count)
                     sent[f.id] += count
             # No traffic to ours now: the run counts are exactly what was sent.
-            records = {r.id: r for r in source.read_all().records}
+            records = {r.id: r for r in source.read().records}
             for prog_id in loaded:
                 assert records[prog_id].run_cnt == sent[prog_id]
             _compare_paths(source, loaded)
 
 
 def test_own_programs_are_left_out_unless_asked() -> None:
-    with IteratorSource(owners=True) as source:
-        default = {r.id for r in source.read_all().records}
+    with IteratorSource(SourceOptions(owners=True)) as source:
+        default = {r.id for r in source.read().records}
         own = source.self_ids
         assert len(own) == 2  # the bpf_prog and task_file iterators
         assert not own & default
-        everything = {r.id: r for r in source.read_all(include_self=True).records}
+        everything = {
+            r.id: r for r in source.read(replace(source.options, include_self=True)).records
+        }
         assert own <= everything.keys()
         names = {everything[i].name for i in own}
         assert names == {PROGRAM_NAME, "otel_bpf_owners"}
         # The syscall path sees them: they are real programs, just not the user's.
-        assert own <= {r.id for r in read_all(memlock=False).records}
+        assert own <= {r.id for r in read_all(SourceOptions(memlock=False)).records}
 
 
 def test_everything_is_released_on_close() -> None:
-    source = IteratorSource(owners=True)
-    source.read_all()
+    source = IteratorSource(SourceOptions(owners=True))
+    source.read()
     ids = source.self_ids
     source.close()
     source.close()  # idempotent
@@ -188,7 +192,7 @@ def test_everything_is_released_on_close() -> None:
         assert time.monotonic() < deadline, f"still loaded: {ids & _loaded_ids()}"
         time.sleep(0.02)
     with pytest.raises(OSError, match="closed"):
-        source.read_all()
+        source.read()
 
 
 def test_failure_while_loading_releases_what_was_created() -> None:
@@ -222,17 +226,21 @@ def test_sums_exactly_the_baked_cpu_list(stats: None) -> None:
         _unload(f)
 
 
-def test_choose_source_syscall_by_option() -> None:
-    source, path, reason = choose_source("syscall")
-    assert path == "syscall"
-    assert "option" in reason
-    assert not isinstance(source, IteratorSource)
-    assert isinstance(source().records, list)
+def test_open_source_syscall_by_option(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="otel_bpf"), open_source("syscall") as source:
+        assert source.path == "syscall"
+        assert not isinstance(source, IteratorSource)
+        assert isinstance(source.read().records, list)
+    lines = [r.getMessage() for r in caplog.records if "sampling path" in r.getMessage()]
+    assert len(lines) == 1 and "option" in lines[0]
 
 
-def test_choose_source_auto_uses_the_iterator_and_plugs_into_the_sampler() -> None:
-    source, path, reason = choose_source("auto")
-    assert path == "iterator", reason
+def test_open_source_auto_uses_the_iterator_and_plugs_into_the_sampler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="otel_bpf"):
+        source = open_source("auto")
+    assert source.path == "iterator", caplog.text
     assert isinstance(source, IteratorSource)
     with source:
         f = load_named("otel_t_sampler", PASS_ALL)
@@ -257,13 +265,12 @@ def test_auto_falls_back_with_one_log_line(
     caplog: pytest.LogCaptureFixture, overrides: dict[str, int], why: str
 ) -> None:
     with caplog.at_level(logging.INFO, logger="otel_bpf"):
-        source, path, reason = choose_source("auto", layout_overrides=overrides)
-    assert path == "syscall"
-    assert why in reason
+        source = open_source("auto", layout_overrides=overrides)
+    assert source.path == "syscall"
     assert not isinstance(source, IteratorSource)
     fd = load_named("otel_t_fallback")
     try:
-        assert prog_id_of_fd(fd) in {r.id for r in source().records}
+        assert prog_id_of_fd(fd) in {r.id for r in source.read().records}
     finally:
         os.close(fd)
     lines = [r for r in caplog.records if "sampling path" in r.getMessage()]
@@ -274,13 +281,13 @@ def test_auto_falls_back_with_one_log_line(
 
 def test_iterator_mode_raises_instead_of_falling_back() -> None:
     with pytest.raises(IteratorUnavailableError, match="disagrees with the syscall path"):
-        choose_source("iterator", layout_overrides={"aux_id": 36})
-    source, path, _ = choose_source("iterator")
-    assert path == "iterator"
+        open_source("iterator", layout_overrides={"aux_id": 36})
+    source = open_source("iterator")
+    assert source.path == "iterator"
     assert isinstance(source, IteratorSource)
     source.close()
 
 
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="auto, iterator, syscall"):
-        choose_source("fast")  # type: ignore[arg-type]
+        open_source("fast")  # type: ignore[arg-type]

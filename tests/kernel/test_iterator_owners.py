@@ -19,8 +19,7 @@ from collections.abc import Iterator
 import pytest
 from kernel_progs import load_named, prog_id_of_fd
 
-from otel_bpf.kernel._uapi import Cmd
-from otel_bpf.kernel.iterator._common import IterCreateAttr
+from otel_bpf.kernel._uapi import Cmd, IterCreateAttr
 from otel_bpf.kernel.iterator.owners import (
     KIND_TASK,
     MARK,
@@ -32,6 +31,7 @@ from otel_bpf.kernel.iterator.owners import (
 )
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.owners import scan_owners
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 from otel_bpf.records import Owner
@@ -45,6 +45,7 @@ import sys
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.loader import load_program, program_id
+from otel_bpf.kernel.source import SourceOptions
 fds = [
     load_program(ProgType.SOCKET_FILTER, asm.assemble([asm.mov64_imm(0, -1), asm.exit_()]),
                  f"otel_t_child{i}")
@@ -165,15 +166,15 @@ def test_owners_match_the_proc_scan_across_random_changes(
 def test_source_owners_come_from_the_iterator() -> None:
     fd = load_named("otel_t_src_own")
     try:
-        with IteratorSource(owners=True) as source:
-            records = {r.id: r for r in source.read_all().records}
+        with IteratorSource(SourceOptions(owners=True)) as source:
+            records = {r.id: r for r in source.read().records}
             assert source.owners_path == "iterator"
             owners = records[prog_id_of_fd(fd)].owners
             assert owners is not None
             # (other processes may hold it for a moment while they enumerate programs)
             mine = [(o.pid, o.via) for o in owners if o.pid == os.getpid()]
             assert mine == [(os.getpid(), "prog")]
-            without = source.read_all(owners=False).records
+            without = source.read(SourceOptions(owners=False)).records
             assert all(r.owners is None for r in without)
     finally:
         os.close(fd)
@@ -187,10 +188,12 @@ def test_owners_fall_back_to_the_proc_scan(caplog: pytest.LogCaptureFixture) -> 
         # A wrong tgid offset: calibration never recognises this process.
         with (
             caplog.at_level(logging.WARNING, logger="otel_bpf"),
-            IteratorSource(owners=True, owners_layout_overrides={"task_tgid": tgid + 4}) as source,
+            IteratorSource(
+                SourceOptions(owners=True), owners_layout_overrides={"task_tgid": tgid + 4}
+            ) as source,
         ):
-            first = {r.id: r for r in source.read_all().records}
-            second = {r.id: r for r in source.read_all().records}
+            first = {r.id: r for r in source.read().records}
+            second = {r.id: r for r in source.read().records}
             assert source.owners_path == "procfs"
         for records in (first, second):
             owners = records[prog_id_of_fd(fd)].owners

@@ -12,6 +12,7 @@ from kernel_progs import counting_filter, load_named, prog_id_of_fd
 
 from otel_bpf.kernel.owners import process_comm, scan_owners
 from otel_bpf.kernel.programs import read_all
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import ProgramRecord
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -22,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # closes the program fd and keeps only the link fd until stdin closes.
 LINK_HOLDER = """
 import os, sys
-from otel_bpf.kernel import asm, links, netns
+from otel_bpf.demo import netns
+from otel_bpf.kernel import asm, links
 from otel_bpf.kernel._uapi import AttachType, ProgType
 from otel_bpf.kernel.fdinfo import parse_fdinfo
 from otel_bpf.kernel.loader import load_program
@@ -38,7 +40,7 @@ sys.stdin.read()
 
 
 def record(prog_id: int, **kw: bool) -> ProgramRecord:
-    result = read_all(**kw)
+    result = read_all(SourceOptions(**kw))
     assert result.errors == []
     return next(r for r in result.records if r.id == prog_id)
 

@@ -22,7 +22,8 @@ from kernel_progs import (
 
 import otel_bpf
 from otel_bpf.kernel import programs
-from otel_bpf.kernel.programs import ProgramReader, read_all
+from otel_bpf.kernel.programs import SyscallSource, read_all
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.records import ProgramRecord
 
@@ -113,7 +114,7 @@ def test_run_cnt_grows_by_exactly_the_packets_sent() -> None:
 
 def test_maps_of_a_program() -> None:
     with counting_filter() as filt:
-        rec = by_id(read_all(maps=True).records)[filt.prog_id]
+        rec = by_id(read_all(SourceOptions(maps=True)).records)[filt.prog_id]
         tool = bpftool_json("map", "show", "id", str(rec.map_ids[0]))
     assert len(rec.map_ids) == 1 and rec.maps is not None and len(rec.maps) == 1
     (m,) = rec.maps
@@ -127,7 +128,7 @@ def test_maps_of_a_program() -> None:
 def test_memlock_can_be_left_out() -> None:
     fd = load_named("otel_t_nomem")
     try:
-        rec = by_id(read_all(memlock=False).records)[prog_id_of_fd(fd)]
+        rec = by_id(read_all(SourceOptions(memlock=False)).records)[prog_id_of_fd(fd)]
         assert rec.memlock_bytes is None
     finally:
         os.close(fd)
@@ -142,13 +143,13 @@ def test_btf_names_are_cached_between_passes(monkeypatch: pytest.MonkeyPatch) ->
         return real(prog_fd, btf_id, rec_size)
 
     monkeypatch.setattr(programs, "program_btf_name", counting)
-    reader = ProgramReader()
+    reader = SyscallSource()
     fd = load_btf_named(LONG_NAME + "_cached")
     try:
         prog_id = prog_id_of_fd(fd)
-        first = by_id(reader.read_all().records)[prog_id]
+        first = by_id(reader.read().records)[prog_id]
         n = len(calls)
-        second = by_id(reader.read_all().records)[prog_id]
+        second = by_id(reader.read().records)[prog_id]
         assert first.name == second.name == LONG_NAME + "_cached"
         assert n >= 1 and len(calls) == n  # the second pass asked BTF for nothing
     finally:
@@ -187,7 +188,7 @@ def test_passes_survive_programs_coming_and_going() -> None:
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             started = time.monotonic()
-            result = read_all(owners=passes % 5 == 0, maps=True)
+            result = read_all(SourceOptions(owners=passes % 5 == 0, maps=True))
             took = time.monotonic() - started
             passes += 1
             assert result.errors == []
@@ -248,8 +249,10 @@ def test_one_failing_program_never_ends_the_pass(monkeypatch: pytest.MonkeyPatch
     import ctypes
     import errno
 
-    reader = ProgramReader()
-    real = programs._raw_syscall
+    from otel_bpf.kernel import syscall
+
+    reader = SyscallSource()
+    real = syscall._syscall
     fds = [load_named(f"otel_t_fault{i}") for i in range(3)]
     try:
         gone_id, broken_id, fine_id = (prog_id_of_fd(fd) for fd in fds)
@@ -264,8 +267,8 @@ def test_one_failing_program_never_ends_the_pass(monkeypatch: pytest.MonkeyPatch
                 return -1
             return int(real(*args))
 
-        monkeypatch.setattr(programs, "_raw_syscall", faulty)
-        result = reader.read_all()
+        monkeypatch.setattr(syscall, "_syscall", faulty)
+        result = reader.read()
         ids = {r.id for r in result.records}
         assert fine_id in ids and gone_id not in ids and broken_id not in ids
         assert len(result.errors) == 1

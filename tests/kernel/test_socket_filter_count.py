@@ -13,6 +13,7 @@ from otel_bpf.demo import DemoWorkload
 from otel_bpf.demo import programs as demo
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.loader import attach_socket_filter, load_program, program_id, program_info
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.syscall import close
 
@@ -26,7 +27,7 @@ def _stats_on() -> Iterator[None]:
 
 
 def run_cnt_by_id(prog_id: int) -> int:
-    for rec in otel_bpf.read_programs(memlock=False):
+    for rec in otel_bpf.read_programs(SourceOptions(memlock=False)):
         if rec.id == prog_id:
             return rec.run_cnt
     raise AssertionError(f"program {prog_id} is not loaded")

@@ -17,6 +17,7 @@ from peers import Rotel, cli_command, cli_env, tail
 from process_probe import fd_count, rss_kib
 
 from otel_bpf import read_programs
+from otel_bpf.kernel.source import SourceOptions
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -29,7 +30,7 @@ PROBE_EVERY = 15.0
 
 def programs() -> int:
     """Programs loaded on the host now: a burst of other programs is a burst of work."""
-    return len(read_programs(memlock=False))
+    return len(read_programs(SourceOptions(memlock=False)))
 
 
 def rss_baseline(samples: list[tuple[float, int, int, int]]) -> int:

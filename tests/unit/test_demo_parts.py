@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from otel_bpf.demo import cgroup
 from otel_bpf.demo import programs as demo
 from otel_bpf.demo.worker import one_line
 from otel_bpf.demo.workload import normalize_rates
-from otel_bpf.kernel import cgroup
 from otel_bpf.kernel.loader import VerifierError
 
 HYBRID = """\

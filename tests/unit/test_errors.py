@@ -41,7 +41,7 @@ def test_not_found_unsupported_and_other() -> None:
 
 
 def test_unknown_command_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(errors, "kernel_version", lambda: "5.4")
+    monkeypatch.setattr(errors.system, "kernel_version", lambda: "5.4")
     exc = unsupported_command("BPF_ENABLE_STATS")
     assert isinstance(exc, BpfUnsupportedError)
     assert str(exc).endswith("kernel 5.4 lacks BPF_ENABLE_STATS, needs >= 5.8")

@@ -146,3 +146,17 @@ def test_rates_are_never_negative_and_consistent(runs: int, ns: int, dt: float, 
         assert avg is None
     else:
         assert avg == pytest.approx(ns / runs)
+
+
+def test_rates_and_series_share_one_idea_of_the_same_program() -> None:
+    """figures.comparable (rates) and the by-name series use one definition: a reused id
+    whose recursion misses went backwards is another program for both."""
+    from otel_bpf.otel import series
+
+    busier = replace(later(2_000, 2_000_000), recursion_misses=5)
+    reused = replace(later(3_000, 3_000_000), recursion_misses=1)
+    assert figures.comparable(A, busier) and figures.same_program(A, busier)
+    assert not figures.comparable(busier, reused)
+    assert not figures.same_program(busier, reused)
+    assert series.same_program is figures.same_program
+    assert figures.cpu_percent(busier, reused, 1.0) is None

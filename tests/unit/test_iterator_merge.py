@@ -13,9 +13,8 @@ from dataclasses import replace
 import pytest
 
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
-from otel_bpf.kernel.iterator import source as source_module
+from otel_bpf.kernel.iterator.merge import PassMerger
 from otel_bpf.kernel.iterator.progs import RECORD, PassColumns
-from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.records import ProgramRecord
 
 Row = tuple[int, int, int, int, int]  # id, load time, run time, run count, recursion misses
@@ -63,23 +62,17 @@ class Kernel:
 
 
 @pytest.fixture
-def kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
-    k = Kernel()
-    monkeypatch.setattr(source_module, "read_one", k.read_one)
-    monkeypatch.setattr(source_module, "boot_time_offset", lambda: 1e9)
-    return k
+def kernel() -> Kernel:
+    return Kernel()
 
 
-def merger() -> IteratorSource:
-    """An IteratorSource with no iterator loaded: only its merge state."""
-    source = IteratorSource.__new__(IteratorSource)
-    source._static = {}
-    source._last = None
-    return source
+def merger(kernel: Kernel) -> PassMerger:
+    """The iterator path's merge, its syscall look-up answered by ``kernel``."""
+    return PassMerger(read_static=kernel.read_one, boot_offset=lambda: 1e9)
 
 
 def merge(
-    source: IteratorSource,
+    source: PassMerger,
     kernel: Kernel,
     rows: list[Row],
     memlock: bool = True,
@@ -88,11 +81,11 @@ def merge(
     for pid, lt, *_ in rows:
         kernel.load_times.setdefault(pid, lt)
     kernel.asked.clear()
-    return source._merge(pack(rows), memlock, skip)
+    return source.merge(pack(rows), memlock, skip)
 
 
 def test_same_programs_keep_idle_records_and_copy_the_others(kernel: Kernel) -> None:
-    source = merger()
+    source = merger(kernel)
     rows = [(3, 30, 100, 2, 0), (5, 50, 0, 0, 0), (9, 90, 7, 1, 0)]
     first, errors = merge(source, kernel, rows)
     assert errors == [] and kernel.asked == [3, 5, 9]
@@ -110,7 +103,7 @@ def test_same_programs_keep_idle_records_and_copy_the_others(kernel: Kernel) -> 
 
 
 def test_loaded_unloaded_and_replaced_programs(kernel: Kernel) -> None:
-    source = merger()
+    source = merger(kernel)
     merge(source, kernel, [(3, 30, 1, 1, 0), (5, 50, 1, 1, 0)])
     kept, _ = merge(source, kernel, [(3, 30, 1, 1, 0), (5, 50, 1, 1, 0)])
     # 5 unloaded, 8 loaded, and 3's id now names another program (another load time).
@@ -120,11 +113,11 @@ def test_loaded_unloaded_and_replaced_programs(kernel: Kernel) -> None:
     assert errors == [] and kernel.asked == [3, 8]
     assert records == [expected(r) for r in rows]
     assert records[0] is not kept[0]
-    assert set(source._static) == {3, 8}  # 5 is forgotten
+    assert set(source.known_ids) == {3, 8}  # 5 is forgotten
 
 
 def test_unreadable_programs_are_left_out_and_tried_again(kernel: Kernel) -> None:
-    source = merger()
+    source = merger(kernel)
     kernel.failing[5] = BpfError(13, "program 5: permission denied")
     rows = [(3, 30, 1, 1, 0), (5, 50, 1, 1, 0), (7, 70, 1, 1, 0)]
     kernel.gone.add(6)  # silently left out
@@ -140,7 +133,7 @@ def test_unreadable_programs_are_left_out_and_tried_again(kernel: Kernel) -> Non
 
 
 def test_own_programs_are_skipped_wherever_they_are(kernel: Kernel) -> None:
-    source = merger()
+    source = merger(kernel)
     rows = [(2, 20, 1, 1, 0), (4, 40, 1, 1, 0), (6, 60, 1, 1, 0), (8, 80, 1, 1, 0)]
     records, _ = merge(source, kernel, rows, skip=frozenset({2, 8, 99}))
     assert [r.id for r in records] == [4, 6]
@@ -154,7 +147,7 @@ def test_own_programs_are_skipped_wherever_they_are(kernel: Kernel) -> None:
 
 
 def test_memlock_off_and_on_again(kernel: Kernel) -> None:
-    source = merger()
+    source = merger(kernel)
     rows = [(3, 30, 1, 1, 0)]
     with_memlock, _ = merge(source, kernel, rows)
     without, _ = merge(source, kernel, rows, memlock=False)
@@ -167,7 +160,7 @@ def test_memlock_off_and_on_again(kernel: Kernel) -> None:
 
 
 def test_an_unsorted_walk_still_gives_records_by_id(kernel: Kernel) -> None:
-    source = merger()
+    source = merger(kernel)
     rows = [(9, 90, 1, 1, 0), (3, 30, 2, 2, 0), (5, 50, 3, 3, 0)]
     records, _ = merge(source, kernel, rows, skip=frozenset({5}))
     assert [r.id for r in records] == [3, 9]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import anyio
 import pyte
 import pytest
+from fake_source import CallSource
 from live_samples import STATS_ON, program
 
 from otel_bpf.live import app as live_app
@@ -226,7 +227,10 @@ async def live_session(
 ) -> Programs:
     programs = Programs()
     sampler = Sampler(
-        interval=interval, source=programs, stats_state=lambda: STATS_ON, online_cpus=lambda: 2
+        interval=interval,
+        source=CallSource(programs),
+        stats_state=lambda: STATS_ON,
+        online_cpus=lambda: 2,
     )
     options = LiveOptions(stdin_fd=pty.slave, stdout_fd=pty.slave, ascii=True)
     with anyio.fail_after(20):
@@ -409,7 +413,9 @@ async def test_log_records_are_kept_off_the_screen_and_replayed(
 async def test_run_live_refuses_a_non_terminal() -> None:
     r, w = os.pipe()
     try:
-        sampler = Sampler(source=Programs(), stats_state=lambda: STATS_ON, online_cpus=lambda: 2)
+        sampler = Sampler(
+            source=CallSource(Programs()), stats_state=lambda: STATS_ON, online_cpus=lambda: 2
+        )
         with pytest.raises(TerminalUnavailable, match="not a tty"):
             await run_live(sampler, LiveOptions(stdin_fd=r, stdout_fd=w))
     finally:

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from fake_source import CallSource
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
@@ -17,7 +18,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from otel_bpf.otel.plugin import BpfMetricsPlugin, reader_export_interval
+from otel_bpf.otel.plugin import BpfMetricsPlugin
+from otel_bpf.otel.sdk_private import reader_export_interval
 from otel_bpf.records import ProgramRecord, StatsState
 from otel_bpf.sampler import Sampler
 
@@ -73,7 +75,7 @@ def prog() -> ProgramRecord:
 def fake_sampler(holder: Holder) -> Sampler:
     return Sampler(
         interval=0.1,
-        source=lambda: Result([prog()]),
+        source=CallSource(lambda: Result([prog()])),
         stats_state=lambda: StatsState(ours=holder.count > 0, sysctl=False, others=False),
         online_cpus=lambda: 1,
     )
@@ -192,7 +194,7 @@ async def test_a_start_up_failure_is_raised_as_itself_and_holds_nothing() -> Non
     mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
     plugin = BpfMetricsPlugin(mp, stats_holder=holder)
     plugin._sampler = Sampler(
-        source=no_privileges,
+        source=CallSource(no_privileges),
         stats_state=lambda: StatsState(False, False, False),
         online_cpus=lambda: 1,
     )
@@ -227,7 +229,7 @@ async def test_by_name_type_counts_programs_that_came_and_went_between_collectio
     sampler = Sampler(
         interval=0.1,
         history=1,
-        source=source,
+        source=CallSource(source),
         stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
         online_cpus=lambda: 1,
     )

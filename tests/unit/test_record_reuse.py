@@ -7,7 +7,7 @@ dataclass constructor, ``dataclasses.replace`` and ``snapshot.derive``.
 from __future__ import annotations
 
 import pickle
-from dataclasses import FrozenInstanceError, astuple, fields, replace
+from dataclasses import FrozenInstanceError, astuple, dataclass, fields, replace
 
 import pytest
 
@@ -25,7 +25,8 @@ def prog(pid: int = 7, run_cnt: int = 4, run_time_ns: int = 100) -> ProgramRecor
 
 
 def test_program_record_is_the_dataclass_in_every_respect() -> None:
-    assert record_builder.FAST  # the layout check passed: the slot stores are in use
+    # The slot stores written from the record's fields are in use, not the constructor.
+    assert program_record.__code__.co_filename == "<ProgramRecord builders>"
     fast = program_record(*VALUES)
     slow = ProgramRecord(*VALUES)
     assert type(fast) is ProgramRecord
@@ -123,13 +124,8 @@ def test_with_counters_is_replace() -> None:
         new.run_cnt = 5  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["slot-stores", "dataclass-fallback"])
-def test_update_counters_keeps_unchanged_records_and_copies_the_others(fast: bool) -> None:
-    update = (
-        record_builder._update_counters_by_slots
-        if fast
-        else record_builder._update_counters_by_replace
-    )
+def test_update_counters_keeps_unchanged_records_and_copies_the_others() -> None:
+    update = record_builder.update_counters
     a = distinct_fields_record()
     b = replace(a, id=8, name="other", memlock_bytes=None, owners=None, maps=None)
     records = [a, b]
@@ -157,3 +153,45 @@ def test_the_unfrozen_class_never_leaks() -> None:
         assert type(r) is ProgramRecord
         with pytest.raises(FrozenInstanceError):
             del r.name  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class OtherRecord:
+    """A record with other fields than ProgramRecord's: what a change to records.py makes."""
+
+    id: int
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int | None
+    per_cpu: tuple[int, ...]
+    attach: str | None = None
+
+
+class _UnfrozenOther(OtherRecord):
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    __init__ = object.__init__
+
+
+def test_builders_follow_the_declared_fields() -> None:
+    """A field added to (or removed from) the record is stored by every builder: the builders
+    are written from the declaration, there is no second list to forget."""
+    build, with_counters, update = record_builder.derive_builders(OtherRecord, _UnfrozenOther)
+    made = build(1, 2, 3, 4, (5, 6))
+    assert type(made) is OtherRecord and made == OtherRecord(1, 2, 3, 4, (5, 6))
+    assert build(1, 2, 3, 4, (5,), "xdp").attach == "xdp"
+    assert with_counters(made, 7, 8, 9) == replace(made, run_time_ns=7, run_cnt=8,
+                                                    recursion_misses=9)  # fmt: skip
+    statics = [(made.id, made.per_cpu, made.attach)]
+    (copied,) = update([made], statics, [7], [8], [None])
+    assert copied == replace(made, run_time_ns=7, run_cnt=8, recursion_misses=None)
+
+
+def test_a_record_whose_slots_drift_from_its_fields_is_refused() -> None:
+    @dataclass(frozen=True)
+    class Unslotted:
+        id: int
+
+    with pytest.raises(TypeError, match="slots"):
+        record_builder.derive_builders(Unslotted, Unslotted)

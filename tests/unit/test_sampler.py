@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import pytest
+from fake_source import CallSource
 from socket_filter_records import socket_filter as prog
 from trio.testing import MockClock
 
@@ -65,7 +66,7 @@ def sampler(source: Source, interval: float = 0.1, history: int = 60) -> Sampler
     return Sampler(
         interval=interval,
         history=history,
-        source=source,
+        source=CallSource(source),
         stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
         online_cpus=lambda: 2,
         clock=source.clock.current_time if source.clock is not None else time.monotonic,
@@ -306,7 +307,7 @@ async def test_first_pass_error_propagates_later_ones_are_survived() -> None:
 
     s = Sampler(
         interval=0.1,
-        source=flaky,
+        source=CallSource(flaky),
         stats_state=lambda: StatsState(False, False, False),
         online_cpus=lambda: 1,
     )

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 from typing import TypeVar
 
-from otel_bpf.kernel._uapi import Cmd, u32
+from otel_bpf.kernel._uapi import AttachType, Cmd, IterCreateAttr
 from otel_bpf.kernel.links import link_create
 from otel_bpf.kernel.syscall import bpf, close
-
-# enum bpf_attach_type: BPF_TRACE_ITER (5.8).
-BPF_TRACE_ITER = 28
-# enum bpf_map_type values created here.
-MAP_TYPE_ARRAY = 2
-MAP_TYPE_PERCPU_ARRAY = 6
-
-# Helper ids (enum bpf_func_id in include/uapi/linux/bpf.h).
-HELPER_GET_CURRENT_PID_TGID = 14
-HELPER_PROBE_READ_KERNEL = 113  # 5.5
-HELPER_SEQ_WRITE = 127  # 5.7
-HELPER_MAP_LOOKUP_PERCPU_ELEM = 195  # 5.19
 
 # bpf_seq_read() fills at most PAGE_SIZE << 3 bytes per read() call; a larger buffer only
 # saves nothing, a smaller one splits records across calls.
 _READ_SIZE = 1 << 16
 
 
-class IterCreateAttr(ctypes.Structure):
-    """The ``bpf_attr.iter_create`` member used by ``BPF_ITER_CREATE`` (5.8)."""
-
-    _fields_ = [("link_fd", u32), ("flags", u32)]
-
-
 def attach_iterator(prog_fd: int) -> int:
     """``BPF_LINK_CREATE`` for an iterator program (no ``iter_info``); returns the link fd."""
-    return link_create(prog_fd, 0, BPF_TRACE_ITER)
+    return link_create(prog_fd, 0, AttachType.TRACE_ITER)
 
 
 def read_iterator(link_fd: int) -> bytes:

@@ -33,15 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import Cmd, ProgType, u32, u64
+from otel_bpf.kernel._uapi import AttachType, Cmd, Helper, MapElemAttr, MapType, ProgType, u32, u64
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.iterator._common import (
-    BPF_TRACE_ITER,
-    HELPER_GET_CURRENT_PID_TGID,
-    HELPER_PROBE_READ_KERNEL,
-    HELPER_SEQ_WRITE,
-    MAP_TYPE_ARRAY,
     OwnedFds,
     attach_iterator,
     read_iterator,
@@ -179,10 +174,6 @@ class OwnersLayout:
         )
 
 
-class _MapElemAttr(ctypes.Structure):
-    _fields_ = [("map_fd", u32), ("_pad", u32), ("key", u64), ("value", u64), ("flags", u64)]
-
-
 def _state(name: str) -> int:
     """Offset of a field of the state map's value."""
     return int(getattr(_State, name).offset)
@@ -192,7 +183,7 @@ def _read_pointer(b: Builder, offset: int) -> None:
     """R3 += offset; R3 = *(u64 *)R3 read with probe_read_kernel (0 when unreadable)."""
     b.emit(asm.alu64_imm("add", R3, offset))
     b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, _SCRATCH), asm.mov64_imm(R2, 8))
-    b.emit(asm.call(HELPER_PROBE_READ_KERNEL))
+    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
 
 
@@ -200,7 +191,7 @@ def _seq_write(b: Builder, lay: OwnersLayout, stack_at: int, size: int) -> None:
     """bpf_seq_write(ctx->meta->seq, R10 + stack_at, size)."""
     b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
     b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, stack_at))
-    b.emit(asm.mov64_imm(R3, size), asm.call(HELPER_SEQ_WRITE))
+    b.emit(asm.mov64_imm(R3, size), asm.call(Helper.SEQ_WRITE))
 
 
 def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
@@ -221,7 +212,7 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     b.jmp_imm("jne", R1, 0, "match")
 
     b.label("calibrate")
-    b.emit(asm.call(HELPER_GET_CURRENT_PID_TGID), asm.alu64_imm("rsh", R0, 32))
+    b.emit(asm.call(Helper.GET_CURRENT_PID_TGID), asm.alu64_imm("rsh", R0, 32))
     b.emit(asm.ldx_mem(4, R1, R8, lay.task_tgid))
     b.jmp_reg("jne", R1, R0, "match")
     b.emit(asm.stx_mem(4, R9, R0, _state("reader_tgid")))
@@ -257,7 +248,7 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     b.emit(asm.alu64_imm("add", R3, lay.aux_id))
     b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, _PROG_ENTRY_AT))
     b.emit(asm.mov64_imm(R2, PROG_ENTRY_SIZE))
-    b.emit(asm.call(HELPER_PROBE_READ_KERNEL))
+    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
     b.jmp_imm("jne", R0, 0, "out")
 
     # A task header first, unless this pass has written this task's already.  The state
@@ -433,7 +424,7 @@ class OwnersIterator(OwnedFds):
         self._one_pass = threading.Lock()
         try:
             self._state_fd = self._keep(
-                create_map(MAP_TYPE_ARRAY, 4, ctypes.sizeof(_State), 1, "otel_bpf_own")
+                create_map(MapType.ARRAY, 4, ctypes.sizeof(_State), 1, "otel_bpf_own")
             )
             insns = build_program(layout, self._state_fd)
             self.insn_count = len(insns)
@@ -443,7 +434,7 @@ class OwnersIterator(OwnedFds):
                     asm.assemble(insns),
                     PROGRAM_NAME,
                     license="GPL",
-                    expected_attach_type=BPF_TRACE_ITER,
+                    expected_attach_type=AttachType.TRACE_ITER,
                     attach_btf_id=layout.attach_btf_id,
                 )
             )
@@ -470,8 +461,8 @@ class OwnersIterator(OwnedFds):
                 "iter/task_file reports this process under another pid (a pid namespace?)",
             )
 
-    def _state_attr(self, key: ctypes.c_uint32, value: _State) -> _MapElemAttr:
-        return _MapElemAttr(self._state_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
+    def _state_attr(self, key: ctypes.c_uint32, value: _State) -> MapElemAttr:
+        return MapElemAttr(self._state_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
 
     def _update_state(self, value: _State) -> None:
         key = ctypes.c_uint32(0)

@@ -32,27 +32,20 @@ from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel._uapi import AttachType, Helper, MapType, ProgType
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfUnsupportedError
 from otel_bpf.kernel.iterator._common import (
-    BPF_TRACE_ITER,
-    HELPER_MAP_LOOKUP_PERCPU_ELEM,
-    HELPER_PROBE_READ_KERNEL,
-    HELPER_SEQ_WRITE,
-    MAP_TYPE_ARRAY,
-    MAP_TYPE_PERCPU_ARRAY,
     OwnedFds,
     attach_iterator,
     read_iterator,
 )
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.maps import create_map
-from otel_bpf.kernel.system import parse_cpu_list
+from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
 PROGRAM_NAME = "otel_bpf_progs"
-POSSIBLE_CPUS_PATH = "/sys/devices/system/cpu/possible"
 
 # Native byte order: the program stores the kernel's values as they are.
 RECORD = struct.Struct("=II16sQQQQ")
@@ -214,12 +207,6 @@ class ProgIterLayout:
         return "rdonly_cast" if self.rdonly_cast_id else "probe_read"
 
 
-def possible_cpus(path: str = POSSIBLE_CPUS_PATH) -> list[int]:
-    """The CPUs the kernel sums per-CPU stats over (``for_each_possible_cpu``)."""
-    with open(path) as f:
-        return parse_cpu_list(f.read())
-
-
 def _exit_if(b: Builder, op: str, reg: int, imm: int) -> None:
     """``if (reg op imm) return 0`` inline: a jump to one shared exit would grow with the
     unrolled per-CPU code and hit the 16-bit jump offset on hosts with many CPUs."""
@@ -230,7 +217,7 @@ def _exit_if(b: Builder, op: str, reg: int, imm: int) -> None:
 def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
     """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
     b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
-    b.emit(asm.call(HELPER_PROBE_READ_KERNEL))
+    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
 
 
 def build_program(
@@ -262,7 +249,7 @@ def build_program(
     for i, cpu in enumerate(cpus):
         b.emit(asm.ld_map_fd(R1, pcpu_fd))
         b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _KEY), asm.mov64_imm(R3, cpu))
-        b.emit(asm.call(HELPER_MAP_LOOKUP_PERCPU_ELEM))
+        b.emit(asm.call(Helper.MAP_LOOKUP_PERCPU_ELEM))
         _exit_if(b, "jeq", R0, 0)
         b.emit(asm.stx_mem(8, R10, R0, _SPILL))
         b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
@@ -313,7 +300,7 @@ def build_program(
     b.emit(asm.stx_mem(8, R10, R9, _REC + 32), asm.stx_mem(8, R10, R7, _REC + 40))
     b.emit(asm.ldx_mem(8, R1, R10, _META), asm.ldx_mem(8, R1, R1, lay.meta_seq))
     b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
-    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(HELPER_SEQ_WRITE))
+    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(Helper.SEQ_WRITE))
     b.emit(asm.mov64_imm(R0, 0), asm.exit_())
     return b.insns()
 
@@ -341,9 +328,9 @@ class ProgIterator(OwnedFds):
         super().__init__()
         try:
             state_fd = self._keep(
-                create_map(MAP_TYPE_ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
+                create_map(MapType.ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
             )
-            pcpu_fd = self._keep(create_map(MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
+            pcpu_fd = self._keep(create_map(MapType.PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
             try:
                 insns = build_program(layout, self.cpus, state_fd, pcpu_fd)
             except ValueError as err:  # a jump past 32767 slots: about 1,900 CPUs
@@ -357,7 +344,7 @@ class ProgIterator(OwnedFds):
                     asm.assemble(insns),
                     PROGRAM_NAME,
                     license="GPL",  # probe_read_kernel and seq_write are GPL-only
-                    expected_attach_type=BPF_TRACE_ITER,
+                    expected_attach_type=AttachType.TRACE_ITER,
                     attach_btf_id=layout.attach_btf_id,
                 )
             )

@@ -1,4 +1,4 @@
-"""Choosing the sampling path at start-up, with a self-check of the iterator against syscalls.
+"""The iterator path's self-check against the syscall path, before it is trusted.
 
 The iterator program depends on kernel-internal layouts (offsets from BTF, the PERCPU_ARRAY
 value layout), so before it is trusted its records are compared with the syscall path's.
@@ -11,23 +11,20 @@ for every program present in both syscall readings.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
-from collections.abc import Callable, Mapping
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import replace
 
 from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN
 from otel_bpf.kernel.errors import BpfError, BpfUnsupportedError
 from otel_bpf.kernel.iterator.progs import PROGRAM_NAME, ProgRecordRaw
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import VerifierError
-from otel_bpf.kernel.programs import ReadResult, read_all
+from otel_bpf.kernel.programs import SyscallSource
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import ProgramRecord
 
 _log = logging.getLogger("otel_bpf.sampling")
-
-Mode = Literal["auto", "iterator", "syscall"]
-MODES: tuple[str, ...] = ("auto", "iterator", "syscall")
 
 _MAX_REPORTED = 3
 
@@ -84,12 +81,14 @@ def compare(
 def self_check(source: IteratorSource, *, attempts: int = 2) -> list[str]:
     """Compare ``source`` with the syscall path; an empty list means they agree."""
     problems: list[str] = []
+    syscall = SyscallSource(SourceOptions(memlock=False))
+    checked = replace(source.options, owners=False, maps=False, include_self=True)
     for _ in range(attempts):
         own = source.self_ids
-        before = read_all(memlock=False).records
+        before = syscall.read().records
         iterated = source.read_raw()
-        merged = source.read_all(owners=False, maps=False, include_self=True).records
-        after = read_all(memlock=False).records
+        merged = source.read(checked).records
+        after = syscall.read().records
         problems = compare(before, iterated, merged, after, ignore=own)
         # The walk must also see our own program, with its id and name: this holds on an
         # otherwise empty host, where the comparison above has nothing to compare.
@@ -124,21 +123,17 @@ def _describe(problems: list[str]) -> str:
 
 
 def open_iterator_source(
+    options: SourceOptions | None = None,
     *,
-    owners: bool = False,
-    maps: bool = False,
-    memlock: bool = True,
-    include_self: bool = False,
     layout_overrides: Mapping[str, int] | None = None,
     use_rdonly_cast: bool | None = None,
 ) -> IteratorSource:
-    """Load the iterator path and self-check it; raises :class:`IteratorUnavailableError`."""
+    """Load the iterator path and self-check it; raises :class:`IteratorUnavailableError`.
+
+    :func:`otel_bpf.kernel.source.open_source` is the way in for consumers."""
     try:
         source = IteratorSource(
-            owners=owners,
-            maps=maps,
-            memlock=memlock,
-            include_self=include_self,
+            options,
             layout_overrides=layout_overrides,
             use_rdonly_cast=use_rdonly_cast,
         )
@@ -160,46 +155,3 @@ def open_iterator_source(
             f"iter/bpf_prog disagrees with the syscall path: {_describe(problems)}",
         )
     return source
-
-
-def choose_source(
-    mode: Mode = "auto",
-    *,
-    owners: bool = False,
-    maps: bool = False,
-    memlock: bool = True,
-    include_self: bool = False,
-    layout_overrides: Mapping[str, int] | None = None,
-    use_rdonly_cast: bool | None = None,
-) -> tuple[Callable[[], ReadResult], str, str]:
-    """The program source for ``mode``: ``(source_callable, path_name, reason)``.
-
-    ``syscall`` always gives the syscall path.  ``iterator`` gives the iterator path or raises
-    :class:`IteratorUnavailableError`.  ``auto`` tries the iterator and falls back to the
-    syscall path, logging one warning that says why.  The iterator source holds fds; it is an
-    :class:`IteratorSource` (call ``close()`` or use it as a context manager to unload it
-    early; the fds close with the process anyway).
-    """
-    if mode not in MODES:
-        raise ValueError(f"sampling path must be one of {', '.join(MODES)}, got {mode!r}")
-    syscall_source = functools.partial(read_all, owners=owners, maps=maps, memlock=memlock)
-    if mode == "syscall":
-        return syscall_source, "syscall", "syscall path chosen by option"
-    try:
-        source = open_iterator_source(
-            owners=owners,
-            maps=maps,
-            memlock=memlock,
-            include_self=include_self,
-            layout_overrides=layout_overrides,
-            use_rdonly_cast=use_rdonly_cast,
-        )
-    except IteratorUnavailableError as err:
-        if mode == "iterator":
-            raise
-        reason = err.strerror or str(err)
-        _log.warning("sampling path: syscall (BPF iterator unavailable: %s)", reason)
-        return syscall_source, "syscall", reason
-    reason = f"iter/bpf_prog ({source.variant} variant) agrees with the syscall path"
-    _log.info("sampling path: iterator (%s)", reason)
-    return source, "iterator", reason

@@ -1,4 +1,4 @@
-"""The iterator sampling path: ``IteratorSource.read_all()`` returns what the syscall path does.
+"""The iterator sampling path: ``IteratorSource.read()`` returns what the syscall path does.
 
 Per pass, the counters (run time, run count, recursion misses), id and load time of every
 program come from one ``iter/bpf_prog`` read.  The fields that do not change while a program
@@ -7,12 +7,10 @@ memlock) are read through the syscall path (:func:`~otel_bpf.kernel.programs.rea
 per new program and cached by (id, load time), so a pass costs one ``ITER_CREATE`` + a few
 ``read()`` calls however many programs are loaded.
 
-The merge is shaped by what a pass usually is: the same programs as the previous pass, some
-or all of which ran.  The pass is read by column (:class:`PassColumns`); when its ids and load
-times equal the previous pass's (two comparisons in C), the previous records are the base,
-row for row, with no per-program look-up; otherwise each program is looked up by id.  Either
-way :func:`~otel_bpf.kernel.record_builder.update_counters` keeps the record of a program
-whose counters did not move and copies the others with their new counters.
+An :class:`IteratorSource` is three pieces: it owns the iterator programs' fds (the
+``iter/bpf_prog`` walk, and the ``iter/task_file`` walk for owners, loaded when first asked),
+a :class:`~otel_bpf.kernel.iterator.merge.PassMerger` turns each walk into records reusing
+the previous pass's, and a :class:`~otel_bpf.kernel.decorate.Decorator` adds owners and maps.
 """
 
 from __future__ import annotations
@@ -21,74 +19,48 @@ import errno
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from itertools import islice
-from operator import lt
-from typing import Any
+from dataclasses import replace
 
-from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
+from otel_bpf.kernel.decorate import Decorator
+from otel_bpf.kernel.errors import BpfError
+from otel_bpf.kernel.iterator.merge import PassMerger
 from otel_bpf.kernel.iterator.owners import BTF_NAMES as OWNERS_BTF_NAMES
 from otel_bpf.kernel.iterator.owners import OwnersIterator, OwnersLayout
 from otel_bpf.kernel.iterator.progs import BTF_NAMES as PROG_BTF_NAMES
 from otel_bpf.kernel.iterator.progs import (
-    PassColumns,
     ProgIterator,
     ProgIterLayout,
     ProgRecordRaw,
 )
-from otel_bpf.kernel.programs import ReadResult, read_one
-from otel_bpf.kernel.record_builder import RecordExtras, static_fields, update_counters
-from otel_bpf.kernel.system import boot_time_offset
+from otel_bpf.kernel.source import ReadResult, SamplingPath, SourceOptions
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
-from otel_bpf.records import MapRecord, Owner, ProgramRecord
+from otel_bpf.records import Owner
 
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class IteratorReadResult(ReadResult):
-    """A :class:`ReadResult` that says it came from the iterator path."""
-
-    sampling_path: str = "iterator"
-
-
-@dataclass(slots=True)
-class _LastPass:
-    """The previous pass: its columns, the rows left out (own programs, programs that could
-    not be read) and the records of the others, in row order."""
-
-    columns: PassColumns
-    dropped: list[int]
-    records: list[ProgramRecord]
-    statics: list[tuple[Any, ...]]  # static_fields() of each record
-    memlock: bool
-
-
 class IteratorSource:
-    """Owns the iterator programs' fds; a context manager, and a zero-argument callable for
-    :class:`otel_bpf.sampler.Sampler` (``source=``) using the options given here.
+    """The iterator path: a :class:`~otel_bpf.kernel.source.ProgramSource` that owns the
+    iterator programs' fds (close it, or use it as a context manager).
 
     ``layout_overrides`` and ``owners_layout_overrides`` replace ids/offsets read from BTF
     (tests use them to make the self-check or the owners calibration fail);
     ``use_rdonly_cast`` forces a variant (None: the kfunc when present).
     """
 
+    path: SamplingPath = "iterator"
+
     def __init__(
         self,
+        options: SourceOptions | None = None,
         *,
-        owners: bool = False,
-        maps: bool = False,
-        memlock: bool = True,
-        include_self: bool = False,
         layout_overrides: Mapping[str, int] | None = None,
         owners_layout_overrides: Mapping[str, int] | None = None,
         use_rdonly_cast: bool | None = None,
         cpus: Sequence[int] | None = None,
+        merger: PassMerger | None = None,
     ) -> None:
-        self.owners = owners
-        self.maps = maps
-        self.memlock = memlock
-        self.include_self = include_self
+        self._options = options or SourceOptions()
         with VmlinuxBtf() as btf:
             btf.prefetch(PROG_BTF_NAMES + OWNERS_BTF_NAMES)
             layout = ProgIterLayout.from_btf(btf, use_rdonly_cast=use_rdonly_cast)
@@ -105,14 +77,16 @@ class IteratorSource:
         self._lock = threading.Lock()
         self._progs = ProgIterator(layout, cpus)
         self._owners_iter: OwnersIterator | None = None
-        # id -> (load time in ns since boot, the record read through the syscall path)
-        self._static: dict[int, tuple[int, ProgramRecord]] = {}
-        self._last: _LastPass | None = None
-        self._extras_lock = threading.Lock()
-        self._extras = RecordExtras()
+        self._merger = merger or PassMerger()
+        self._decorator = Decorator(self._owners_pass)
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def options(self) -> SourceOptions:
+        """What :meth:`read` reads when not told otherwise."""
+        return self._options
 
     @property
     def variant(self) -> str:
@@ -146,9 +120,6 @@ class IteratorSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __call__(self) -> IteratorReadResult:
-        return self.read_all()
-
     # -- passes --------------------------------------------------------------------------
 
     def read_raw(self) -> list[ProgRecordRaw]:
@@ -156,114 +127,21 @@ class IteratorSource:
         with self._lock:
             return self._progs.read()
 
-    def read_all(
-        self,
-        *,
-        owners: bool | None = None,
-        maps: bool | None = None,
-        memlock: bool | None = None,
-        include_self: bool | None = None,
-    ) -> IteratorReadResult:
-        """One pass over every program, sorted by id; None options take the constructor's."""
-        owners = self.owners if owners is None else owners
-        maps = self.maps if maps is None else maps
-        memlock = self.memlock if memlock is None else memlock
-        include_self = self.include_self if include_self is None else include_self
+    def read(self, options: SourceOptions | None = None) -> ReadResult:
+        """One pass over every program, sorted by id (``options`` default to the source's)."""
+        options = options or self._options
         with self._lock:
             if self._closed:
                 raise BpfError(errno.EBADF, "the iterator source is closed")
-            skip = frozenset() if include_self else self.self_ids
-            records, errors = self._merge(self._progs.read_raw(), memlock, skip)
-            by_prog = self._owners_pass() if owners else None
-        found: dict[int, MapRecord] | None = None
-        if maps:
-            from otel_bpf.kernel.maps import read_maps
-
-            found, map_errors = read_maps(i for r in records for i in r.map_ids)
-            errors.extend(map_errors)
-        if owners or maps:
-            with self._extras_lock:
-                records = self._extras.attach(records, by_prog, found)
-        return IteratorReadResult(records, errors)
-
-    def _merge(
-        self, data: bytes, memlock: bool, skip: frozenset[int] = frozenset()
-    ) -> tuple[list[ProgramRecord], list[str]]:
-        # Runs every pass: per program, only the counters become Python objects, and a record
-        # only for a program that ran.  ``skip``: ids left out (the source's own programs).
-        columns = PassColumns(data)
-        own_rows = columns.rows_of(skip)
-        errors: list[str] = []
-        last = self._last
-        if (
-            last is not None
-            and last.memlock == memlock
-            and last.dropped == own_rows
-            and columns.same_programs(last.columns)
-        ):
-            # The same programs as last pass, in id order: row for row, last pass's records.
-            bases, statics, dropped, in_order = last.records, last.statics, own_rows, True
-        else:
-            bases, dropped, errors = self._bases_after_change(columns, own_rows, memlock)
-            statics = list(map(static_fields, bases))
-            ids = columns.ids.tolist()
-            in_order = all(map(lt, ids, islice(ids, 1, None)))
-        records = update_counters(bases, statics, *columns.counters(dropped))
-        if in_order:
-            self._last = _LastPass(columns, dropped, records, statics, memlock)
-        else:
-            # The kernel walks its idr in id order; should that ever change, records are
-            # sorted here and every pass looks programs up by id.
-            records.sort(key=_by_id)
-            self._last = None
-        return records, errors
-
-    def _bases_after_change(
-        self, columns: PassColumns, own_rows: list[int], memlock: bool
-    ) -> tuple[list[ProgramRecord], list[int], list[str]]:
-        """Each program's record to update, looked up by id: last pass's record, or the
-        static one (read now for a program not seen before); the rows left out."""
-        last = self._last
-        previous: dict[int, ProgramRecord] = {}
-        if last is not None and last.memlock == memlock:
-            left_out = set(last.dropped)
-            ids = (i for row, i in enumerate(last.columns.ids.tolist()) if row not in left_out)
-            previous = dict(zip(ids, last.records, strict=True))
-        known, static = self._static, {}
-        bases: list[ProgramRecord] = []
-        dropped: list[int] = []
-        errors: list[str] = []
-        boot_offset: float | None = None
-        own = set(own_rows)
-        rows = zip(columns.ids.tolist(), columns.load_times.tolist(), strict=True)
-        for row, (prog_id, load_time) in enumerate(rows):
-            if row in own:
-                dropped.append(row)
-                continue
-            entry = known.get(prog_id)
-            if entry is not None and entry[0] == load_time:
-                base = previous.get(prog_id)
-            else:  # new, or the id now names another program
-                if boot_offset is None:
-                    boot_offset = boot_time_offset()
-                try:
-                    entry = (load_time, read_one(prog_id, boot_offset=boot_offset))
-                except BpfNotFoundError:
-                    dropped.append(row)  # unloaded since the walk saw it
-                    continue
-                except (BpfError, OSError) as err:
-                    errors.append(f"program {prog_id}: {err}")
-                    dropped.append(row)
-                    continue
-                base = None
-            if base is None:
-                base = entry[1] if memlock else _without_memlock(entry[1])
-            static[prog_id] = entry
-            bases.append(base)
-        self._static = static  # forget programs that are gone
-        return bases, dropped, errors
+            skip = frozenset() if options.include_self else self.self_ids
+            records, errors = self._merger.merge(self._progs.read_raw(), options.memlock, skip)
+        return ReadResult(self._decorator.decorate(records, errors, options), errors)
 
     def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
+        with self._lock:
+            return self._owners_locked()
+
+    def _owners_locked(self) -> dict[int, tuple[Owner, ...]]:
         if self._owners_iter is None and self._owners_error is None:
             assert self._owners_layout is not None
             try:
@@ -286,11 +164,3 @@ class IteratorSource:
         from otel_bpf.kernel.owners import scan_owners
 
         return scan_owners()
-
-
-def _by_id(record: ProgramRecord) -> int:
-    return record.id
-
-
-def _without_memlock(record: ProgramRecord) -> ProgramRecord:
-    return record if record.memlock_bytes is None else replace(record, memlock_bytes=None)

@@ -1,0 +1,45 @@
+"""Owners and maps added to a pass's records, the same way on both sampling paths.
+
+A pass reads each program's counters and static facts; who holds a program and which maps
+it uses are separate reads (a procfs scan or the ``iter/task_file`` walk; one
+``MAP_GET_FD_BY_ID`` per map), made only when :class:`~otel_bpf.kernel.source.SourceOptions`
+asks for them.  The paths differ only in how owners are found, so that is the one thing a
+:class:`Decorator` is given.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from otel_bpf.kernel.maps import read_maps
+from otel_bpf.kernel.owners import scan_owners
+from otel_bpf.kernel.record_builder import RecordExtras
+from otel_bpf.kernel.source import SourceOptions
+from otel_bpf.records import MapRecord, Owner, ProgramRecord
+
+OwnersByProgram = dict[int, tuple[Owner, ...]]
+
+
+class Decorator:
+    """Attaches owners (from ``find_owners``, a procfs scan by default) and maps to records,
+    keeping the very record object of a program whose owners and maps did not change."""
+
+    def __init__(self, find_owners: Callable[[], OwnersByProgram] = scan_owners) -> None:
+        self._find_owners = find_owners
+        self._lock = threading.Lock()
+        self._extras = RecordExtras()
+
+    def decorate(
+        self, records: list[ProgramRecord], errors: list[str], options: SourceOptions
+    ) -> list[ProgramRecord]:
+        """``records`` with what ``options`` asks for; map read failures go to ``errors``."""
+        if not (options.owners or options.maps):
+            return records
+        found: dict[int, MapRecord] | None = None
+        if options.maps:
+            found, map_errors = read_maps(i for r in records for i in r.map_ids)
+            errors.extend(map_errors)
+        by_prog = self._find_owners() if options.owners else None
+        with self._lock:
+            return self._extras.attach(records, by_prog, found)

@@ -1,0 +1,117 @@
+"""The private OpenTelemetry SDK structures otel_bpf reads are where sdk_private.py looks.
+
+Each check fails with the installed SDK's version in its message: a new SDK release that
+moves one of them turns off stats release at shutdown, the export interval guess or the
+release of unloaded programs' series, so it must be seen here, not in production.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib.metadata import version
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+
+from otel_bpf.otel import sdk_private
+
+SDK = version("opentelemetry-sdk")
+
+
+def test_the_installed_sdk_is_in_the_tested_range() -> None:
+    lowest, below = sdk_private.TESTED_SDK_RANGE
+    release = tuple(int(part) for part in SDK.split(".")[:2])
+    assert lowest <= release < below, (
+        f"opentelemetry-sdk {SDK} is outside the tested range {sdk_private.TESTED_SDK}: "
+        "run this module's tests and widen TESTED_SDK and pyproject.toml when they pass"
+    )
+
+
+def test_shutdown_and_export_interval_are_read_from_the_sdk() -> None:
+    periodic = PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=7000)
+    provider = MeterProvider(metric_readers=[periodic], shutdown_on_exit=False)
+    assert sdk_private.reader_export_interval(provider) == 7.0, (
+        f"opentelemetry-sdk {SDK}: PeriodicExportingMetricReader._export_interval_millis moved"
+    )
+    assert not sdk_private.provider_is_shut_down(provider)
+    provider.shutdown()
+    assert sdk_private.provider_is_shut_down(provider), (
+        f"opentelemetry-sdk {SDK}: MeterProvider._shutdown moved"
+    )
+
+
+class _HeldExporter(MetricExporter):
+    """An exporter whose export waits until released, as one to a hung collector does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object
+    ) -> MetricExportResult:
+        self.inside.set()
+        self.release.wait(10)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        self.release.set()
+
+
+def test_a_reader_inside_an_export_is_seen_as_exporting() -> None:
+    exporter = _HeldExporter()
+    periodic = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(metric_readers=[periodic], shutdown_on_exit=False)
+    provider.get_meter("t").create_counter("c").add(1)
+    assert not sdk_private.reader_exporting(provider)
+    flush = threading.Thread(target=provider.force_flush)
+    flush.start()
+    try:
+        assert exporter.inside.wait(10)
+        assert sdk_private.reader_exporting(provider), (
+            f"opentelemetry-sdk {SDK}: PeriodicExportingMetricReader._export_lock moved"
+        )
+    finally:
+        exporter.release.set()
+        flush.join(10)
+    assert not sdk_private.reader_exporting(provider)
+    provider.shutdown()
+
+
+def test_per_attribute_state_is_found_where_it_is_released() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+
+    def observe(options: CallbackOptions) -> list[Observation]:
+        return [Observation(1, {"bpf.program.id": 1}), Observation(2, {"bpf.program.id": 2})]
+
+    counter = provider.get_meter("t").create_observable_counter("c", [observe])
+    reader.collect()
+    assert sdk_private.has_measurement_consumer(provider), (
+        f"opentelemetry-sdk {SDK}: MeterProvider._measurement_consumer moved"
+    )
+    matches = sdk_private.view_instrument_matches(provider, sdk_private.sdk_instrument(counter))
+    assert matches, (
+        f"opentelemetry-sdk {SDK}: _reader_storages/_instrument_view_instrument_matches moved"
+    )
+    table, lock, view_keys = sdk_private.match_aggregations(matches[0])
+    seen = {
+        tuple(sorted((sdk_private.aggregation_attributes(a) or {}).items())) for a in table.values()
+    }
+    assert seen == {(("bpf.program.id", 1),), (("bpf.program.id", 2),)}, (
+        f"opentelemetry-sdk {SDK}: aggregations no longer keep _attributes"
+    )
+    assert view_keys is None and lock is not None
+    provider.shutdown()
