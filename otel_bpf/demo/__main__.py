@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"runs per second of one program (defaults: {short})",
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGHUP, _raise_stop)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler, so `kill -INT` would be lost.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stop)
     try:
         with DemoWorkload(dict(args.rate)) as workload:
             print(f"demo workload running (worker pid {workload.pid}); Ctrl-C to stop")

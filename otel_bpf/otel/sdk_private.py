@@ -7,7 +7,9 @@ private attributes, all of them read here, defensively: a layout this module doe
 recognise gives "unknown" (None, False), never an exception in a collection.
 ``tests/unit/test_sdk_private.py`` checks each attribute against the installed SDK and names
 its version when one is gone; pyproject.toml states the SDK versions tested
-(:data:`TESTED_SDK_RANGE`).
+(:data:`TESTED_SDK_RANGE`).  The one other reliance on a private layout is
+:mod:`otel_bpf.cli.otlp_grpc`, a subclass of the OTLP/gRPC exporter that gives one export one
+deadline; the same test module checks the exporter attributes it uses.
 """
 
 from __future__ import annotations

@@ -115,3 +115,27 @@ def test_per_attribute_state_is_found_where_it_is_released() -> None:
     )
     assert view_keys is None and lock is not None
     provider.shutdown()
+
+
+def test_the_grpc_exporter_internals_the_export_deadline_relies_on_are_there() -> None:
+    """otel_bpf.cli.otlp_grpc subclasses the OTLP/gRPC exporter and sets its private per-request
+    timeout before each batch; the other place, besides sdk_private, that relies on a private
+    layout (of opentelemetry-exporter-otlp-proto-grpc)."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    exporter_version = version("opentelemetry-exporter-otlp-proto-grpc")
+    exporter = OTLPMetricExporter(endpoint="http://127.0.0.1:9", insecure=True, timeout=3)
+    try:
+        assert getattr(exporter, "_timeout", None) == 3, (
+            f"opentelemetry-exporter-otlp-proto-grpc {exporter_version}: _timeout moved"
+        )
+        assert hasattr(exporter, "_max_export_batch_size"), (
+            f"opentelemetry-exporter-otlp-proto-grpc {exporter_version}: "
+            "_max_export_batch_size moved"
+        )
+        for method in ("_export", "_split_metrics_data"):
+            assert callable(getattr(exporter, method, None)), (
+                f"opentelemetry-exporter-otlp-proto-grpc {exporter_version}: {method}() moved"
+            )
+    finally:
+        exporter.shutdown()
