@@ -4,5 +4,5 @@
 writes a fixed-size record per program into a seq_file that we read to EOF.  ``iter/task_file``
 (5.8) does the same per open file of every task, which maps programs to the processes holding
 them.  The syscall path (``otel_bpf.kernel.programs``) stays the reference and the fallback:
-:func:`otel_bpf.kernel.source.open_source` picks one of the two at start-up.
+:func:`otel_bpf.kernel.open_source.open_source` picks one of the two at start-up.
 """
