@@ -33,11 +33,11 @@ pytestmark = [
 ]
 
 TOTAL = 5000
-RATE = 100.0
+RATE = 250.0
 ALIVE = 100
-INTERVAL = 0.25
-WARM_UP_S = 35.0
-"""The sampler's history (120 passes at 0.25 s = 30 s) is full by then."""
+INTERVAL = 0.1
+WARM_UP_S = 14.0
+"""The live view's history (120 passes at 0.1 s = 12 s) is full by then."""
 LOADER = Path(__file__).with_name("churn_loader.py")
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
 ID_LABEL = re.compile(r'bpf_program_id="(\d+)"')
@@ -99,7 +99,7 @@ def test_churn_under_exporter_and_live_view(tmp_path: Path) -> None:
         while not status.get("done"):
             assert loader.poll() is None or status_file.exists(), loader.stderr.read()  # type: ignore[union-attr]
             assert time.monotonic() - started < 150, f"churn too slow: {status}"
-            time.sleep(2)
+            time.sleep(1)
             if status_file.exists():
                 status = json.loads(status_file.read_text())
             bad += check_figures(scrape(port))
