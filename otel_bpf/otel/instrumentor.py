@@ -26,7 +26,7 @@ from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.plugin import StatsHolder, default_stats_holder
-from otel_bpf.otel.sdk_private import provider_is_shut_down
+from otel_bpf.otel.sdk_private import call_after_shutdown, provider_is_shut_down
 from otel_bpf.sampler import Sampler
 
 __all__ = ["BpfProgramsInstrumentor"]
@@ -39,7 +39,8 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     ``instrument(meter_provider=None, options=MetricsOptions(), min_interval=1.0,
     stats_holder=None)``.  Kernel statistics are held on from ``instrument()`` until
-    ``uninstrument()`` or the provider's shutdown (seen at its final collection).
+    ``uninstrument()`` or the provider's ``shutdown()``, whatever its readers do at shutdown;
+    ``instrument()`` on a provider already shut down registers nothing and takes nothing.
     """
 
     _instruments: BpfInstruments | None = None
@@ -65,6 +66,11 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         options: MetricsOptions = kwargs.get("options") or MetricsOptions()
         min_interval = float(kwargs.get("min_interval", 1.0))
         holder: StatsHolder = kwargs.get("stats_holder") or default_stats_holder()
+        if provider_is_shut_down(provider):
+            _log.warning(
+                "BPF program metrics not registered: the meter provider is already shut down"
+            )
+            return
         # Each collection takes its own snapshot and the instruments read it then: no history.
         # The sampler opens open_source("auto") at its first pass, as the command line does.
         sampler = Sampler(
@@ -81,6 +87,9 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         holder.acquire()
         self._holder = holder
         self._held = True
+        # A provider whose readers do not collect at shutdown (Prometheus) never runs the
+        # callback that would see it: release when its shutdown() runs.
+        call_after_shutdown(provider, self._release)
         self._close_sampler()
         self._sampler = sampler
         if self._instruments is not None and self._instruments_provider is provider:

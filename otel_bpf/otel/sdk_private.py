@@ -15,7 +15,7 @@ deadline; the same test module checks the exporter attributes it uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 TESTED_SDK_RANGE = ((1, 27), (1, 46))
@@ -43,6 +43,40 @@ def provider_is_shut_down(provider: object) -> bool:
     public hook, and waiting for process exit would keep stats on for nothing.
     """
     return bool(getattr(sdk_provider(provider), "_shutdown", False))
+
+
+_SHUTDOWN_HOOKS = "_otel_bpf_shutdown_hooks"
+
+
+def call_after_shutdown(provider: object, hook: Callable[[], None]) -> bool:
+    """Call ``hook`` once the SDK provider's ``shutdown()`` has run (returned or raised).
+
+    The SDK has no shutdown listener, and a reader that does not collect at shutdown (the
+    Prometheus reader, ``InMemoryMetricReader``) runs no callback that could notice it, so the
+    provider's ``shutdown`` is wrapped, once per provider; ``hook`` is added once however often
+    this is called with it.  False when ``provider`` is not an SDK provider (nothing wrapped).
+    """
+    real = sdk_provider(provider)
+    original = getattr(real, "shutdown", None)
+    if not callable(original) or not hasattr(real, "_shutdown"):
+        return False
+    hooks: list[Callable[[], None]] | None = vars(real).get(_SHUTDOWN_HOOKS)
+    if hooks is None:
+        hooks = []
+        run_hooks = hooks
+
+        def shutdown(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            finally:
+                for each in list(run_hooks):
+                    each()
+
+        setattr(real, "shutdown", shutdown)  # noqa: B010 (an instance attribute on purpose)
+        setattr(real, _SHUTDOWN_HOOKS, hooks)
+    if hook not in hooks:
+        hooks.append(hook)
+    return True
 
 
 def reader_export_interval(provider: object) -> float | None:

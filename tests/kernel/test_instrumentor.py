@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -151,6 +152,34 @@ def test_provider_shutdown_releases_stats(instrumentor: BpfProgramsInstrumentor)
     mp.shutdown()
     assert len(exporter.exported) == 1
     assert stats_fds() == 0
+
+
+def test_shutdown_releases_stats_with_a_reader_that_does_not_collect_at_shutdown(
+    instrumentor: BpfProgramsInstrumentor,
+) -> None:
+    # An InMemoryMetricReader, like the Prometheus reader, collects only when asked: the
+    # provider's shutdown runs no collection, so no callback can see it.
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    instrumentor.instrument(meter_provider=mp)
+    assert stats_fds() == 1
+    assert names.RUNS.name in names_in(reader)
+    mp.shutdown()
+    assert stats_fds() == 0
+
+
+def test_instrument_on_a_shut_down_provider_takes_nothing(
+    instrumentor: BpfProgramsInstrumentor, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    mp.shutdown()
+    with caplog.at_level(logging.WARNING, logger="otel_bpf"):
+        instrumentor.instrument(meter_provider=mp)
+    assert stats_fds() == 0
+    assert instrumentor.sampling_path is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "shut down" in warnings[0], warnings
 
 
 PROBE = textwrap.dedent(

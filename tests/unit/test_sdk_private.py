@@ -139,3 +139,20 @@ def test_the_grpc_exporter_internals_the_export_deadline_relies_on_are_there() -
             )
     finally:
         exporter.shutdown()
+
+
+def test_a_hook_runs_once_after_the_provider_shuts_down() -> None:
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    calls: list[bool] = []
+
+    def hook() -> None:
+        calls.append(sdk_private.provider_is_shut_down(provider))
+
+    assert sdk_private.call_after_shutdown(provider, hook), (
+        f"opentelemetry-sdk {SDK}: MeterProvider.shutdown or _shutdown moved"
+    )
+    assert sdk_private.call_after_shutdown(provider, hook)  # added once
+    assert calls == []
+    provider.shutdown()
+    assert calls == [True]
+    assert not sdk_private.call_after_shutdown(object(), hook)
