@@ -2,9 +2,10 @@
 
 Each pass runs in a worker thread (the ``bpf()`` calls are short but there are about three per
 program) behind a dedicated one-token limiter, so two passes never overlap and the shared
-thread pool is untouched.  Elapsed time comes from the monotonic clock taken at the end of each
-pass.  Consumers read :attr:`Sampler.latest` (any thread) or subscribe for each new snapshot;
-a slow subscriber skips to the newest one, it never builds a backlog.
+thread pool is untouched.  Elapsed time comes from the monotonic clock read where each pass
+read the counters (the source's ``ReadResult.read_at``).  Consumers read
+:attr:`Sampler.latest` (any thread) or subscribe for each new snapshot; a slow subscriber
+skips to the newest one, it never builds a backlog.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class Sampler:
     it with :meth:`close`.  ``stats_state`` and ``online_cpus`` replace the kernel's stats
     state and CPU count (for tests).  Sources and both callables are used inside the worker
     thread of a pass, never on the event loop.  ``clock`` gives the monotonic seconds
-    stamped on each snapshot, from which elapsed time and rates follow; it is
+    stamped on a snapshot whose source does not say when it read the counters
+    (``ReadResult.read_at``); elapsed time and rates follow from them.  It is
     ``time.monotonic`` unless a test drives time itself (e.g. with trio's ``MockClock``,
     which also drives the schedule through ``anyio.current_time``).
     """
@@ -177,7 +179,10 @@ class Sampler:
             return build_snapshot(
                 prev,
                 result.records,
-                monotonic=self._clock(),
+                # Where the counters were read: the rates' period must not include the
+                # pass's later work, or a pass slowed after its reads (a busy CPU, the GIL)
+                # shortens the next period and inflates rates and CPU shares.
+                monotonic=self._clock() if result.read_at is None else result.read_at,
                 wall_time=time.time(),
                 online_cpus=cpus,
                 stats=stats,

@@ -51,7 +51,7 @@ class Snapshot:
     wall_time: float
     """UNIX time at the end of the pass."""
     monotonic: float
-    """Monotonic clock at the end of the pass (seconds)."""
+    """Monotonic clock where the pass read the counters (seconds)."""
     elapsed: float | None
     """Monotonic seconds since the previous pass; None for the first."""
     online_cpus: int

@@ -313,6 +313,30 @@ class Helper(enum.IntEnum):
     MAP_LOOKUP_PERCPU_ELEM = 195  # 5.19
 
 
+class TestRunAttr(ctypes.Structure):
+    """The ``bpf_attr.test`` member used by ``BPF_PROG_TEST_RUN`` (4.12; ``cpu`` 5.10)."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+    _fields_ = [
+        ("prog_fd", u32),
+        ("retval", u32),
+        ("data_size_in", u32),
+        ("data_size_out", u32),
+        ("data_in", u64),
+        ("data_out", u64),
+        ("repeat", u32),
+        ("duration", u32),
+        ("ctx_size_in", u32),
+        ("ctx_size_out", u32),
+        ("ctx_in", u64),
+        ("ctx_out", u64),
+        ("flags", u32),
+        ("cpu", u32),
+        ("batch_size", u32),
+        ("_pad", u32),
+    ]
+
+
 class IterCreateAttr(ctypes.Structure):
     """The ``bpf_attr.iter_create`` member used by ``BPF_ITER_CREATE`` (5.8)."""
 

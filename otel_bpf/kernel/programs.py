@@ -24,6 +24,7 @@ import errno
 import os
 import struct
 import threading
+import time
 from contextlib import suppress
 from errno import ENOENT
 from typing import Any
@@ -209,8 +210,10 @@ class SyscallSource:
         """One pass: every program's record, sorted by id, plus per-program errors."""
         options = options or self._options
         with self._lock:
+            started = time.monotonic()
             records, errors = self._pass(options.memlock)
-        return ReadResult(self._decorator.decorate(records, errors, options), errors)
+            read_at = (started + time.monotonic()) / 2
+        return ReadResult(self._decorator.decorate(records, errors, options), errors, read_at)
 
     def close(self) -> None:
         """Nothing to release: every fd of a pass is closed within it."""

@@ -55,6 +55,11 @@ class ReadResult:
 
     records: list[ProgramRecord]
     errors: list[str] = field(default_factory=list)
+    read_at: float | None = None
+    """``time.monotonic()`` seconds at the middle of the counter reads, or None (a source that
+    does not say; the sampler then stamps the pass itself).  Rates divide by the time between
+    two passes' ``read_at``: stamped where the counters were read, not after the work that
+    follows (owners, maps, decoding), whose length varies from pass to pass."""
 
 
 class ProgramSource(Protocol):

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from otel_bpf.kernel import asm, btf
-from otel_bpf.kernel._uapi import MapType, ProgType
+from otel_bpf.kernel._uapi import Cmd, MapType, ProgType, TestRunAttr
 from otel_bpf.kernel.fdinfo import parse_fdinfo
 from otel_bpf.kernel.loader import attach_socket_filter, load_program
 from otel_bpf.kernel.maps import create_map
-from otel_bpf.kernel.syscall import close
+from otel_bpf.kernel.syscall import bpf, close
 
 # Return -1: keep the whole packet, so the receiver sees every packet the filter ran on.
 PASS_ALL = asm.assemble([asm.mov64_imm(asm.R0, -1), asm.exit_()])
@@ -98,3 +98,57 @@ def bpftool_json(*args: str) -> object:
         ["bpftool", "-j", *args], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     return json.loads(out)
+
+
+def busy_filter(instructions: int = 20_000) -> bytes:
+    """A socket filter that runs ``instructions`` additions before it returns: microseconds
+    per run, so a test-run loop spends nearly all its time inside the program."""
+    body = [asm.alu64_imm("add", asm.R0, 1)] * instructions
+    return asm.assemble([asm.mov64_imm(asm.R0, 0), *body, asm.exit_()])
+
+
+PACKET = bytes(64)
+"""An Ethernet-sized frame of zeros: what a socket filter's test run needs as input."""
+
+
+@contextmanager
+def saturated(prog_fd: int, cpus: list[int], *, repeat: int = 200_000) -> Iterator[None]:
+    """Run ``prog_fd`` back to back on every CPU of ``cpus`` (BPF_PROG_TEST_RUN with
+    ``repeat``, one thread pinned to each CPU) until the block ends.
+
+    ctypes releases the GIL around each ``bpf()`` call, so every CPU spends nearly all its
+    time in the kernel's test-run loop: the program's run time grows at almost one second
+    per second per CPU, the most a program can cost.
+    """
+    import ctypes
+    import threading
+
+    data = ctypes.create_string_buffer(PACKET, len(PACKET))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run_on(cpu: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})  # pid 0: this thread only
+            attr = TestRunAttr(
+                prog_fd=prog_fd,
+                data_size_in=len(PACKET),
+                data_in=ctypes.addressof(data),
+                repeat=repeat,
+            )
+            while not stop.is_set():
+                bpf(Cmd.PROG_TEST_RUN, attr, "test run")
+        except BaseException as exc:  # reported by the caller
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run_on, args=(cpu,), daemon=True) for cpu in cpus]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    if failures:
+        raise failures[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -134,8 +135,12 @@ class IteratorSource:
             if self._closed:
                 raise BpfError(errno.EBADF, "the iterator source is closed")
             skip = frozenset() if options.include_self else self.self_ids
-            records, errors = self._merger.merge(self._progs.read_raw(), options.memlock, skip)
-        return ReadResult(self._decorator.decorate(records, errors, options), errors)
+            # The kernel reads every program's counters while the iterator is read.
+            started = time.monotonic()
+            raw = self._progs.read_raw()
+            read_at = (started + time.monotonic()) / 2
+            records, errors = self._merger.merge(raw, options.memlock, skip)
+        return ReadResult(self._decorator.decorate(records, errors, options), errors, read_at)
 
     def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
         with self._lock:
