@@ -18,8 +18,10 @@ class Owner:
     """``/proc/<pid>/comm`` as the kernel reports it (untrusted text, not sanitised)."""
     executable: str
     """Base name of ``/proc/<pid>/exe``; empty when it cannot be read (kernel thread, race)."""
-    via: str
-    """``"prog"`` for a program fd, ``"link"`` for a BPF link fd."""
+    via: tuple[str, ...]
+    """How the process holds the program, sorted, no duplicates: ``("prog",)`` through a
+    program fd, ``("link",)`` through a BPF link fd, ``("link", "prog")`` through both (as
+    libbpf-based loaders do).  One process is one owner, whatever number of fds it holds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,9 @@ def sample_object(sample: ProgramSample, snapshot: Snapshot) -> dict[str, object
     owners = (
         None
         if prog.owners is None
-        else [{"pid": owner.pid, "comm": owner.comm} for owner in prog.owners]
+        else [
+            {"pid": owner.pid, "comm": owner.comm, "via": list(owner.via)} for owner in prog.owners
+        ]
     )
     return {
         "timestamp": rfc3339(snapshot.wall_time),

@@ -1,7 +1,13 @@
-"""Which processes hold each program: a scan of ``/proc/<pid>/fd``.
+"""Which processes hold each program: one :class:`Owner` per process, on both sampling paths.
 
 A process owns a program through a program fd (``anon_inode:bpf-prog``) or through a BPF
-link fd (``anon_inode:bpf_link``, whose fdinfo names the linked ``prog_id`` since 5.8).
+link fd (``anon_inode:bpf_link``, whose fdinfo names the linked ``prog_id`` since 5.8), and
+often through both: libbpf keeps the program fd of every program it attaches with a link.
+Both paths first list each process's program and link fds as :class:`TaskFds` (the syscall
+path with a scan of ``/proc/<pid>/fd`` here, the iterator path with ``iter/task_file``);
+:func:`group_by_program` then turns them into owners, one per process with every way it
+holds the program in ``via``, so the two paths cannot disagree on that.
+
 Threads share their thread group's fd table, so only thread-group leaders (the numeric
 entries of ``/proc``) are scanned. Processes exit while we read them; every such race just
 drops that process or fd. A program held by nobody (pinned, or attached without a process
@@ -11,7 +17,9 @@ fd) gets no owner.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from otel_bpf.kernel.fdinfo import prog_id_from_fdinfo
 from otel_bpf.records import Owner
@@ -21,6 +29,16 @@ LINK_FD_TARGET = "anon_inode:bpf_link"
 STATS_FD_TARGET = "anon_inode:bpf-stats"
 
 _VIA = {PROG_FD_TARGET: "prog", LINK_FD_TARGET: "link"}
+
+# The ways a process holds a program, as bits, and the ``Owner.via`` of each combination
+# (sorted names, no duplicates).
+HELD_BY_LINK, HELD_BY_PROG = 1, 2
+VIA_OF_WAYS: dict[int, tuple[str, ...]] = {
+    HELD_BY_LINK: ("link",),
+    HELD_BY_PROG: ("prog",),
+    HELD_BY_LINK | HELD_BY_PROG: ("link", "prog"),
+}
+_WAYS_OF_VIA = {via: ways for ways, via in VIA_OF_WAYS.items()}
 
 
 def via_of_fd_target(target: str) -> str | None:
@@ -72,6 +90,14 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""  # the process exited
+
+
 def process_comm(pid: int) -> str:
     """``comm`` of ``pid``; empty when the process is gone."""
     text = _read_text(f"/proc/{pid}/comm")
@@ -91,10 +117,114 @@ def process_executable(pid: int) -> str:
     return os.path.basename(target).decode("utf-8", errors="replace")
 
 
-def scan_owners() -> dict[int, tuple[Owner, ...]]:
-    """Program id -> the processes holding it, sorted by (pid, via), one entry per way held."""
-    found: dict[int, set[tuple[int, str]]] = {}
+@dataclass(slots=True)
+class TaskFds:
+    """The program and link fds of one process, as one pass found them (the ``iter/task_file``
+    walk may report a process twice: a thread with a file table of its own)."""
+
+    tgid: int
+    comm: bytes  # as the kernel keeps it: at most 16 bytes, NUL padded from the iterator
+    prog_ids: array[int] = field(default_factory=lambda: array("I"))  # one per program fd
+    link_ids: list[int] = field(default_factory=list)  # one per link fd
+
+    @property
+    def name(self) -> str:
+        """``comm`` as text, like /proc/<pid>/comm."""
+        return self.comm.split(b"\0", 1)[0].decode(errors="replace")
+
+
+OwnerKey = tuple[int, int, bytes]
+"""(tgid, ways held as ``HELD_BY_*`` bits, comm) of one owner."""
+
+
+class _OwnerTable:
+    """The :class:`Owner` of each (process, ways held, comm) in one grouping, reusing those
+    of the previous pass; the executable is read once per new process."""
+
+    def __init__(self, previous: dict[OwnerKey, Owner]) -> None:
+        self.old = previous
+        self.new: dict[OwnerKey, Owner] = {}
+        self._exes: dict[int, str] = {}
+
+    def get(self, task: TaskFds, ways: int) -> Owner:
+        key = (task.tgid, ways, task.comm)
+        owner = self.new.get(key) or self.old.get(key)
+        if owner is None:
+            if task.tgid not in self._exes:
+                self._exes[task.tgid] = process_executable(task.tgid)
+            owner = Owner(task.tgid, task.name, self._exes[task.tgid], VIA_OF_WAYS[ways])
+        self.new[key] = owner
+        return owner
+
+
+def _held_by_task(task: TaskFds, table: _OwnerTable) -> dict[int, tuple[Owner, ...]]:
+    """Program id -> ``(owner,)`` for one task: one owner per way of holding, shared by
+    all the programs the task holds that way."""
+    held: dict[int, tuple[Owner, ...]] = {}
+    by_prog: tuple[Owner, ...] | None = None
+    if task.prog_ids:
+        by_prog = (table.get(task, HELD_BY_PROG),)
+        held = dict.fromkeys(task.prog_ids, by_prog)
+    by_link: tuple[Owner, ...] | None = None
+    both: tuple[Owner, ...] | None = None
+    for prog_id in task.link_ids:
+        already = held.get(prog_id)
+        if already is None:
+            by_link = by_link or (table.get(task, HELD_BY_LINK),)
+            held[prog_id] = by_link
+        elif already is by_prog:
+            both = both or (table.get(task, HELD_BY_LINK | HELD_BY_PROG),)
+            held[prog_id] = both
+    return held
+
+
+def _add_holder(
+    held: tuple[Owner, ...], owner: Owner, task: TaskFds, table: _OwnerTable
+) -> tuple[Owner, ...]:
+    """``held`` (sorted by pid, one entry per process) with ``owner`` of ``task`` added; a
+    process already there gets ``owner``'s ways added to its ``via``."""
+    for i, o in enumerate(held):
+        if o.pid == owner.pid:
+            ways = _WAYS_OF_VIA[o.via] | _WAYS_OF_VIA[owner.via]
+            if ways == _WAYS_OF_VIA[o.via]:
+                return held
+            return (*held[:i], table.get(task, ways), *held[i + 1 :])
+    return tuple(sorted((*held, owner), key=_pid))
+
+
+def _pid(owner: Owner) -> int:
+    return owner.pid
+
+
+def group_by_program(
+    tasks: Sequence[TaskFds], cache: dict[OwnerKey, Owner] | None = None
+) -> tuple[dict[int, tuple[Owner, ...]], dict[OwnerKey, Owner]]:
+    """Program id -> its holders, one :class:`Owner` per process sorted by pid, with every
+    way the process holds the program in ``via`` (``("link", "prog")`` for both).
+
+    Runs every pass, so each task's ids go into the result in bulk (one shared tuple for
+    all the programs a task holds the same way); only ids that another task holds too are
+    merged one by one.  The :class:`Owner` of a (pid, ways held, comm) seen in the previous
+    pass is reused (``cache``).  Returns the grouping and the cache for the next pass.
+    """
+    table = _OwnerTable(cache or {})
+    result: dict[int, tuple[Owner, ...]] = {}
+    for task in tasks:
+        by_this = _held_by_task(task, table)
+        for prog_id in by_this.keys() & result.keys():
+            by_this[prog_id] = _add_holder(result.pop(prog_id), by_this[prog_id][0], task, table)
+        # The smaller dict is copied into the larger (order does not matter).
+        if len(by_this) > len(result):
+            result, by_this = by_this, result
+        result.update(by_this)
+    return result, table.new
+
+
+def scan_fds() -> list[TaskFds]:
+    """The program and link fds of every process holding one, from ``/proc/<pid>/fd``."""
+    tasks: list[TaskFds] = []
     for pid in process_ids():
+        task: TaskFds | None = None
         for fd, target in fd_targets(pid):
             via = _VIA.get(target)
             if via is None:
@@ -105,18 +235,22 @@ def scan_owners() -> dict[int, tuple[Owner, ...]]:
             prog_id = prog_id_from_fdinfo(text)
             if prog_id is None:
                 continue
-            found.setdefault(prog_id, set()).add((pid, via))
-    names: dict[int, tuple[str, str]] = {}
-    result: dict[int, tuple[Owner, ...]] = {}
-    for prog_id, holders in found.items():
-        owners = []
-        for pid, via in sorted(holders):
-            if pid not in names:
-                names[pid] = (process_comm(pid), process_executable(pid))
-            comm, exe = names[pid]
-            owners.append(Owner(pid=pid, comm=comm, executable=exe, via=via))
-        result[prog_id] = tuple(owners)
-    return result
+            if task is None:
+                task = TaskFds(pid, b"")
+                tasks.append(task)
+            if via == "link":
+                task.link_ids.append(prog_id)
+            else:
+                task.prog_ids.append(prog_id)
+    for task in tasks:
+        task.comm = _read_bytes(f"/proc/{task.tgid}/comm").removesuffix(b"\n")
+    return tasks
+
+
+def scan_owners() -> dict[int, tuple[Owner, ...]]:
+    """Program id -> the processes holding it, from a scan of ``/proc`` (see
+    :func:`group_by_program`)."""
+    return group_by_program(scan_fds())[0]
 
 
 def iter_stats_holders(exclude_pid: int | None = None) -> Iterator[int]:

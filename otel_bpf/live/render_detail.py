@@ -9,7 +9,7 @@ from otel_bpf.live.render_table import footer_lines
 from otel_bpf.live.sanitize import fit, sanitize
 from otel_bpf.live.state import ViewState, display_name
 from otel_bpf.live.terminal import Line, Style
-from otel_bpf.records import Owner, ProgramRecord
+from otel_bpf.records import ProgramRecord
 from otel_bpf.snapshot import ProgramSample, Snapshot
 
 CHARTS: tuple[tuple[str, str, str], ...] = (
@@ -79,16 +79,11 @@ def info_lines(program: ProgramRecord, now: float, width: int) -> list[str]:
     elif not p.owners:
         lines.append("Owners: none (pinned or held by the kernel)")
     else:
-        # One entry per process, with every way it holds the program (prog fd, link fd).
-        by_pid: dict[int, list[Owner]] = {}
-        for o in p.owners:
-            by_pid.setdefault(o.pid, []).append(o)
         owners = []
-        for pid, held in by_pid.items():
-            first = held[0]
-            exe = f" [{sanitize(first.executable)}]" if first.executable else ""
-            vias = "+".join(sorted({sanitize(o.via) for o in held}))
-            owners.append(f"{sanitize(first.comm)}({pid}){exe} via {vias}")
+        for o in p.owners:  # one per process, with every way it holds the program
+            exe = f" [{sanitize(o.executable)}]" if o.executable else ""
+            vias = "+".join(sanitize(v) for v in o.via)
+            owners.append(f"{sanitize(o.comm)}({o.pid}){exe} via {vias}")
         owners = [o + "," for o in owners[:-1]] + owners[-1:]
         lines.extend(wrap_items(["Owners:", *owners], width, sep=" "))
     if p.maps is None:

@@ -70,11 +70,7 @@ def process_text(program: ProgramRecord) -> str:
     """The owners as ``comm(pid)``, joined; ``-`` for none or not looked up (sanitised)."""
     if not program.owners:
         return "-"
-    # A process holding both a program fd and a link fd is listed once.
-    seen: dict[int, str] = {}
-    for o in program.owners:
-        seen.setdefault(o.pid, f"{sanitize(o.comm)}({o.pid})")
-    return ", ".join(seen.values())
+    return ", ".join(f"{sanitize(o.comm)}({o.pid})" for o in program.owners)
 
 
 def sort_value(sample: ProgramSample, column: Column) -> float | str | None:

@@ -1,23 +1,28 @@
-"""The metrics and flag tables of README.md and docs/ agree with the code that defines them.
+"""The metrics, flag and JSON tables of README.md and docs/ agree with the code behind them.
 
 Metrics: name, instrument, unit and the ``MetricsOptions`` field that switches an opt-in metric
 on, against ``otel_bpf/otel/names.py`` and ``enabled_metrics()``. Flags: every option of the
 argparse parser (and no other), its placeholder (or its choices), and its default, against
-``otel_bpf/cli/args.py``. The prose columns are free text.
+``otel_bpf/cli/args.py``. JSON: the keys of the ``--json`` schema, in order, and the owners
+example, against ``otel_bpf/cli/jsonl.py``. The prose columns are free text.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 
 from markdown_blocks import DOCS, ROOT, code_spans, table_after
 
+from otel_bpf.cli import jsonl
 from otel_bpf.cli.args import build_parser
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import enabled_metrics
 from otel_bpf.otel.options import MetricsOptions
+from otel_bpf.records import Owner, ProgramRecord, StatsState
+from otel_bpf.snapshot import build_snapshot
 
 INSTRUMENTS = {"Counter": "counter", "UpDownCounter": "updowncounter", "Gauge": "gauge"}
 
@@ -122,3 +127,48 @@ def test_flag_table_placeholders_choices_and_defaults_match_the_parser() -> None
                 assert span in said, f"{flag}: default {span!r} is not what --help says ({said})"
         elif default_cell:
             assert default_cell in said, f"{flag}: default {default_cell!r} vs --help ({said})"
+
+
+def json_rows() -> list[list[str]]:
+    return table_after(DOCS / "guide" / "cli.md", "| key | type | meaning |")
+
+
+def test_json_schema_table_lists_every_key_in_order() -> None:
+    keys = [key for cells in json_rows() for key in code_spans(cells[0])]
+    assert keys == list(jsonl.FIELDS)
+
+
+def test_json_schema_owners_example_is_what_the_writer_writes() -> None:
+    (meaning,) = [cells[2] for cells in json_rows() if cells[0] == "`owners`"]
+    example = json.loads(next(span for span in code_spans(meaning) if span.startswith("[")))
+    owners = tuple(
+        Owner(pid=o["pid"], comm=o["comm"], executable="", via=tuple(o["via"])) for o in example
+    )
+    record = ProgramRecord(
+        id=1,
+        type="xdp",
+        type_id=6,
+        name="p",
+        tag="0" * 16,
+        run_time_ns=0,
+        run_cnt=0,
+        recursion_misses=0,
+        load_time=0.0,
+        uid=0,
+        verified_insns=2,
+        xlated_size=16,
+        jited_size=16,
+        map_ids=(),
+        btf_id=0,
+        memlock_bytes=4096,
+        owners=owners,
+    )
+    snapshot = build_snapshot(
+        None,
+        [record],
+        monotonic=0.0,
+        wall_time=0.0,
+        online_cpus=1,
+        stats=StatsState(ours=False, sysctl=False, others=False),
+    )
+    assert jsonl.sample_object(snapshot.programs[0], snapshot)["owners"] == example

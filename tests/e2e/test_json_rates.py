@@ -19,7 +19,7 @@ import pytest
 from peers import cli_command, cli_env, run_cli
 
 from otel_bpf.cli import jsonl
-from otel_bpf.demo import DEFAULT_RATES, PROGRAM_NAMES
+from otel_bpf.demo import DEFAULT_RATES, PROGRAM_NAMES, programs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -109,24 +109,45 @@ def test_events_per_sec_match_the_driven_rates(sampling_path: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_owners_name_the_demo_process() -> None:
+# The demo keeps the program fd of the programs it attaches through a BPF link.
+DEMO_VIA = {
+    programs.SOCK: ["prog"],
+    programs.SLOW: ["prog"],
+    programs.XDP: ["link", "prog"],
+    programs.CGROUP_SKB: ["link", "prog"],
+}
+
+
+@pytest.mark.parametrize("sampling_path", ["syscall", "iterator"])
+def test_owners_name_the_demo_process_once(sampling_path: str) -> None:
     proc = run_cli(
-        ["--json", "--count", "2", "--interval", "0.5", "--demo", "--owners", "--exporter", "none"],
+        [
+            *("--json", "--count", "2", "--interval", "0.5", "--demo", "--owners"),
+            *("--exporter", "none", "--sampling-path", sampling_path),
+        ],
         timeout=60,
         env=cli_env(),
     )
     assert proc.returncode == 0, proc.stderr
+    assert f"programs read via {sampling_path}" in proc.stderr
     ids = demo_ids(proc.stderr)
+    assert set(ids) == set(DEMO_VIA), proc.stderr
     found = re.search(r"demo workload running \(pid (\d+)\)", proc.stderr)
     assert found, proc.stderr
     demo_pid = int(found[1])
     objs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert all(isinstance(o["owners"], list) for o in objs)
+    for o in objs:
+        pids = [h["pid"] for h in o["owners"]]
+        assert pids == sorted(set(pids)), o  # one entry per process, by pid
+        assert all(set(h) == {"pid", "comm", "via"} for h in o["owners"]), o
+        assert all(h["via"] in (["link"], ["prog"], ["link", "prog"]) for h in o["owners"]), o
     for name, prog_id in ids.items():
-        owners = [o["owners"] for o in objs if o["id"] == prog_id]
-        assert owners, name
-        assert any(demo_pid in {h["pid"] for h in hs} for hs in owners), (name, owners)
-        assert all(set(h) == {"pid", "comm"} for hs in owners for h in hs)
+        rows = [o["owners"] for o in objs if o["id"] == prog_id]
+        assert len(rows) == 2, name
+        for owners in rows:
+            demo = [h for h in owners if h["pid"] == demo_pid]
+            assert [h["via"] for h in demo] == [DEMO_VIA[name]], (name, owners)
 
 
 def test_json_into_a_closed_pipe_ends_quietly() -> None:

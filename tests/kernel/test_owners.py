@@ -53,7 +53,7 @@ def test_the_test_process_owns_its_program_via_prog() -> None:
         mine = [o for o in rec.owners if o.pid == os.getpid()]
         assert len(mine) == 1
         (owner,) = mine
-        assert owner.via == "prog"
+        assert owner.via == ("prog",)
         assert owner.comm == process_comm(os.getpid()) != ""
         assert owner.executable == os.path.basename(os.path.realpath(sys.executable))
     finally:
@@ -74,7 +74,7 @@ def test_child_holding_only_a_link_fd_owns_via_link() -> None:
         rec = record(prog_id, owners=True)
         assert rec.name == "otel_t_linked" and rec.type == "xdp"
         assert rec.owners is not None
-        assert [(o.pid, o.via) for o in rec.owners] == [(child.pid, "link")]
+        assert [(o.pid, o.via) for o in rec.owners] == [(child.pid, ("link",))]
         assert rec.owners[0].executable == os.path.basename(os.path.realpath(sys.executable))
         child.stdin.close()
         assert child.wait(30) == 0

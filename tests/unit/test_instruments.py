@@ -189,8 +189,8 @@ def test_tag_is_optional() -> None:
 
 
 def test_filters_by_type_name_and_owner() -> None:
-    sshd = Owner(pid=10, comm="sshd", executable="sshd", via="prog")
-    agent = Owner(pid=11, comm="cilium-agent", executable="cilium-agent", via="link")
+    sshd = Owner(pid=10, comm="sshd", executable="sshd", via=("prog",))
+    agent = Owner(pid=11, comm="cilium-agent", executable="cilium-agent", via=("link",))
     records = [
         prog(1, name="tc_ingress", type="sched_cls", owners=(agent,)),
         prog(2, name="xdp_fw", type="xdp", owners=(sshd,)),
@@ -266,7 +266,7 @@ def test_by_name_type_accounts_snapshots_between_collections() -> None:
 
 
 def test_opt_in_metrics() -> None:
-    owner = Owner(pid=42, comm="agent", executable="agent-bin", via="prog")
+    owner = Owner(pid=42, comm="agent", executable="agent-bin", via=("prog",))
     m = MapRecord(
         id=9,
         type="hash",

@@ -86,14 +86,20 @@ def test_period_without_runs_is_null_not_zero() -> None:
 
 def test_owners_and_kernel_optionals() -> None:
     rec = record(
-        owners=(Owner(pid=42, comm="agent", executable="agent", via="link"),),
+        owners=(
+            Owner(pid=42, comm="agent", executable="agent", via=("link", "prog")),
+            Owner(pid=43, comm="ctl", executable="ctl", via=("prog",)),
+        ),
         recursion_misses=None,
         verified_insns=None,
         memlock_bytes=None,
     )
     a, _ = two_ticks(rec, rec)
     obj = json.loads(jsonl.snapshot_lines(a)[0])
-    assert obj["owners"] == [{"pid": 42, "comm": "agent"}]
+    assert obj["owners"] == [
+        {"pid": 42, "comm": "agent", "via": ["link", "prog"]},
+        {"pid": 43, "comm": "ctl", "via": ["prog"]},
+    ]
     assert obj["recursion_misses"] is None and obj["verified_insns"] is None
     assert obj["memlock_bytes"] is None
     no_owners = record(owners=())
@@ -120,7 +126,7 @@ def test_one_line_per_program_and_empty_tick() -> None:
 def test_hostile_names_are_escaped() -> None:
     name = "evil\x1b[2J\x07\r\n\x7f\x9b31m\u202e"
     comm = "c\x00m\x1b]0;pwned\x07"
-    rec = record(name=name, owners=(Owner(pid=1, comm=comm, executable="", via="prog"),))
+    rec = record(name=name, owners=(Owner(pid=1, comm=comm, executable="", via=("prog",)),))
     a, _ = two_ticks(rec, rec)
     (line,) = jsonl.snapshot_lines(a)
     assert line.isascii()
@@ -139,7 +145,7 @@ def test_non_finite_figures_become_null() -> None:
 
 @given(st.text(), st.text())
 def test_any_text_round_trips_as_printable_ascii(name: str, comm: str) -> None:
-    rec = record(name=name, owners=(Owner(pid=1, comm=comm, executable="", via="prog"),))
+    rec = record(name=name, owners=(Owner(pid=1, comm=comm, executable="", via=("prog",)),))
     snap = build_snapshot(None, [rec], monotonic=1.0, wall_time=0.0, online_cpus=1, stats=STATS_ON)
     (line,) = jsonl.snapshot_lines(snap)
     assert all(0x20 <= ord(c) < 0x7F for c in line)

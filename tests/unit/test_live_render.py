@@ -20,11 +20,11 @@ from otel_bpf.live.terminal import Line, Style
 from otel_bpf.records import MapRecord, Owner, StatsState
 from otel_bpf.snapshot import Snapshot
 
-EVIL = Owner(pid=4242, comm="\x1b[2J\x1b]0;x\x07", executable="python3", via="prog")
+EVIL = Owner(pid=4242, comm="\x1b[2J\x1b]0;x\x07", executable="python3", via=("prog",))
 
 
 def demo_history() -> list[Snapshot]:
-    owners = (Owner(pid=1234, comm="python3", executable="python3", via="prog"),)
+    owners = (Owner(pid=1234, comm="python3", executable="python3", via=("prog",)),)
     maps = (MapRecord(9, "array", "otel_demo_cnt", 4, 8, 1, 4096),)
     readings = [
         [
@@ -371,11 +371,10 @@ def test_glyph_choice() -> None:
     assert STATS_ON.enabled
 
 
-def test_a_process_holding_prog_and_link_is_listed_once() -> None:
+def test_a_process_holding_prog_and_link_shows_both_ways() -> None:
     held = (
-        Owner(pid=77, comm="agent", executable="agent-bin", via="link"),
-        Owner(pid=77, comm="agent", executable="agent-bin", via="prog"),
-        Owner(pid=78, comm="other", executable="", via="prog"),
+        Owner(pid=77, comm="agent", executable="agent-bin", via=("link", "prog")),
+        Owner(pid=78, comm="other", executable="", via=("prog",)),
     )
     history = snapshots([[program(5, "p", owners=held)]])
     body = "\n".join(texts(render(history, 200)[0]))

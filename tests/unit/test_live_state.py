@@ -79,7 +79,7 @@ def test_movement_keys() -> None:
 
 
 def test_filter_applies_as_typed_and_escape_clears() -> None:
-    evil = (Owner(pid=77, comm="agentd", executable="agentd", via="prog"),)
+    evil = (Owner(pid=77, comm="agentd", executable="agentd", via=("prog",)),)
     snap = snapshots(
         [
             [
@@ -142,7 +142,9 @@ def test_sort_mode_arrows_and_direct_keys() -> None:
 
 
 def test_sorts_by_every_column_both_ways() -> None:
-    owners = {i: (Owner(pid=i, comm=c, executable=c, via="prog"),) for i, c in [(1, "b"), (2, "a")]}
+    owners = {
+        i: (Owner(pid=i, comm=c, executable=c, via=("prog",)),) for i, c in [(1, "b"), (2, "a")]
+    }
     first, second = snapshots(
         [
             [program(i, n, owners=owners.get(i, ())) for i, n in [(1, "zz"), (2, "aa"), (3, "mm")]],

@@ -38,7 +38,7 @@ from otel_bpf.live.terminal import (
 from otel_bpf.records import Owner, ProgramRecord
 from otel_bpf.sampler import Sampler
 
-EVIL = Owner(pid=4242, comm="\x1b[2J\x1b]0;x\x07\x1b[31m", executable="x", via="prog")
+EVIL = Owner(pid=4242, comm="\x1b[2J\x1b]0;x\x07\x1b[31m", executable="x", via=("prog",))
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -1,4 +1,5 @@
-"""Decoding the ``iter/task_file`` program's output and grouping it by program, no kernel."""
+"""Decoding the ``iter/task_file`` program's output and grouping it by program (the grouping
+the /proc scan shares), no kernel."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from array import array
 
 import pytest
 
-from otel_bpf.kernel.iterator import owners as owners_mod
+from otel_bpf.kernel import owners as owners_mod
 from otel_bpf.kernel.iterator.owners import (
     KIND_LINK,
     KIND_TASK,
@@ -14,9 +15,9 @@ from otel_bpf.kernel.iterator.owners import (
     MARK,
     TASK_HEADER,
     decode,
-    group_by_program,
     owners_from_records,
 )
+from otel_bpf.kernel.owners import HELD_BY_PROG, group_by_program
 from otel_bpf.records import Owner
 
 
@@ -34,7 +35,8 @@ def link(prog_id: int) -> bytes:
 
 @pytest.fixture(autouse=True)
 def executables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """process_executable without /proc: ``exe<pid>``; the pids asked, in order."""
+    """process_executable without /proc: ``exe<pid>``; the pids asked, in order (the grouping
+    both sampling paths share lives in ``otel_bpf.kernel.owners``)."""
     asked: list[int] = []
 
     def fake(pid: int) -> str:
@@ -70,23 +72,52 @@ def test_a_torn_tail_or_an_unknown_record_ends_the_decoding() -> None:
     assert decode(link(5)) == []  # a link before any task
 
 
-def test_holders_sorted_by_pid_then_via_like_the_proc_scan() -> None:
+def held(owners: dict[int, tuple[Owner, ...]]) -> dict[int, list[tuple[int, tuple[str, ...]]]]:
+    return {k: [(o.pid, o.via) for o in v] for k, v in owners.items()}
+
+
+def test_one_owner_per_process_sorted_by_pid_with_every_way_held() -> None:
     data = task(30) + progs(1) + task(20) + link(1) + progs(1, 2) + task(10) + link(2)
     owners, _ = owners_from_records(data)
-    assert {k: [(o.pid, o.via) for o in v] for k, v in owners.items()} == {
-        1: [(20, "link"), (20, "prog"), (30, "prog")],
-        2: [(10, "link"), (20, "prog")],
+    assert held(owners) == {
+        1: [(20, ("link", "prog")), (30, ("prog",))],
+        2: [(10, ("link",)), (20, ("prog",))],
     }
     o = owners[1][0]
     assert (o.comm, o.executable) == ("proc", "exe20")
 
 
-def test_one_entry_per_pid_and_way_held() -> None:
-    # Two fds of one program in a task, and the task again (a thread with its own files).
-    data = task(10) + progs(1, 1, 2) + task(11) + progs(1) + task(10) + progs(1) + link(2)
+def test_one_entry_per_process_however_many_fds() -> None:
+    # Two fds of one program in a task, two links to another, and the task again (a thread
+    # with its own files) holding them the other way.
+    data = (
+        task(10)
+        + progs(1, 1, 2)
+        + link(3)
+        + link(3)
+        + task(11)
+        + progs(1)
+        + task(10)
+        + progs(1, 3)
+        + link(2)
+        + link(4)
+    )
     owners, _ = owners_from_records(data)
-    assert [(o.pid, o.via) for o in owners[1]] == [(10, "prog"), (11, "prog")]
-    assert [(o.pid, o.via) for o in owners[2]] == [(10, "link"), (10, "prog")]
+    assert held(owners) == {
+        1: [(10, ("prog",)), (11, ("prog",))],
+        2: [(10, ("link", "prog"))],
+        3: [(10, ("link", "prog"))],
+        4: [(10, ("link",))],
+    }
+
+
+def test_the_same_ways_held_share_one_owner() -> None:
+    data = task(10) + link(1) + progs(1, 2) + link(2) + link(3) + progs(4)
+    owners, cache = owners_from_records(data)
+    assert owners[1][0] is owners[2][0]
+    assert owners[1][0].via == ("link", "prog")
+    assert owners[3][0].via == ("link",) and owners[4][0].via == ("prog",)
+    assert len(cache) == 3
 
 
 def test_a_big_task_after_a_small_one_keeps_both() -> None:
@@ -105,8 +136,13 @@ def test_owners_are_reused_across_passes(executables: list[int]) -> None:
     assert executables == [10]
     # A new comm is a new owner (exec); a holder gone from a pass leaves the cache.
     third, cache = group_by_program(decode(task(10, b"renamed") + progs(3)), cache)
-    assert third[3] == (Owner(10, "renamed", "exe10", "prog"),)
-    assert list(cache) == [(10, 1, b"renamed".ljust(16, b"\0"))]
+    assert third[3] == (Owner(10, "renamed", "exe10", ("prog",)),)
+    assert list(cache) == [(10, HELD_BY_PROG, b"renamed".ljust(16, b"\0"))]
+    # An owner holding a program both ways is reused too.
+    both = task(10) + progs(5) + link(5)
+    fourth, cache = group_by_program(decode(both), cache)
+    fifth, cache = group_by_program(decode(both), cache)
+    assert fifth[5][0] is fourth[5][0] and fifth[5][0].via == ("link", "prog")
 
 
 def test_an_empty_pass() -> None:

@@ -40,7 +40,7 @@ def test_program_record_is_the_dataclass_in_every_respect() -> None:
 
 
 def test_program_record_takes_owners_and_maps() -> None:
-    owner = Owner(pid=1, comm="c", executable="e", via="prog")
+    owner = Owner(pid=1, comm="c", executable="e", via=("prog",))
     m = MapRecord(
         id=3, type="hash", name="m", key_size=4, value_size=8, max_entries=1, memlock_bytes=None
     )
@@ -55,7 +55,7 @@ def test_field_list_matches_the_dataclass() -> None:
 def test_extras_reuse_the_record_while_nothing_changed() -> None:
     extras = RecordExtras()
     base = prog()
-    owner = Owner(pid=1, comm="c", executable="e", via="prog")
+    owner = Owner(pid=1, comm="c", executable="e", via=("prog",))
     m3 = MapRecord(
         id=3, type="hash", name="m", key_size=4, value_size=8, max_entries=1, memlock_bytes=None
     )
@@ -103,7 +103,7 @@ def test_an_equal_but_new_record_is_derived_again() -> None:
 
 def distinct_fields_record() -> ProgramRecord:
     """Every field its own value, so a field stored into another's slot shows."""
-    owner = Owner(pid=1, comm="c", executable="e", via="prog")
+    owner = Owner(pid=1, comm="c", executable="e", via=("prog",))
     m = MapRecord(
         id=3, type="hash", name="m", key_size=4, value_size=8, max_entries=1, memlock_bytes=None
     )

@@ -29,8 +29,7 @@ import os
 import struct
 import threading
 from array import array
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import AttachType, Cmd, Helper, MapElemAttr, MapType, ProgType, u32, u64
@@ -43,7 +42,7 @@ from otel_bpf.kernel.iterator._common import (
 )
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.maps import create_map
-from otel_bpf.kernel.owners import process_executable
+from otel_bpf.kernel.owners import OwnerKey, TaskFds, group_by_program
 from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 from otel_bpf.records import Owner
@@ -57,8 +56,7 @@ MARK = 0
 KIND_TASK = 1
 KIND_LINK = 2
 VIA_LINK, VIA_PROG = 0, 1
-# Numbered so that sorting by number sorts like the /proc scan, by name.
-VIA = ("link", "prog")
+"""The way a file holds its program, in a register of the program."""
 
 
 class TaskHeader(ctypes.Structure):
@@ -298,21 +296,6 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     return b.insns()
 
 
-@dataclass(slots=True)
-class TaskFds:
-    """The program and link fds of one task, as one pass reported them."""
-
-    tgid: int
-    comm: bytes  # 16 bytes, NUL padded
-    prog_ids: array[int] = field(default_factory=lambda: array("I"))  # one per program fd
-    link_ids: list[int] = field(default_factory=list)  # one per link fd
-
-    @property
-    def name(self) -> str:
-        """``comm`` as text, like /proc/<pid>/comm."""
-        return self.comm.split(b"\0", 1)[0].decode(errors="replace")
-
-
 _MARK_BYTES = MARK.to_bytes(_WORD, "little")
 
 
@@ -351,60 +334,9 @@ def decode(data: bytes) -> list[TaskFds]:
     return tasks
 
 
-_OwnerKey = tuple[int, int, bytes]
-"""(tgid, via, comm) of one holder."""
-
-
-def _by_pid_and_via(owner: Owner) -> tuple[int, str]:
-    return owner.pid, owner.via
-
-
-def _add_holder(held: tuple[Owner, ...], owner: Owner) -> tuple[Owner, ...]:
-    """``held`` with ``owner``, kept sorted and with one entry per (pid, via), like /proc."""
-    if any(o.pid == owner.pid and o.via == owner.via for o in held):
-        return held
-    return tuple(sorted((*held, owner), key=_by_pid_and_via))
-
-
-def group_by_program(
-    tasks: Sequence[TaskFds], cache: dict[_OwnerKey, Owner] | None = None
-) -> tuple[dict[int, tuple[Owner, ...]], dict[_OwnerKey, Owner]]:
-    """Program id -> holders, sorted by (pid, via), from one pass's tasks.
-
-    Runs every pass, so each task's ids go into the result in bulk (one shared tuple for
-    all of them); only ids that another task holds too are merged one by one.  The
-    :class:`Owner` of a (pid, via, comm) seen in the previous pass is reused (``cache``; the
-    executable is read once per new owner).  Returns the grouping and the cache for the
-    next pass.
-    """
-    old = cache or {}
-    new: dict[_OwnerKey, Owner] = {}
-    exes: dict[int, str] = {}
-    result: dict[int, tuple[Owner, ...]] = {}
-    for task in tasks:
-        for via, ids in ((VIA_LINK, task.link_ids), (VIA_PROG, task.prog_ids)):
-            if not ids:
-                continue
-            key = (task.tgid, via, task.comm)
-            owner = new.get(key) or old.get(key)
-            if owner is None:
-                if task.tgid not in exes:
-                    exes[task.tgid] = process_executable(task.tgid)
-                owner = Owner(task.tgid, task.name, exes[task.tgid], VIA[via])
-            new[key] = owner
-            by_this: dict[int, tuple[Owner, ...]] = dict.fromkeys(ids, (owner,))
-            for prog_id in by_this.keys() & result.keys():
-                by_this[prog_id] = _add_holder(result.pop(prog_id), owner)
-            # The smaller dict is copied into the larger (order does not matter).
-            if len(by_this) > len(result):
-                result, by_this = by_this, result
-            result.update(by_this)
-    return result, new
-
-
 def owners_from_records(
-    data: bytes, cache: dict[_OwnerKey, Owner] | None = None
-) -> tuple[dict[int, tuple[Owner, ...]], dict[_OwnerKey, Owner]]:
+    data: bytes, cache: dict[OwnerKey, Owner] | None = None
+) -> tuple[dict[int, tuple[Owner, ...]], dict[OwnerKey, Owner]]:
     """:func:`group_by_program` of one pass's raw output."""
     return group_by_program(decode(data), cache)
 
@@ -420,7 +352,7 @@ class OwnersIterator(OwnedFds):
     def __init__(self, layout: OwnersLayout) -> None:
         self.layout = layout
         super().__init__()
-        self._owner_cache: dict[_OwnerKey, Owner] = {}
+        self._owner_cache: dict[OwnerKey, Owner] = {}
         self._one_pass = threading.Lock()
         try:
             self._state_fd = self._keep(
@@ -483,7 +415,7 @@ class OwnersIterator(OwnedFds):
         return decode(self.read_raw())
 
     def owners(self) -> dict[int, tuple[Owner, ...]]:
-        """Program id -> holders, sorted by (pid, via), one entry per way held: the same shape
-        as the /proc scan (``otel_bpf.kernel.owners.scan_owners``)."""
+        """Program id -> holders, one per process sorted by pid, grouped as the /proc scan's
+        (:func:`otel_bpf.kernel.owners.group_by_program`)."""
         owners, self._owner_cache = group_by_program(self.read(), self._owner_cache)
         return owners
