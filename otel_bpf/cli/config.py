@@ -205,19 +205,29 @@ def resolve_otlp(
         protocol = "grpc"
     http = protocol == "http/protobuf"
 
+    source = "--endpoint"
     if ns.endpoint is not None:
         endpoint = validate_url(ns.endpoint.strip(), "--endpoint")
         if http:
             endpoint = _with_metrics_path(endpoint)
     elif (found := _env(environ, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) is not None:
         # The signal-specific variable is used as given (specification).
+        source = found[0]
         endpoint = validate_url(found[1], found[0])
     elif (found := _env(environ, "OTEL_EXPORTER_OTLP_ENDPOINT")) is not None:
+        source = found[0]
         endpoint = validate_url(found[1], found[0])
         if http:
             endpoint = _with_metrics_path(endpoint)
     else:
         endpoint = DEFAULT_HTTP_ENDPOINT + HTTP_METRICS_PATH if http else DEFAULT_GRPC_ENDPOINT
+    if not http and "@" in urlsplit(endpoint).netloc:
+        # gRPC takes no credentials from the URL: they would end up in its target name, fail
+        # name resolution and be echoed in every error it reports.
+        raise ConfigError(
+            f"{source}: a gRPC endpoint cannot carry credentials (user:password@); send them "
+            "as a header instead, e.g. OTEL_EXPORTER_OTLP_HEADERS=authorization=Basic%20<base64>"
+        )
 
     headers: dict[str, str] = {}
     if (found := _otlp_env(environ, "HEADERS")) is not None:

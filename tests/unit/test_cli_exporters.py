@@ -17,7 +17,7 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
 )
 
 from otel_bpf.cli import args as cli_args
-from otel_bpf.cli.config import resolve
+from otel_bpf.cli.config import ConfigError, resolve
 from otel_bpf.cli.exporters import ExporterError, Telemetry, build_telemetry
 from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
 
@@ -185,3 +185,30 @@ def test_credentials_in_the_endpoint_are_not_shown() -> None:
         assert t.targets == ["http://***@127.0.0.1:1/v1/metrics (OTLP http/protobuf)"]
     finally:
         t.shutdown(1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--endpoint", "http://user:s3cret@127.0.0.1:1"], {}, "--endpoint"),
+        (
+            [],
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:s3cret@h:4317"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            [],
+            {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "https://u:s3cret@h:4317"},
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        ),
+    ],
+)
+def test_credentials_in_a_grpc_endpoint_are_refused_without_echoing_them(
+    argv: list[str], env: dict[str, str], named: str
+) -> None:
+    # gRPC would put them in its target name and repeat them in every error it reports.
+    with pytest.raises(ConfigError) as caught:
+        resolve(cli_args.parse_args([*argv, "--exporter", "otlp"]), env)
+    message = str(caught.value)
+    assert message.startswith(f"{named}: a gRPC endpoint cannot carry credentials")
+    assert "s3cret" not in message
