@@ -112,9 +112,17 @@ def has_measurement_consumer(provider: object) -> bool:
     return getattr(sdk_provider(provider), "_measurement_consumer", None) is not None
 
 
-def view_instrument_matches(provider: object, instrument: object) -> list[object] | None:
+def view_instrument_matches(
+    provider: object, instrument: object, *, create: bool = False
+) -> list[object] | None:
     """Every reader's per-view state of ``instrument`` (an SDK instrument); None when the
-    provider's storage does not have the expected layout."""
+    provider's storage does not have the expected layout.
+
+    The SDK makes this state at the instrument's first measurement; ``create=True`` makes
+    it now (as that measurement would), so that it can be adjusted before the first
+    measurements arrive.  Call it outside a collection's storage lock: inside an
+    instrument's callback, which the SDK runs before it collects the storages.
+    """
     consumer = getattr(sdk_provider(provider), "_measurement_consumer", None)
     storages = getattr(consumer, "_reader_storages", None)
     if not isinstance(storages, Mapping):
@@ -124,7 +132,13 @@ def view_instrument_matches(provider: object, instrument: object) -> list[object
         per_instrument = getattr(storage, "_instrument_view_instrument_matches", None)
         if not isinstance(per_instrument, Mapping):
             return None
-        matches.extend(per_instrument.get(instrument, ()))
+        found = per_instrument.get(instrument)
+        if found is None and create:
+            make = getattr(storage, "_get_or_init_view_instrument_match", None)
+            if not callable(make):
+                return None
+            found = make(instrument)
+        matches.extend(found or ())
     return matches
 
 
@@ -137,6 +151,24 @@ def match_aggregations(match: object) -> tuple[dict[Any, Any], Any, Any]:
         raise TypeError("no _attributes_aggregation dict on the view instrument match")
     view_keys = getattr(getattr(match, "_view", None), "_attribute_keys", None)
     return table, lock, view_keys
+
+
+def match_cardinality_limit(match: object) -> tuple[int, bool]:
+    """A view match's ``(cardinality limit, whether a View set it explicitly)``; TypeError on
+    another layout.  The SDK (1.45) folds attribute sets beyond the limit (2000 unless a View
+    or the reader says otherwise) into one ``otel.metric.overflow`` point."""
+    limit = getattr(match, "_cardinality_limit", None)
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError("no _cardinality_limit on the view instrument match")
+    explicit = getattr(getattr(match, "_view", None), "_aggregation_cardinality_limit", None)
+    return limit, explicit is not None
+
+
+def set_match_cardinality_limit(match: object, limit: int) -> None:
+    """Raise a view match's cardinality limit (checked each time a new attribute set
+    arrives, so it takes effect for the measurements still to come)."""
+    match_cardinality_limit(match)  # the layout check
+    setattr(match, "_cardinality_limit", limit)  # noqa: B010 (a private attribute on purpose)
 
 
 def aggregation_attributes(aggregation: object) -> Mapping[str, Any] | None:

@@ -14,6 +14,13 @@ in a collection exports nothing anyway (its value is None), so the export is unc
 series that comes back (a program of the same name after a reload, in ``by_name_type``) starts
 afresh with a new start time, which is what a counter reset should look like.
 
+Nothing folded into overflow: programs loaded *at the same time* can outnumber the SDK's
+cardinality limit too (2000 attribute sets per instrument unless a View says otherwise).  So
+the same pass raises the limit of our instruments' view matches ahead of the number of series
+their callback reports (to four times that number, in steps of 1,000): the limit is only a
+threshold, memory follows the series actually held, and releasing the unloaded programs'
+state above is what keeps that bounded.  A limit a user's View set explicitly is left alone.
+
 How safe: the callbacks of a collection run while the SDK's measurement consumer holds its
 lock, and every reader's collection takes that lock, so no other collection can be reading the
 dictionaries we prune; each dictionary is also mutated under its own ``_lock`` as the SDK does.
@@ -32,13 +39,20 @@ from otel_bpf.otel.sdk_private import (
     aggregation_attributes,
     has_measurement_consumer,
     match_aggregations,
+    match_cardinality_limit,
     sdk_instrument,
+    set_match_cardinality_limit,
     view_instrument_matches,
 )
 
 _log = logging.getLogger(__name__)
 
 AttributeKey = frozenset[tuple[str, Any]]
+
+LIMIT_HEADROOM = 4
+"""The cardinality limit is raised to this many times the series a callback reports once they
+reach half of it: room for programs loaded before the next collection, few raises."""
+LIMIT_STEP = 1000
 
 
 def attribute_key(attributes: Mapping[str, Any] | None) -> AttributeKey:
@@ -57,6 +71,10 @@ class StaleSeriesPruner:
         sets themselves would hold about 2 MB at 1,000 programs)."""
         self.released = 0
         """Aggregations released so far (all instruments and readers)."""
+        self._limits: dict[object, int] = {}
+        """The cardinality limit each instrument's view matches are known to have."""
+        self.cardinality_limit = 0
+        """The highest cardinality limit set on our instruments so far (0: none raised)."""
 
     @property
     def active(self) -> bool:
@@ -71,7 +89,9 @@ class StaleSeriesPruner:
         # stored by the SDK under the real instrument the proxy wraps.
         instrument = sdk_instrument(instrument)
         try:
-            matches = view_instrument_matches(self._provider, instrument)
+            # Created now if this is the instrument's first collection with measurements:
+            # their number may already be above the SDK's default limit.
+            matches = view_instrument_matches(self._provider, instrument, create=True)
             if matches is None:
                 if not has_measurement_consumer(self._provider):
                     # Not an SDK provider (no-op or proxy without a real one): nothing to do.
@@ -79,6 +99,7 @@ class StaleSeriesPruner:
                 self._disable("the SDK's reader storage has an unexpected layout")
                 return
             keep = set(observed)
+            self._make_room(instrument, matches, len(keep))
             hashes = frozenset(map(hash, keep))
             last = self._last_observed.get(instrument)
             self._last_observed[instrument] = hashes
@@ -92,6 +113,34 @@ class StaleSeriesPruner:
                 self._prune_match(match, keep)
         except Exception as exc:  # a private-layout surprise must never break a collection
             self._disable(f"{type(exc).__name__}: {exc}")
+
+    def _make_room(self, instrument: object, matches: list[object], series: int) -> None:
+        """Raise the cardinality limit of ``instrument``'s view matches before ``series``
+        observations reach it (the SDK consumes them after this callback returns)."""
+        known = self._limits.get(instrument)
+        if known is not None and series * 2 < known:
+            return  # the common collection: nothing to look at
+        wanted = -(-series * LIMIT_HEADROOM // LIMIT_STEP) * LIMIT_STEP
+        lowest = None
+        raised = False
+        for match in matches:
+            limit, explicit = match_cardinality_limit(match)
+            if not explicit and series * 2 >= limit and wanted > limit:
+                set_match_cardinality_limit(match, wanted)
+                limit, raised = wanted, True
+            lowest = limit if lowest is None else min(lowest, limit)
+        if lowest is None:
+            return  # no reader has this instrument (yet)
+        self._limits[instrument] = lowest
+        if raised and wanted > self.cardinality_limit:
+            # One line per step for all our instruments, not one per instrument.
+            self.cardinality_limit = wanted
+            _log.info(
+                "OpenTelemetry cardinality limit of the BPF program metrics raised to %d "
+                "(%d series reported): no program is folded into otel.metric.overflow",
+                wanted,
+                series,
+            )
 
     def _prune_match(self, match: object, keep: set[AttributeKey]) -> None:
         table, lock, view_keys = match_aggregations(match)

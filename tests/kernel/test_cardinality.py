@@ -145,3 +145,49 @@ def test_10000_programs_never_overflow_and_memory_stays_flat() -> None:
     # Flat: a leak of one small object per program and instrument would add 32,000 blocks.
     assert end_blocks - base_blocks < 5_000, figures
     assert end_rss - base_rss < 2 * 2**20, figures
+
+
+AT_ONCE = 5000
+
+
+def test_5000_programs_loaded_at_once_each_keep_their_own_series(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More programs loaded at the same time than the SDK's default limit (2000): the limit
+    of our instruments is raised ahead of them, so none is folded into overflow."""
+    insns = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
+    prefix = f"oa{os.getpid() % 1000}_"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < AT_ONCE + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, AT_ONCE + 256), hard))
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    sampler = Sampler(history=2)
+    create_instruments(mp, lambda: sampler.history)
+    fds: list[int] = []
+    expected: dict[int, str] = {}
+    try:
+        for i in range(AT_ONCE):
+            fd = load_program(ProgType.SOCKET_FILTER, insns, f"{prefix}{i}")
+            fds.append(fd)
+            expected[program_id(fd)] = f"{prefix}{i}"
+        with caplog.at_level("INFO", logger="otel_bpf"):
+            for _ in range(2):  # the second pass has rates: every instrument reports
+                sampler.sample_once()
+                got = collect(reader)
+    finally:
+        for fd in fds:
+            close(fd)
+        mp.shutdown()
+    for metric in got.values():
+        for point in metric.data.data_points:
+            assert "otel.metric.overflow" not in point.attributes, metric.name
+    for metric in (names.RUNS, names.RUN_TIME, names.RUN_RATE):
+        exported = {
+            p.attributes[names.PROGRAM_ID]: p.attributes[names.PROGRAM_NAME]
+            for p in got[metric.name].data.data_points
+        }
+        missing = {i for i in expected if exported.get(i) != expected[i]}
+        assert not missing, f"{metric.name}: {len(missing)} of {AT_ONCE} programs missing"
+    raised = [r.getMessage() for r in caplog.records if "cardinality limit" in r.getMessage()]
+    assert raised and "raised to" in raised[0], raised

@@ -156,3 +156,32 @@ def test_a_hook_runs_once_after_the_provider_shuts_down() -> None:
     provider.shutdown()
     assert calls == [True]
     assert not sdk_private.call_after_shutdown(object(), hook)
+
+
+def test_the_cardinality_limit_is_found_and_raised_where_the_sdk_checks_it() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    counter = provider.get_meter("t").create_counter("c")
+    instrument = sdk_private.sdk_instrument(counter)
+    assert sdk_private.view_instrument_matches(provider, instrument) == []
+    matches = sdk_private.view_instrument_matches(provider, instrument, create=True)
+    assert matches is not None and len(matches) == 1, (
+        f"opentelemetry-sdk {SDK}: MetricReaderStorage._get_or_init_view_instrument_match moved"
+    )
+    limit, explicit = sdk_private.match_cardinality_limit(matches[0])
+    assert (limit, explicit) == (2000, False), (
+        f"opentelemetry-sdk {SDK}: _ViewInstrumentMatch._cardinality_limit moved"
+    )
+    sdk_private.set_match_cardinality_limit(matches[0], 3000)
+    for n in range(2500):
+        counter.add(1, {"n": n})
+    points = [
+        p
+        for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+    ]
+    assert len(points) == 2500, f"opentelemetry-sdk {SDK}: the raised limit was not applied"
+    assert not any("otel.metric.overflow" in p.attributes for p in points)
+    provider.shutdown()
