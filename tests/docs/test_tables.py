@@ -122,3 +122,17 @@ def test_flag_table_placeholders_choices_and_defaults_match_the_parser() -> None
                 assert span in said, f"{flag}: default {span!r} is not what --help says ({said})"
         elif default_cell:
             assert default_cell in said, f"{flag}: default {default_cell!r} vs --help ({said})"
+
+
+def test_prometheus_endpoint_limits_table_matches_the_server() -> None:
+    from otel_bpf.cli import prometheus_server as server
+
+    rows = table_after(DOCS / "deployment.md", "| limit | value | when it is passed |")
+    values = [cells[1].split(" from ")[0].split(",")[0] for cells in rows]
+    assert values == [
+        str(server.MAX_CONNECTIONS),
+        f"{server.REQUEST_TIMEOUT:g} s",
+        f"{server.MAX_REQUEST_BYTES // 1024} KiB",
+        str(server.MAX_RESPONSES),
+        f"{server.RESPONSE_TIMEOUT:g} s",
+    ]
