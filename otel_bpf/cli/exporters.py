@@ -34,6 +34,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_bpf.cli.config import Config, OtlpSettings, redact_url
 from otel_bpf.cli.logs import BurstReportingExporter, ExportLogGate
+from otel_bpf.cli.prometheus_server import MetricsServer, start_metrics_server
 from otel_bpf.otel import names
 
 
@@ -49,7 +50,7 @@ class Telemetry:
     targets: list[str] = field(default_factory=list)
     """Human descriptions of where metrics go, for the start-up log line."""
     otlp: BurstReportingExporter | None = None
-    _servers: list[Any] = field(default_factory=list)
+    _servers: list[MetricsServer] = field(default_factory=list)
     _shut_down: bool = False
 
     def shutdown(self, timeout: float) -> None:
@@ -69,8 +70,7 @@ class Telemetry:
             finally:
                 self.provider.shutdown(timeout_millis=timeout_ms // 2)
         for server in self._servers:
-            server.shutdown()
-            server.server_close()
+            server.close()
         self._servers.clear()
 
     def abort(self) -> None:
@@ -205,10 +205,10 @@ def otlp_exporter(otlp: OtlpSettings) -> MetricExporter:
     return _http_exporter(otlp)
 
 
-def _prometheus_reader(host: str, port: int) -> tuple[MetricReader, Any]:
+def _prometheus_reader(host: str, port: int) -> tuple[MetricReader, MetricsServer]:
     try:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
     except ImportError:
         raise ExporterError(
             "the prometheus exporter needs the optional extra: "
@@ -218,7 +218,9 @@ def _prometheus_reader(host: str, port: int) -> tuple[MetricReader, Any]:
     registry = CollectorRegistry(auto_describe=True)
     reader = PrometheusMetricReader(registry=registry)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        # Not prometheus_client's start_http_server: a thread per connection (see
+        # prometheus_server.py); the same WSGI app, so the same exposition.
+        server = start_metrics_server(host, port, registry)
     except OSError as exc:
         raise ExporterError(
             f"cannot listen on {host}:{port} for Prometheus: {exc.strerror or exc}"
@@ -276,8 +278,7 @@ def build_telemetry(
                 telemetry.targets.append(f"http://{shown}:{port}/metrics (Prometheus)")
     except BaseException:
         for server in telemetry._servers:
-            server.shutdown()
-            server.server_close()
+            server.close()
         raise
     attributes = dict(config.resource_attributes)
     if sampling_path is not None:

@@ -172,3 +172,17 @@ def test_json_schema_owners_example_is_what_the_writer_writes() -> None:
         stats=StatsState(ours=False, sysctl=False, others=False),
     )
     assert jsonl.sample_object(snapshot.programs[0], snapshot)["owners"] == example
+
+
+def test_prometheus_endpoint_limits_table_matches_the_server() -> None:
+    from otel_bpf.cli import prometheus_server as server
+
+    rows = table_after(DOCS / "deployment.md", "| limit | value | when it is passed |")
+    values = [cells[1].split(" from ")[0].split(",")[0] for cells in rows]
+    assert values == [
+        str(server.MAX_CONNECTIONS),
+        f"{server.REQUEST_TIMEOUT:g} s",
+        f"{server.MAX_REQUEST_BYTES // 1024} KiB",
+        str(server.MAX_RESPONSES),
+        f"{server.RESPONSE_TIMEOUT:g} s",
+    ]

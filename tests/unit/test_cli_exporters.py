@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import builtins
 import socket
+import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -114,6 +116,31 @@ def test_prometheus_endpoint_on_loopback() -> None:
             assert r.status == 200
     finally:
         t.shutdown(1)
+
+
+def test_prometheus_endpoint_spends_no_thread_per_connection() -> None:
+    t = telemetry(["--exporter", "prometheus", "--prometheus-port", "0"])
+    idle: list[socket.socket] = []
+    try:
+        url = t.targets[0].split(" ")[0]
+        address = t._servers[0].server_address
+        before = threading.active_count()
+        for i in range(50):
+            idle.append(socket.create_connection(address, timeout=5))
+            if i % 2:
+                idle[-1].sendall(b"GET /metr")
+        time.sleep(0.3)
+        assert threading.active_count() == before
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
+        started = time.monotonic()
+        t.shutdown(1)
+        assert time.monotonic() - started < 1.0
+        assert threading.active_count() < before
+    finally:
+        t.shutdown(1)
+        for s in idle:
+            s.close()
 
 
 def test_prometheus_port_in_use_is_a_clear_error() -> None:
