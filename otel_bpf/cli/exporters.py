@@ -205,15 +205,18 @@ def otlp_exporter(otlp: OtlpSettings) -> MetricExporter:
     return _http_exporter(otlp)
 
 
+PROMETHEUS_EXTRA_MISSING = (
+    "the prometheus exporter needs the optional extra: "
+    "pip install 'otel-bpf[prometheus]' (opentelemetry-exporter-prometheus)"
+)
+
+
 def _prometheus_reader(host: str, port: int) -> tuple[MetricReader, MetricsServer]:
     try:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import CollectorRegistry
     except ImportError:
-        raise ExporterError(
-            "the prometheus exporter needs the optional extra: "
-            "pip install 'otel-bpf[prometheus]' (opentelemetry-exporter-prometheus)"
-        ) from None
+        raise ExporterError(PROMETHEUS_EXTRA_MISSING) from None
     # A private registry: only our metrics, no process/platform collectors of this Python.
     registry = CollectorRegistry(auto_describe=True)
     reader = PrometheusMetricReader(registry=registry)

@@ -31,7 +31,12 @@ from otel_bpf import __version__
 from otel_bpf.cli import args as cli_args
 from otel_bpf.cli import jsonl
 from otel_bpf.cli.config import Config, ConfigError, resolve
-from otel_bpf.cli.exporters import ExporterError, Telemetry, build_telemetry
+from otel_bpf.cli.exporters import (
+    PROMETHEUS_EXTRA_MISSING,
+    ExporterError,
+    Telemetry,
+    build_telemetry,
+)
 from otel_bpf.cli.logs import ExportLogGate, setup_logging
 from otel_bpf.cli.output import LineOutput, OutputError, check_open, raise_for
 from otel_bpf.cli.signals import cancel_on_signal
@@ -370,10 +375,7 @@ def _check_extras(config: Config) -> None:
             import opentelemetry.exporter.prometheus  # noqa: F401
             import prometheus_client  # noqa: F401
         except ImportError:
-            raise ExporterError(
-                "the prometheus exporter needs the optional extra: "
-                "pip install 'otel-bpf[prometheus]' (opentelemetry-exporter-prometheus)"
-            ) from None
+            raise ExporterError(PROMETHEUS_EXTRA_MISSING) from None
 
 
 def _preflight() -> None:

@@ -152,3 +152,21 @@ def saturated(prog_fd: int, cpus: list[int], *, repeat: int = 200_000) -> Iterat
             thread.join(30)
     if failures:
         raise failures[0]
+
+
+@contextmanager
+def many_loaded(count: int, prefix: str) -> Iterator[list[int]]:
+    """``count`` pass-all socket filters named ``<prefix><i>``, loaded at the same time (the
+    open-files limit raised for them); their fds in load order."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
+    fds: list[int] = []
+    try:
+        fds.extend(load_named(f"{prefix}{i}") for i in range(count))
+        yield fds
+    finally:
+        for fd in fds:
+            close(fd)

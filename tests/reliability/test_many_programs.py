@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_progs import load_named, prog_id_of_fd
+from kernel_progs import many_loaded, prog_id_of_fd
 from peers import Rotel, cli_env, run_cli
-
-from otel_bpf.kernel.syscall import close
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -26,16 +23,8 @@ PER_PROGRAM = ("bpf.program.runs", "bpf.program.run.time")
 def loaded() -> Iterator[tuple[str, dict[int, str]]]:
     """AT_ONCE socket filters, named ``<prefix><i>``, loaded for the module's tests."""
     prefix = f"mp{os.getpid() % 10000}_"
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < AT_ONCE + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, AT_ONCE + 256), hard))
-    fds: list[int] = []
-    try:
-        fds.extend(load_named(f"{prefix}{i}") for i in range(AT_ONCE))
+    with many_loaded(AT_ONCE, prefix) as fds:
         yield prefix, {prog_id_of_fd(fd): f"{prefix}{i}" for i, fd in enumerate(fds)}
-    finally:
-        for fd in fds:
-            close(fd)
 
 
 def console_exports(stdout: str) -> list[dict[str, object]]:

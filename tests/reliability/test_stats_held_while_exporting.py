@@ -15,33 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kernel_progs import load_named
+from kernel_progs import many_loaded
 from peers import Cli, Rotel, SilentCollector, cli_env, wait_until
 
-from otel_bpf.kernel.syscall import close
-
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-@contextmanager
-def programs_loaded(count: int, prefix: str) -> Iterator[None]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
-    fds: list[int] = []
-    try:
-        fds.extend(load_named(f"{prefix}{i}") for i in range(count))
-        yield
-    finally:
-        for fd in fds:
-            close(fd)
 
 
 def _link(path: str) -> str:
@@ -81,7 +63,7 @@ def first_pass_at(cli: Cli) -> bool:
 def test_a_silent_collector_never_switches_stats_off(tmp_path: Path) -> None:
     prefix = f"hs{os.getpid() % 10000}_"
     export_interval, timeout = 2.0, 2.0
-    with SilentCollector(max_connections=16, lifetime=90) as silent, programs_loaded(1000, prefix):
+    with SilentCollector(max_connections=16, lifetime=90) as silent, many_loaded(1000, prefix):
         args = ["--endpoint", silent.url, "--export-interval", f"{export_interval:g}",
                 "--name", f"{prefix}*"]  # fmt: skip
         cli = Cli(tmp_path, args, cli_env(OTEL_EXPORTER_OTLP_TIMEOUT=f"{timeout:g}")).start()
@@ -114,7 +96,7 @@ def test_a_healthy_collector_at_the_minimum_intervals_does_not_flap(tmp_path: Pa
     prefix = f"hf{os.getpid() % 10000}_"
     rotel = Rotel(tmp_path / "rotel").start()
     try:
-        with programs_loaded(1000, prefix):
+        with many_loaded(1000, prefix):
             args = ["--endpoint", rotel.grpc_url, "--interval", "0.1", "--export-interval",
                     "0.1", "--name", f"{prefix}*"]  # fmt: skip
             cli = Cli(tmp_path, args, cli_env()).start()
