@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timezone
+from typing import Any
 
-from otel_bpf.records import ProgramRecord
+from otel_bpf.records import Owner, ProgramRecord
 from otel_bpf.snapshot import ProgramSample, Snapshot
 
 FIELDS: tuple[str, ...] = (
@@ -57,40 +59,89 @@ def _figure(value: float | None) -> float | None:
     return value
 
 
-def sample_object(sample: ProgramSample, snapshot: Snapshot) -> dict[str, object]:
-    """The JSON object of one program in one tick (keys in ``FIELDS`` order)."""
-    prog = sample.program
-    owners = (
-        None
-        if prog.owners is None
-        else [
-            {"pid": owner.pid, "comm": owner.comm, "via": list(owner.via)} for owner in prog.owners
-        ]
+def _owners(owners: tuple[Owner, ...] | None) -> list[dict[str, object]] | None:
+    if owners is None:
+        return None
+    return [{"pid": owner.pid, "comm": owner.comm, "via": list(owner.via)} for owner in owners]
+
+
+TICK_KEYS: dict[str, tuple[str, Callable[[Any], object] | None]] = {
+    "timestamp": ("wall_time", rfc3339),
+    "seq": ("seq", None),
+}
+"""The keys read from the tick's :class:`~otel_bpf.snapshot.Snapshot`: the attribute and how
+it is written (None: as it is)."""
+
+RECORD_CONVERSIONS: dict[str, Callable[[Any], object]] = {
+    "load_time": rfc3339,
+    "map_ids": list,
+    "owners": _owners,
+}
+"""The :class:`ProgramRecord` fields written otherwise than as they are; every other emitted
+field keeps its name and value."""
+
+RECORD_EXCLUDED: dict[str, str] = {
+    "type_id": "`type` names it",
+    "btf_id": "not part of the schema",
+    "maps": "the schema lists `map_ids` only",
+}
+"""The :class:`ProgramRecord` fields left out of the schema, and why."""
+
+
+def derive_sample_object(
+    record_class: type[Any] = ProgramRecord, sample_class: type[Any] = ProgramSample
+) -> Callable[[ProgramSample, Snapshot], dict[str, object]]:
+    """``sample_object`` written from the fields of ``record_class`` and ``sample_class``:
+    each key of :data:`FIELDS` is a tick key, a record field or a figure of the sample.
+
+    TypeError when a record field is neither in :data:`FIELDS` nor in
+    :data:`RECORD_EXCLUDED`, or a key of :data:`FIELDS` is none of the three: the schema and
+    the record cannot drift apart silently.  The code is generated (as
+    :mod:`otel_bpf.kernel.record_builder` writes its builders) so the object is one dict
+    display, as cheap as a hand-written one, whatever the fields are.
+    """
+    record_names = tuple(f.name for f in dataclass_fields(record_class))
+    figure_names = tuple(f.name for f in dataclass_fields(sample_class) if f.name != "program")
+    unmapped = [n for n in record_names if n not in FIELDS and n not in RECORD_EXCLUDED]
+    if unmapped:
+        raise TypeError(
+            f"{record_class.__name__} fields {unmapped} are neither in the --json schema "
+            "(jsonl.FIELDS) nor in jsonl.RECORD_EXCLUDED"
+        )
+    emitted_excluded = [n for n in RECORD_EXCLUDED if n in FIELDS or n not in record_names]
+    if emitted_excluded:
+        raise TypeError(f"jsonl.RECORD_EXCLUDED names {emitted_excluded}: emitted or unknown")
+    namespace: dict[str, Any] = {"_figure": _figure}
+    items = []
+    for key in FIELDS:
+        if key in TICK_KEYS:
+            attr, convert = TICK_KEYS[key]
+            value = f"snapshot.{attr}"
+        elif key in record_names:
+            convert = RECORD_CONVERSIONS.get(key)
+            value = f"prog.{key}"
+        elif key in figure_names:
+            convert = _figure
+            value = f"sample.{key}"
+        else:
+            raise TypeError(f"--json key {key!r} is no tick key, record field or figure")
+        if convert is not None:
+            namespace[f"_c_{key}"] = convert
+            value = f"_c_{key}({value})"
+        items.append(f"        {key!r}: {value},\n")
+    source = (
+        "def sample_object(sample, snapshot):\n"
+        "    prog = sample.program\n"
+        "    return {\n" + "".join(items) + "    }\n"
     )
-    return {
-        "timestamp": rfc3339(snapshot.wall_time),
-        "seq": snapshot.seq,
-        "id": prog.id,
-        "type": prog.type,
-        "name": prog.name,
-        "tag": prog.tag,
-        "run_time_ns": prog.run_time_ns,
-        "run_cnt": prog.run_cnt,
-        "recursion_misses": prog.recursion_misses,
-        "load_time": rfc3339(prog.load_time),
-        "uid": prog.uid,
-        "verified_insns": prog.verified_insns,
-        "xlated_size": prog.xlated_size,
-        "jited_size": prog.jited_size,
-        "memlock_bytes": prog.memlock_bytes,
-        "map_ids": list(prog.map_ids),
-        "period_avg_runtime_ns": _figure(sample.period_avg_runtime_ns),
-        "total_avg_runtime_ns": _figure(sample.total_avg_runtime_ns),
-        "events_per_sec": _figure(sample.events_per_sec),
-        "cpu_percent": _figure(sample.cpu_percent),
-        "cpu_utilization": _figure(sample.cpu_utilization),
-        "owners": owners,
-    }
+    exec(compile(source, "<--json sample_object>", "exec"), namespace)
+    function: Callable[[ProgramSample, Snapshot], dict[str, object]] = namespace["sample_object"]
+    return function
+
+
+sample_object = derive_sample_object()
+"""``sample_object(sample, snapshot)``: the JSON object of one program in one tick (keys in
+:data:`FIELDS` order)."""
 
 
 def encode(obj: dict[str, object]) -> str:

@@ -44,6 +44,7 @@ from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 
 if TYPE_CHECKING:
     from otel_bpf.kernel.source import ProgramSource, SourceOptions
+    from otel_bpf.kernel.stats import StatsSwitch
     from otel_bpf.otel.options import MetricsOptions
     from otel_bpf.sampler import Sampler
     from otel_bpf.snapshot import Snapshot
@@ -260,6 +261,7 @@ async def _run(
     telemetry: Telemetry,
     options: MetricsOptions,
     source: ProgramSource,
+    switch: StatsSwitch,
 ) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
     from otel_bpf.otel.plugin import FED_HISTORY
@@ -278,7 +280,7 @@ async def _run(
                 if local:
                     # JSON and the live view need counting stats whatever the exporter's
                     # readers do; the switch is refcounted, the plugin shares the fd.
-                    stack.enter_context(stats_enabled())
+                    stack.enter_context(stats_enabled(switch))
                 sampler = Sampler(
                     interval=config.interval,
                     # Only the live view's charts look back; the plugin and JSON take each
@@ -289,7 +291,9 @@ async def _run(
                 if telemetry.provider is not None:
                     from otel_bpf.otel.plugin import BpfMetricsPlugin
 
-                    plugin = BpfMetricsPlugin(telemetry.provider, options=options, sampler=sampler)
+                    plugin = BpfMetricsPlugin(
+                        telemetry.provider, options=options, sampler=sampler, stats_holder=switch
+                    )
                     await stack.enter_async_context(plugin)
                     # Exit order is reversed: the final export runs while the plugin's
                     # instruments are still open, then the plugin switches stats off.
@@ -435,6 +439,7 @@ def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     _preflight()
     from otel_bpf.kernel.open_source import open_source
     from otel_bpf.kernel.source import MODES
+    from otel_bpf.kernel.stats import StatsSwitch
 
     mode = next(m for m in MODES if m == config.sampling_path)  # validated by the parser
     # The path is chosen before the provider is built: the resource names it.  open_source
@@ -442,7 +447,8 @@ def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:
     with open_source(mode, _source_options(config, options)) as source:
         telemetry = build_telemetry(config, gate, sampling_path=source.path)
         try:
-            return anyio.run(_run, config, telemetry, options, source)
+            # The run's one stats switch: the plugin, --json and the live view share its fd.
+            return anyio.run(_run, config, telemetry, options, source, StatsSwitch())
         finally:
             # Normally already shut down by _run; this covers failures before the plugin
             # started.

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 
-from otel_bpf.kernel.links import link_create
+from otel_bpf.kernel.fd import KernelFd
+from otel_bpf.kernel.links import create_owned_link
 
 
 class CgroupError(OSError):
@@ -111,7 +113,7 @@ def remove_stale(prefix: str, parent: str | None = None) -> list[str]:
     return removed
 
 
-def attach_program(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+def attach_program(prog: KernelFd | int, cgroup_fd: KernelFd | int, attach_type: int) -> KernelFd:
     """Attach a cgroup program (e.g. cgroup_skb egress) to the cgroup open as ``cgroup_fd``
-    through a BPF link; returns the link fd, whose closing detaches the program."""
-    return link_create(prog_fd, cgroup_fd, attach_type)
+    through a BPF link; returns the link, whose closing detaches the program."""
+    return create_owned_link(prog, operator.index(cgroup_fd), attach_type)

@@ -13,7 +13,8 @@ import os
 import socket
 import struct
 
-from otel_bpf.kernel.links import link_create
+from otel_bpf.kernel.fd import KernelFd
+from otel_bpf.kernel.links import create_owned_link
 
 CLONE_NEWNET = 0x40000000
 
@@ -143,11 +144,11 @@ def mac_address(ifname: str) -> bytes:
     return bytes(res[IFNAMSIZ + 2 : IFNAMSIZ + 8])
 
 
-def attach_xdp(prog_fd: int, ifname: str, *, generic: bool = True) -> int:
-    """Attach an XDP program to ``ifname`` through a BPF link; returns the link fd.
+def attach_xdp(prog: KernelFd | int, ifname: str, *, generic: bool = True) -> KernelFd:
+    """Attach an XDP program to ``ifname`` through a BPF link; returns the link.
 
     Generic (SKB) mode by default, which every driver supports.  The link goes away with
     its fd, or with the interface when the namespace is destroyed.
     """
     flags = XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
-    return link_create(prog_fd, ifindex(ifname), BPF_XDP, flags)
+    return create_owned_link(prog, ifindex(ifname), BPF_XDP, flags)

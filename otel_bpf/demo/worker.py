@@ -31,8 +31,8 @@ from typing import Any
 from otel_bpf.demo import cgroup, lifetime, netns
 from otel_bpf.demo import programs as demo
 from otel_bpf.demo.traffic import TrafficDriver
-from otel_bpf.kernel.loader import VerifierError, attach_socket_filter, load_program, program_id
-from otel_bpf.kernel.syscall import close as close_fd
+from otel_bpf.kernel.fd import KernelFd
+from otel_bpf.kernel.loader import VerifierError, attach_socket_filter, load_owned_program
 
 CGROUP_PREFIX = demo.CGROUP_PREFIX
 VETH = "otdemo0"
@@ -46,7 +46,7 @@ class Workload:
     """Kernel objects and sockets of one worker; :meth:`close` releases all of them."""
 
     def __init__(self) -> None:
-        self.fds: list[int] = []
+        self.fds: list[KernelFd] = []
         self.sockets: list[socket.socket] = []
         self.program_ids: dict[str, int] = {}
         self.cgroup_dir: str | None = None
@@ -57,15 +57,19 @@ class Workload:
         self.sockets.append(s)
         return s
 
-    def load(self, name: str) -> int:
-        """Load demo program ``name``; return its fd and remember its id."""
+    def load(self, name: str) -> KernelFd:
+        """Load demo program ``name``; return it (held until :meth:`close`) and remember its
+        id."""
         p = demo.program(name)
-        fd = load_program(p.prog_type, p.insns, p.name, expected_attach_type=p.expected_attach_type)
-        self.fds.append(fd)
-        self.program_ids[name] = program_id(fd)
-        return fd
+        prog = load_owned_program(
+            p.prog_type, p.insns, p.name, expected_attach_type=p.expected_attach_type
+        )
+        self.fds.append(prog)
+        assert prog.id is not None  # load_owned_program reads it
+        self.program_ids[name] = prog.id
+        return prog
 
-    def _udp_receiver(self, prog_fd: int | None) -> tuple[str, int]:
+    def _udp_receiver(self, prog_fd: KernelFd | None) -> tuple[str, int]:
         rx = self._sock(socket.AF_INET, socket.SOCK_DGRAM)
         # The smallest buffer: packets the program lets through are never read.
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
@@ -110,7 +114,7 @@ class Workload:
         cgskb_fd = self.load(demo.CGROUP_SKB)
         home = cgroup.current_cgroup()
         self.cgroup_dir = cgroup.create(f"{CGROUP_PREFIX}{os.getpid()}")
-        cg_fd = cgroup.open_dir(self.cgroup_dir)
+        cg_fd = KernelFd(cgroup.open_dir(self.cgroup_dir), "cgroup")
         self.fds.append(cg_fd)
         self.fds.append(cgroup.attach_program(cgskb_fd, cg_fd, demo.BPF_CGROUP_INET_EGRESS))
         cgroup.join(self.cgroup_dir)
@@ -126,7 +130,7 @@ class Workload:
             s.close()
         for fd in reversed(self.fds):
             with contextlib.suppress(OSError):
-                close_fd(fd)
+                fd.close()
         self.sockets.clear()
         self.fds.clear()
         if self.cgroup_dir is not None:

@@ -144,6 +144,12 @@ class ProgInfo(ctypes.Structure):
     ]
 
 
+class LinkInfoHead(ctypes.Structure):
+    """The first fields of ``struct bpf_link_info`` (the kernel fills what fits)."""
+
+    _fields_ = [("type", u32), ("id", u32), ("prog_id", u32)]
+
+
 class MapInfo(ctypes.Structure):
     """``struct bpf_map_info``."""
 

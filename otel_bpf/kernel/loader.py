@@ -15,6 +15,7 @@ from otel_bpf.kernel._uapi import (
     ProgLoadAttr,
 )
 from otel_bpf.kernel.errors import BpfError
+from otel_bpf.kernel.fd import KernelFd, fd_number
 from otel_bpf.kernel.syscall import bpf
 
 _LOG_SIZE = 1 << 20
@@ -87,19 +88,42 @@ def load_program(
         del insn_buf, lic, fi_buf
 
 
-def attach_socket_filter(sock: socket.socket, prog_fd: int) -> None:
+def load_owned_program(
+    prog_type: int,
+    insns: bytes,
+    name: str,
+    *,
+    license: str = "GPL",
+    expected_attach_type: int = 0,
+    attach_btf_id: int = 0,
+) -> KernelFd:
+    """:func:`load_program` as a :class:`KernelFd` (kind ``prog``, with the program's id):
+    closing it unloads the program unless something else holds it."""
+    fd = load_program(
+        prog_type,
+        insns,
+        name,
+        license=license,
+        expected_attach_type=expected_attach_type,
+        attach_btf_id=attach_btf_id,
+    )
+    return KernelFd.adopt(fd, "prog", program_id)
+
+
+def attach_socket_filter(sock: socket.socket, prog_fd: KernelFd | int) -> None:
     """Attach a ``socket_filter`` program to ``sock`` (runs once per received packet)."""
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, fd_number(prog_fd))
 
 
-def program_info(prog_fd: int) -> ProgInfo:
+def program_info(prog_fd: KernelFd | int) -> ProgInfo:
     """``struct bpf_prog_info`` of the program behind ``prog_fd`` (ids, counters, sizes)."""
+    fd = fd_number(prog_fd)
     info = ProgInfo()
-    attr = InfoByFdAttr(prog_fd, ctypes.sizeof(info), ctypes.addressof(info))
-    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program fd {prog_fd}")
+    attr = InfoByFdAttr(fd, ctypes.sizeof(info), ctypes.addressof(info))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program fd {fd}")
     return info
 
 
-def program_id(prog_fd: int) -> int:
+def program_id(prog_fd: KernelFd | int) -> int:
     """The kernel's id of the program behind ``prog_fd`` (what bpftool and procfs show)."""
     return int(program_info(prog_fd).id)

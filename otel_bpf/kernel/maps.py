@@ -14,6 +14,7 @@ from otel_bpf.kernel._uapi import (
     MapInfo,
 )
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
+from otel_bpf.kernel.fd import KernelFd
 from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.prog_types import map_type_name
 from otel_bpf.kernel.syscall import bpf, close
@@ -72,3 +73,19 @@ def create_map(
     )
     attr.map_name = name.encode()[: BPF_OBJ_NAME_LEN - 1]
     return bpf(Cmd.MAP_CREATE, attr, name)
+
+
+def map_id(map_fd: int) -> int:
+    """The kernel's id of the map behind ``map_fd``."""
+    info = MapInfo()
+    attr = InfoByFdAttr(bpf_fd=map_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"map fd {map_fd}")
+    return int(info.id)
+
+
+def create_owned_map(
+    map_type: int, key_size: int, value_size: int, max_entries: int, name: str = ""
+) -> KernelFd:
+    """:func:`create_map` as a :class:`KernelFd` (kind ``map``, with the map's id)."""
+    fd = create_map(map_type, key_size, value_size, max_entries, name)
+    return KernelFd.adopt(fd, "map", map_id)

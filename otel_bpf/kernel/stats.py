@@ -1,10 +1,12 @@
-"""The run-time statistics switch: one ``BPF_ENABLE_STATS`` fd per process, refcounted.
+"""The run-time statistics switch: a refcounted ``BPF_ENABLE_STATS`` fd.
 
 The kernel counts ``run_time_ns``/``run_cnt`` only while stats are enabled, and it keeps them
 enabled while any process holds a ``BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`` fd (5.8+). The fd
 is closed by the kernel when the process dies, SIGKILL included, so holding it is safe.
-Inside the process, every consumer acquires and releases; the fd is open from the first
-acquire to the last release.
+A :class:`StatsSwitch` is refcounted: its users acquire and release, its fd is open from the
+first acquire to the last release.  It is an ordinary object: whoever composes a program
+makes one and passes it to every user that should share the fd (``bpftop-otel`` holds one fd
+per run this way); two switches hold two fds.
 
 Kernels before 5.8 only have the legacy sysctl ``kernel.bpf_stats_enabled``. It is global and
 survives us, so it is used only when asked (``allow_sysctl=True``), and the previous value is
@@ -20,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from otel_bpf.kernel._uapi import BPF_STATS_RUN_TIME, Cmd, EnableStatsAttr
@@ -53,36 +55,57 @@ def _write_sysctl(on: bool) -> None:
         f.write("1\n" if on else "0\n")
 
 
-class StatsSwitch:
-    """The process-wide stats holder; every instance is the same object.
+class _FdsHeld:
+    """How many BPF_ENABLE_STATS fds the switches of this process hold right now.
 
+    ``stats_state().ours`` is a fact about the process (the kernel sees one process holding
+    stats, whichever switch opened the fd); each switch counts its fd in and out here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
+_fds_held = _FdsHeld()
+
+
+def fds_held() -> int:
+    """How many BPF_ENABLE_STATS fds the :class:`StatsSwitch` objects of this process hold
+    (0 or 1 in a process that makes one switch, as ``bpftop-otel`` does)."""
+    return _fds_held.count
+
+
+class StatsSwitch:
+    """A refcounted holder of kernel run-time statistics: at most one ``BPF_ENABLE_STATS`` fd,
+    open from the first :meth:`acquire` to the last :meth:`release`.
+
+    Each switch holds its own fd; users meant to share one fd share one switch (the
+    composition root, e.g. ``bpftop-otel``'s ``main``, makes it and passes it on).
     ``acquire()``/``release()`` may be nested and called from any thread.
     """
 
-    _instance: StatsSwitch | None = None
-    _new_lock = threading.Lock()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._fd: int | None = None
+        self._sysctl_set = False
+        self._atexit_registered = False
 
-    _lock: threading.Lock
-    _count: int
-    _fd: int | None
-    _sysctl_set: bool
-    _atexit_registered: bool
-
-    def __new__(cls) -> StatsSwitch:
-        with cls._new_lock:
-            if cls._instance is None:
-                self = super().__new__(cls)
-                self._lock = threading.Lock()
-                self._count = 0
-                self._fd = None
-                self._sysctl_set = False
-                self._atexit_registered = False
-                cls._instance = self
-            return cls._instance
+    def __repr__(self) -> str:
+        return f"<StatsSwitch users={self._count} fd_held={self._fd is not None}>"
 
     @property
     def held(self) -> bool:
-        """Stats are on because of this process (fd held or sysctl set by us)."""
+        """Stats are on because of this switch (fd held or sysctl set by it)."""
         return self._count > 0
 
     @property
@@ -92,7 +115,7 @@ class StatsSwitch:
 
     @property
     def fd_held(self) -> bool:
-        """This process holds a BPF_ENABLE_STATS fd."""
+        """This switch holds a BPF_ENABLE_STATS fd."""
         return self._fd is not None
 
     def acquire(self, *, allow_sysctl: bool = False) -> None:
@@ -105,6 +128,7 @@ class StatsSwitch:
             if self._count == 0:
                 try:
                     self._fd = _enable_stats_fd()
+                    _fds_held.add(1)
                 except BpfUnsupportedError:
                     if not allow_sysctl:
                         raise
@@ -133,6 +157,7 @@ class StatsSwitch:
     def _turn_off(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            _fds_held.add(-1)
             close(fd)
         if self._sysctl_set:
             self._sysctl_set = False
@@ -146,33 +171,52 @@ class StatsSwitch:
                     _write_sysctl(False)
 
 
+_RESTORES_SYSCTL = "_otel_bpf_restores_sysctl"
+"""Marks a signal handler installed here, so a later switch chains onto it."""
+
+
 def _restore_on_default_termination(switch: StatsSwitch) -> None:
     """Restore the sysctl before a default-action SIGTERM/SIGHUP ends the process.
 
-    Only signals still at SIG_DFL, and only from the main thread (the one place handlers can
-    be set): a program with its own handlers shuts down through ``finally``/``atexit``.
+    Only signals still at SIG_DFL (or at the handler another switch installed here, which the
+    new one calls after its own restore), and only from the main thread (the one place
+    handlers can be set): a program with its own handlers shuts down through
+    ``finally``/``atexit``.
     """
     if threading.current_thread() is not threading.main_thread():
         return
 
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        previous = signal.getsignal(signum)
+        if previous is signal.SIG_DFL or getattr(previous, _RESTORES_SYSCTL, False):
+            signal.signal(signum, _restore_then_die(switch, previous))
+
+
+def _restore_then_die(switch: StatsSwitch, previous: object) -> Callable[[int, object], None]:
     def restore_then_die(signum: int, frame: object) -> None:
         # No lock here: the interrupted main thread may hold it; a stale write is harmless.
         if switch._sysctl_set:
             switch._sysctl_set = False
             with suppress(OSError):
                 _write_sysctl(False)
+        if callable(previous):
+            previous(signum, frame)  # another switch's restore, which then dies
+            return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, restore_then_die)
+    setattr(restore_then_die, _RESTORES_SYSCTL, True)
+    return restore_then_die
 
 
 @contextmanager
-def stats_enabled(*, allow_sysctl: bool = False) -> Iterator[StatsSwitch]:
-    """Keep run-time stats on for the ``with`` block (nested uses share one fd)."""
-    switch = StatsSwitch()
+def stats_enabled(
+    switch: StatsSwitch | None = None, *, allow_sysctl: bool = False
+) -> Iterator[StatsSwitch]:
+    """Keep run-time stats on for the ``with`` block through ``switch`` (a fresh one when
+    None); nested blocks given the same switch share its one fd."""
+    if switch is None:
+        switch = StatsSwitch()
     switch.acquire(allow_sysctl=allow_sysctl)
     try:
         yield switch
@@ -198,7 +242,7 @@ def stats_state() -> StatsState:
     the first holder found); on a host with thousands of processes this costs milliseconds,
     so while this process holds stats a scan is reused for :data:`OTHERS_RESCAN_WHILE_OURS`.
     """
-    ours = StatsSwitch().fd_held
+    ours = fds_held() > 0
     return StatsState(ours=ours, sysctl=bool(read_sysctl()), others=_others_hold_stats(ours))
 
 

@@ -25,7 +25,7 @@ from opentelemetry.metrics import MeterProvider
 from otel_bpf.kernel.source import SamplingPath, SourceOptions
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
-from otel_bpf.otel.plugin import StatsHolder, default_stats_holder
+from otel_bpf.otel.plugin import StatsHolder, new_stats_holder
 from otel_bpf.otel.sdk_private import call_after_shutdown, provider_is_shut_down
 from otel_bpf.sampler import Sampler
 
@@ -41,6 +41,8 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     stats_holder=None)``.  Kernel statistics are held on from ``instrument()`` until
     ``uninstrument()`` or the provider's ``shutdown()``, whatever its readers do at shutdown;
     ``instrument()`` on a provider already shut down registers nothing and takes nothing.
+    ``stats_holder`` is the stats switch to hold; by default each ``instrument()`` makes one
+    of its own (:class:`otel_bpf.kernel.stats.StatsSwitch`).
     """
 
     _instruments: BpfInstruments | None = None
@@ -65,7 +67,7 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         provider: MeterProvider = kwargs.get("meter_provider") or metrics.get_meter_provider()
         options: MetricsOptions = kwargs.get("options") or MetricsOptions()
         min_interval = float(kwargs.get("min_interval", 1.0))
-        holder: StatsHolder = kwargs.get("stats_holder") or default_stats_holder()
+        holder: StatsHolder = kwargs.get("stats_holder") or new_stats_holder()
         if provider_is_shut_down(provider):
             _log.warning(
                 "BPF program metrics not registered: the meter provider is already shut down"

@@ -11,8 +11,9 @@ Kernel run-time statistics cost every BPF program on the host some 20-40 ns per 
 plugin holds them on only while its numbers can go somewhere: from start (when the provider is
 alive) until the plugin exits, the provider is shut down, or no reader has collected for
 ``idle_collections`` collection intervals; a collection after such a pause switches them back
-on.  The stats holder is the process-wide refcounted switch, so the plugin, the live view and
-anything else in the process share one kernel fd.
+on.  The stats holder is a refcounted switch: the plugin makes its own unless it is given one
+(``stats_holder=``), which is how ``bpftop-otel`` makes its plugin, its ``--json`` writer and
+its live view share one kernel fd.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class StatsHolder(Protocol):
     def release(self) -> None: ...
 
 
-def default_stats_holder() -> StatsHolder:
-    """The process-wide :class:`otel_bpf.kernel.stats.StatsSwitch`."""
+def new_stats_holder() -> StatsHolder:
+    """A new :class:`otel_bpf.kernel.stats.StatsSwitch` (one fd of its own while held)."""
     from otel_bpf.kernel.stats import StatsSwitch
 
     holder: StatsHolder = StatsSwitch()
@@ -86,7 +87,9 @@ class BpfMetricsPlugin:
     metrics.  ``collection_interval`` is how often readers are expected to collect; by default
     the shortest periodic reader interval, else the longest gap seen between recent
     collections, else 60 s.  Stats go off after ``idle_collections`` such intervals without
-    a collection.  ``stats_holder`` replaces the process-wide stats switch.
+    a collection.  ``stats_holder`` is the stats switch to hold (a
+    :class:`otel_bpf.kernel.stats.StatsSwitch` shared with other users of the process, or
+    any :class:`StatsHolder`); by default the plugin makes its own.
 
     Errors at start (missing privileges: :class:`otel_bpf.kernel.errors.BpfPermissionError`)
     propagate from :meth:`run` / ``async with``.
@@ -244,7 +247,7 @@ class BpfMetricsPlugin:
 
     def _holder(self) -> StatsHolder:
         if self._stats_holder is None:
-            self._stats_holder = default_stats_holder()
+            self._stats_holder = new_stats_holder()
         return self._stats_holder
 
     def _acquire(self) -> None:

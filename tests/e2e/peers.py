@@ -502,12 +502,18 @@ def run_cli(
 
 def holds_stats_fd(pid: int) -> bool:
     """Whether process ``pid`` holds an ``anon_inode:bpf-stats`` fd."""
+    return stats_fd_count(pid) > 0
+
+
+def stats_fd_count(pid: int) -> int:
+    """How many ``anon_inode:bpf-stats`` fds process ``pid`` holds."""
+    count = 0
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf-stats":
-                    return True
-    return False
+                    count += 1
+    return count
 
 
 def bpftool_programs() -> list[dict[str, Any]]:

@@ -12,7 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from peers import Cli, Rotel, bpftool_programs, children_of, cli_env, holds_stats_fd, wait_until
+from peers import (
+    Cli,
+    Rotel,
+    bpftool_programs,
+    children_of,
+    cli_env,
+    holds_stats_fd,
+    stats_fd_count,
+    wait_until,
+)
 
 from otel_bpf.demo import PROGRAM_NAMES
 
@@ -46,6 +55,8 @@ def test_signal_flushes_final_export_releases_stats_and_unloads_demo(
             ids = demo_ids(cli.stderr())
             assert set(ids) == set(PROGRAM_NAMES), cli.describe()
             assert holds_stats_fd(cli.pid), "bpftop-otel does not hold anon_inode:bpf-stats"
+            # --json and the exporter's plugin share the run's one stats switch.
+            assert stats_fd_count(cli.pid) == 1, "one run, one stats fd"
             demo_children = children_of(cli.pid)
             assert demo_children, "the demo workload runs in a child process"
             assert not rotel.points(), "nothing is exported before the signal"

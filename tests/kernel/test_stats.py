@@ -1,4 +1,4 @@
-"""The stats switch: one refcounted BPF_ENABLE_STATS fd, the sysctl fallback, the state query."""
+"""The stats switch: a refcounted BPF_ENABLE_STATS fd, the sysctl fallback, the state query."""
 
 from __future__ import annotations
 
@@ -28,13 +28,35 @@ def stats_fds() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def switch_released() -> None:
-    # Other code in this process (a plugin test) must not be holding the switch.
-    if StatsSwitch().held:
-        pytest.fail(f"stats switch held by an earlier test ({StatsSwitch().count} users)")
+    # Other code in this process (a plugin test) must not be holding a switch.
+    if stats.fds_held():
+        pytest.fail(f"stats switches held by an earlier test ({stats.fds_held()} fds)")
 
 
-def test_one_instance_per_process() -> None:
-    assert StatsSwitch() is StatsSwitch()
+def test_switches_are_independent_and_each_holds_one_fd() -> None:
+    first, second = StatsSwitch(), StatsSwitch()
+    assert first is not second
+    first.acquire()
+    try:
+        (fd,) = stats_fds()
+        assert first.fd_held and not second.held and not second.fd_held
+        first.acquire()  # nested on one switch: still its one fd
+        assert stats_fds() == [fd] and first.count == 2
+        first.release()
+        second.acquire()
+        try:
+            assert len(stats_fds()) == 2 and second.fd_held and stats.fds_held() == 2
+        finally:
+            second.release()
+        assert stats_fds() == [fd] and not second.fd_held and first.fd_held
+        assert stats_state().ours
+    finally:
+        first.release()
+    assert stats_fds() == [] and stats.fds_held() == 0 and not stats_state().ours
+    for _ in range(3):  # each acquire/release pair opens and closes a fd of its own
+        with stats_enabled(second):
+            assert len(stats_fds()) == 1
+        assert stats_fds() == []
 
 
 def test_fd_appears_and_disappears() -> None:
@@ -53,9 +75,9 @@ def test_fd_appears_and_disappears() -> None:
 
 
 def test_nested_users_keep_the_fd_until_the_last_leaves() -> None:
-    with stats_enabled():
+    with stats_enabled() as outer:
         (fd,) = stats_fds()
-        with stats_enabled() as inner:
+        with stats_enabled(outer) as inner:
             assert stats_fds() == [fd] and inner.count == 2
         assert stats_fds() == [fd]
     assert stats_fds() == []
@@ -169,13 +191,14 @@ def test_sysctl_fallback_restores_the_previous_value(monkeypatch: pytest.MonkeyP
     if read_sysctl():
         pytest.skip("kernel.bpf_stats_enabled is already 1 on this host")
     monkeypatch.setattr(stats, "_enable_stats_fd", _no_enable_stats)
+    switch = StatsSwitch()
     with pytest.raises(BpfUnsupportedError, match="lacks BPF_ENABLE_STATS"):
-        StatsSwitch().acquire()
-    assert not StatsSwitch().held
+        switch.acquire()
+    assert not switch.held
     try:
-        with stats_enabled(allow_sysctl=True):
+        with stats_enabled(switch, allow_sysctl=True):
             assert read_sysctl() is True
-            with stats_enabled(allow_sysctl=True):
+            with stats_enabled(switch, allow_sysctl=True):
                 assert read_sysctl() is True
             assert read_sysctl() is True
             state = stats_state()

@@ -117,3 +117,37 @@ def test_sysctl_fallback_restored_when_terminated(
         user.send_signal(signum)
         assert user.wait(30) == -signum  # still ended by the signal
     assert read_sysctl() is (before == "1")
+
+
+TWO_FALLBACK_SWITCHES = """
+import time
+from otel_bpf.kernel import stats
+from otel_bpf.kernel.errors import unsupported_command
+
+def missing():
+    raise unsupported_command("BPF_ENABLE_STATS")
+
+stats._enable_stats_fd = missing  # as on a kernel before 5.8
+with stats.stats_enabled(allow_sysctl=True):  # the first switch installs its handlers
+    pass
+with stats.stats_enabled(allow_sysctl=True):  # a second switch sets the sysctl again
+    print("on" if stats.read_sysctl() else "off", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sysctl_of_a_later_switch_restored_when_terminated(
+    original_sysctl: str, signum: signal.Signals
+) -> None:
+    set_sysctl("0")
+    with subprocess.Popen(
+        [sys.executable, "-c", TWO_FALLBACK_SWITCHES], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        preexec_fn=functools.partial(signal.signal, signum, signal.SIG_DFL),
+    ) as user:  # fmt: skip
+        assert user.stdout is not None
+        assert user.stdout.readline().strip() == "on"
+        user.send_signal(signum)
+        assert user.wait(30) == -signum
+    assert read_sysctl() is False

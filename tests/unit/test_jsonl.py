@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -164,3 +165,53 @@ def test_only_selected_programs() -> None:
     )
     lines = jsonl.snapshot_lines(snap, lambda p: p.name.startswith("keep"))
     assert [json.loads(x)["id"] for x in lines] == [1, 3]
+
+
+def test_every_record_field_is_emitted_or_excluded() -> None:
+    names = {f.name for f in fields(ProgramRecord)}
+    emitted = names & set(jsonl.FIELDS)
+    assert emitted | set(jsonl.RECORD_EXCLUDED) == names
+    assert not emitted & set(jsonl.RECORD_EXCLUDED)
+    a, _ = two_ticks(record(), record())
+    obj = jsonl.sample_object(a.programs[0], a)
+    unconverted = emitted - set(jsonl.RECORD_CONVERSIONS)
+    assert {name: obj[name] for name in unconverted} == {
+        name: getattr(a.programs[0].program, name) for name in unconverted
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordWithNewField(ProgramRecord):
+    new_counter: int = 0
+
+
+def test_a_new_record_field_fails_until_emitted_or_excluded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(TypeError, match="new_counter"):
+        jsonl.derive_sample_object(_RecordWithNewField)
+    monkeypatch.setattr(jsonl, "RECORD_EXCLUDED", {**jsonl.RECORD_EXCLUDED, "new_counter": "x"})
+    jsonl.derive_sample_object(_RecordWithNewField)
+    monkeypatch.setattr(jsonl, "FIELDS", (*jsonl.FIELDS, "new_counter"))
+    with pytest.raises(TypeError, match="new_counter"):
+        jsonl.derive_sample_object(_RecordWithNewField)  # emitted and excluded
+    monkeypatch.setattr(jsonl, "RECORD_EXCLUDED", {})
+    with pytest.raises(TypeError, match="type_id"):
+        jsonl.derive_sample_object(_RecordWithNewField)
+
+
+def test_a_schema_key_with_no_source_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonl, "FIELDS", (*jsonl.FIELDS, "no_such_key"))
+    with pytest.raises(TypeError, match="no_such_key"):
+        jsonl.derive_sample_object()
+
+
+def test_new_record_field_in_schema_is_written_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonl, "FIELDS", (*jsonl.FIELDS, "new_counter"))
+    sample_object = jsonl.derive_sample_object(_RecordWithNewField)
+    base = record()
+    values = {f.name: getattr(base, f.name) for f in fields(ProgramRecord)}
+    rec = _RecordWithNewField(**values, new_counter=5)  # type: ignore[arg-type]
+    a, _ = two_ticks(rec, rec)
+    obj = sample_object(a.programs[0], a)
+    assert list(obj) == list(jsonl.FIELDS) and obj["new_counter"] == 5

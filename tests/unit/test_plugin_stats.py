@@ -262,3 +262,14 @@ async def test_by_name_type_counts_programs_that_came_and_went_between_collectio
     # Every program of every pass up to the collection counted, not only the newest one.
     assert runs == [10 * seen.seq], (runs, seen.seq)
     mp.shutdown()
+
+
+def test_each_plugin_makes_its_own_switch_unless_given_one() -> None:
+    from otel_bpf.kernel.stats import StatsSwitch
+
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    first, second = BpfMetricsPlugin(mp), BpfMetricsPlugin(mp)
+    assert isinstance(first._holder(), StatsSwitch)
+    assert first._holder() is first._holder() and first._holder() is not second._holder()
+    shared = StatsSwitch()
+    assert BpfMetricsPlugin(mp, stats_holder=shared)._holder() is shared

@@ -6,7 +6,8 @@ import os
 from typing import TypeVar
 
 from otel_bpf.kernel._uapi import AttachType, Cmd, IterCreateAttr
-from otel_bpf.kernel.links import link_create
+from otel_bpf.kernel.fd import KernelFd, fd_number
+from otel_bpf.kernel.links import create_owned_link
 from otel_bpf.kernel.syscall import bpf, close
 
 # bpf_seq_read() fills at most PAGE_SIZE << 3 bytes per read() call; a larger buffer only
@@ -14,14 +15,14 @@ from otel_bpf.kernel.syscall import bpf, close
 _READ_SIZE = 1 << 16
 
 
-def attach_iterator(prog_fd: int) -> int:
-    """``BPF_LINK_CREATE`` for an iterator program (no ``iter_info``); returns the link fd."""
-    return link_create(prog_fd, 0, AttachType.TRACE_ITER)
+def attach_iterator(prog: KernelFd | int) -> KernelFd:
+    """``BPF_LINK_CREATE`` for an iterator program (no ``iter_info``); returns the link."""
+    return create_owned_link(prog, 0, AttachType.TRACE_ITER)
 
 
-def read_iterator(link_fd: int) -> bytes:
+def read_iterator(link: KernelFd | int) -> bytes:
     """One pass: ``BPF_ITER_CREATE`` on the link, ``read()`` to EOF, close."""
-    fd = bpf(Cmd.ITER_CREATE, IterCreateAttr(link_fd, 0), "iterator")
+    fd = bpf(Cmd.ITER_CREATE, IterCreateAttr(fd_number(link), 0), "iterator")
     try:
         chunks = []
         while True:
@@ -38,23 +39,29 @@ _T = TypeVar("_T", bound="OwnedFds")
 
 
 class OwnedFds:
-    """The fds an iterator object holds (maps, program, link), closed together, newest first.
+    """The kernel objects an iterator holds (maps, program, link), closed together, newest
+    first.
 
     Subclasses set them up with :meth:`_keep` inside a ``try`` that calls :meth:`close` on
     failure, so a half-built iterator releases what it took.
     """
 
     def __init__(self) -> None:
-        self._fds: list[int] = []
+        self._fds: list[KernelFd] = []
 
-    def _keep(self, fd: int) -> int:
+    def _keep(self, fd: KernelFd) -> KernelFd:
         self._fds.append(fd)
         return fd
+
+    @property
+    def objects(self) -> tuple[KernelFd, ...]:
+        """The kernel objects still held, oldest first."""
+        return tuple(self._fds)
 
     def close(self) -> None:
         """Release every fd held (the link first, so the program and maps go with it)."""
         while self._fds:
-            close(self._fds.pop())
+            self._fds.pop().close()
 
     def __enter__(self: _T) -> _T:
         return self

@@ -40,8 +40,8 @@ from otel_bpf.kernel.iterator._common import (
     attach_iterator,
     read_iterator,
 )
-from otel_bpf.kernel.loader import load_program, program_id
-from otel_bpf.kernel.maps import create_map
+from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.owners import OwnerKey, TaskFds, group_by_program
 from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
@@ -355,13 +355,13 @@ class OwnersIterator(OwnedFds):
         self._owner_cache: dict[OwnerKey, Owner] = {}
         self._one_pass = threading.Lock()
         try:
-            self._state_fd = self._keep(
-                create_map(MapType.ARRAY, 4, ctypes.sizeof(_State), 1, "otel_bpf_own")
+            self._state = self._keep(
+                create_owned_map(MapType.ARRAY, 4, ctypes.sizeof(_State), 1, "otel_bpf_own")
             )
-            insns = build_program(layout, self._state_fd)
+            insns = build_program(layout, self._state.fileno())
             self.insn_count = len(insns)
-            self.prog_fd = self._keep(
-                load_program(
+            self.prog = self._keep(
+                load_owned_program(
                     ProgType.TRACING,
                     asm.assemble(insns),
                     PROGRAM_NAME,
@@ -370,16 +370,26 @@ class OwnersIterator(OwnedFds):
                     attach_btf_id=layout.attach_btf_id,
                 )
             )
-            self.prog_id = program_id(self.prog_fd)
-            self.link_fd = self._keep(attach_iterator(self.prog_fd))
+            self.prog_id = program_id(self.prog)
+            self.link = self._keep(attach_iterator(self.prog))
             self._calibrate()
         except BaseException:
             self.close()
             raise
 
+    @property
+    def prog_fd(self) -> int:
+        """The program's fd number (for code that passes ints)."""
+        return self.prog.fileno()
+
+    @property
+    def link_fd(self) -> int:
+        """The link's fd number (for code that passes ints)."""
+        return self.link.fileno()
+
     def _calibrate(self) -> None:
         self._update_state(_State(prog_fd=self.prog_fd, link_fd=self.link_fd))
-        read_iterator(self.link_fd)  # learns f_op; files seen before ours are not reported
+        read_iterator(self.link)  # learns f_op; files seen before ours are not reported
         state = self._lookup_state()
         if not state.prog_fop or not state.link_fop:
             raise BpfError(
@@ -394,7 +404,9 @@ class OwnersIterator(OwnedFds):
             )
 
     def _state_attr(self, key: ctypes.c_uint32, value: _State) -> MapElemAttr:
-        return MapElemAttr(self._state_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
+        return MapElemAttr(
+            self._state.fileno(), 0, ctypes.addressof(key), ctypes.addressof(value), 0
+        )
 
     def _update_state(self, value: _State) -> None:
         key = ctypes.c_uint32(0)
@@ -408,7 +420,7 @@ class OwnersIterator(OwnedFds):
     def read_raw(self) -> bytes:
         """One pass's output, undecoded."""
         with self._one_pass:
-            return read_iterator(self.link_fd)
+            return read_iterator(self.link)
 
     def read(self) -> list[TaskFds]:
         """One pass: every task holding a program or link fd, with those fds' program ids."""

@@ -40,8 +40,8 @@ from otel_bpf.kernel.iterator._common import (
     attach_iterator,
     read_iterator,
 )
-from otel_bpf.kernel.loader import load_program, program_id
-from otel_bpf.kernel.maps import create_map
+from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
@@ -327,19 +327,19 @@ class ProgIterator(OwnedFds):
         self.cpus = list(possible_cpus() if cpus is None else cpus)
         super().__init__()
         try:
-            state_fd = self._keep(
-                create_map(MapType.ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
+            state = self._keep(
+                create_owned_map(MapType.ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
             )
-            pcpu_fd = self._keep(create_map(MapType.PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
+            pcpu = self._keep(create_owned_map(MapType.PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
             try:
-                insns = build_program(layout, self.cpus, state_fd, pcpu_fd)
+                insns = build_program(layout, self.cpus, state.fileno(), pcpu.fileno())
             except ValueError as err:  # a jump past 32767 slots: about 1,900 CPUs
                 raise BpfUnsupportedError(
                     errno.E2BIG, f"{len(self.cpus)} possible CPUs: {err}"
                 ) from None
             self.insn_count = len(insns)
-            self.prog_fd = self._keep(
-                load_program(
+            self.prog = self._keep(
+                load_owned_program(
                     ProgType.TRACING,
                     asm.assemble(insns),
                     PROGRAM_NAME,
@@ -348,16 +348,26 @@ class ProgIterator(OwnedFds):
                     attach_btf_id=layout.attach_btf_id,
                 )
             )
-            self.prog_id = program_id(self.prog_fd)
-            self.link_fd = self._keep(attach_iterator(self.prog_fd))
+            self.prog_id = program_id(self.prog)
+            self.link = self._keep(attach_iterator(self.prog))
         except BaseException:
             self.close()
             raise
 
     def read_raw(self) -> bytes:
         """One pass, undecoded."""
-        return read_iterator(self.link_fd)
+        return read_iterator(self.link)
 
     def read(self) -> list[ProgRecordRaw]:
         """One pass: a record per program loaded right now (this one included)."""
-        return decode(read_iterator(self.link_fd))
+        return decode(read_iterator(self.link))
+
+    @property
+    def prog_fd(self) -> int:
+        """The program's fd number (for code that passes ints)."""
+        return self.prog.fileno()
+
+    @property
+    def link_fd(self) -> int:
+        """The link's fd number (for code that passes ints)."""
+        return self.link.fileno()
