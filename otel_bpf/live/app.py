@@ -12,7 +12,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ import anyio
 from otel_bpf.live.context import RenderContext
 from otel_bpf.live.keys import KeyDecoder, KeyEvent
 from otel_bpf.live.options import LiveOptions
+from otel_bpf.live.output import hand_off, same_terminal
 from otel_bpf.live.screen import render_screen
 from otel_bpf.live.state import Action, ViewState, apply_key, visible_rows
 from otel_bpf.live.terminal import Terminal, TerminalUnavailable, check_terminal, compose_frame
@@ -61,6 +62,8 @@ class LiveView:
         self.signals_ready = anyio.Event()
         self.scope: CancelScope | None = None
         """Cancelled to end the view (set by :func:`run_live`)."""
+        self.output_waiting = anyio.Event()
+        """Set when the terminal did not take everything: :func:`_write_out` waits for it."""
 
     def context(self) -> RenderContext:
         """What the next frame is drawn from."""
@@ -78,19 +81,30 @@ class LiveView:
         )
 
     def draw(self) -> None:
-        """Render the whole frame and write it in one go."""
+        """Render the whole frame and hand it to the terminal in place of any frame the
+        terminal has not started taking; never waits for the terminal."""
         ctx = self.context()
         lines, self.state, self.page = render_screen(ctx, self.state)
+        if self._written(lambda: self.terminal.show(compose_frame(lines, ctx.height, ctx.width))):
+            self.frames += 1
+
+    def _written(self, write: Callable[[], bool]) -> bool:
+        """Run a terminal write; False when the terminal failed it (the view then ends)."""
         try:
-            self.terminal.write(compose_frame(lines, ctx.height, ctx.width))
+            done = write()
         except OSError as exc:
-            # EIO once the terminal hangs up (the SIGHUP may still be on its way): there is
-            # nobody to show frames to, so the view ends like on SIGHUP.
-            log.debug("writing the terminal failed: %s", exc)
-            if self.scope is not None:
-                self.scope.cancel()
-            return
-        self.frames += 1
+            self.lost_terminal(exc)
+            return False
+        if not done:
+            self.output_waiting.set()
+        return True
+
+    def lost_terminal(self, exc: OSError) -> None:
+        """EIO once the terminal hangs up (the SIGHUP may still be on its way): there is
+        nobody to show frames to, so the view ends like on SIGHUP."""
+        log.debug("writing the terminal failed: %s", exc)
+        if self.scope is not None:
+            self.scope.cancel()
 
     def handle(self, keys: list[KeyEvent]) -> bool:
         """Apply keys to the state; True when the user asked to quit."""
@@ -101,14 +115,38 @@ class LiveView:
             if action is Action.QUIT:
                 return True
             if action is Action.REDRAW:
-                self.terminal.write(self.terminal.clear_sequence())
+                self._written(lambda: self.terminal.write(self.terminal.clear_sequence()))
         return False
+
+    def enter(self) -> None:
+        """Live mode on (at the start, and after Ctrl-Z), full frame now."""
+        self.terminal.enter()
+        if self.terminal.output.pending:
+            self.output_waiting.set()
+        self.draw()
 
 
 async def _follow_snapshots(view: LiveView) -> None:
     with view.sampler.subscribe() as subscription:
         async for _ in subscription:
             view.draw()
+
+
+async def _write_out(view: LiveView) -> None:
+    """Give the terminal what it did not take at once, as it becomes writable.
+
+    Only this task waits for the terminal; frames drawn meanwhile replace the one waiting.
+    """
+    while True:
+        await view.output_waiting.wait()
+        view.output_waiting = anyio.Event()
+        output = view.terminal.output
+        try:
+            while not output.pump():
+                await anyio.wait_writable(output.fd)
+        except OSError as exc:
+            view.lost_terminal(exc)
+            return
 
 
 async def _read_keys(view: LiveView, scope: CancelScope) -> None:
@@ -158,8 +196,9 @@ async def _handle_signals(view: LiveView, scope: CancelScope) -> None:
                 # for real, and come back in live mode when the shell continues us (fg).
                 view.terminal.leave()
                 stop_self()
-                view.terminal.enter()
-            view.draw()  # SIGWINCH, SIGCONT, and the resume after SIGTSTP: full frame now
+                view.enter()
+                continue
+            view.draw()  # SIGWINCH, SIGCONT: full frame now
 
 
 @contextmanager
@@ -233,11 +272,28 @@ async def run_live(sampler: Sampler, options: LiveOptions | None = None) -> None
                     view.scope = tg.cancel_scope
                     tg.start_soon(_handle_signals, view, tg.cancel_scope)
                     await view.signals_ready.wait()
-                    terminal.enter()
-                    view.draw()
+                    tg.start_soon(_write_out, view)
+                    view.enter()
                     tg.start_soon(_follow_snapshots, view)
                     tg.start_soon(_read_keys, view, tg.cancel_scope)
             finally:
-                terminal.leave()
+                _restore(terminal)
     finally:
         sampler.options = asked
+
+
+def _restore(terminal: Terminal) -> None:
+    """Leave live mode without waiting on a terminal that takes no output.
+
+    The settings come back at once and the restore sequence is given
+    :data:`~otel_bpf.live.terminal.RESTORE_TIMEOUT`.  If the terminal takes nothing in that
+    time (output stopped, a pane nobody reads), a helper process writes the rest once it
+    does, and stderr, when it is that terminal, goes through the helper too: the log lines
+    held during the view and those of the shutdown follow in order, and none blocks.
+    """
+    terminal.leave()
+    rest = terminal.close()
+    if rest:
+        stderr_too = same_terminal(2, terminal.stdout_fd)
+        log.debug("live view: the terminal takes no output; restoring it when it does")
+        hand_off(rest, terminal.stdout_fd, stderr_too=stderr_too)
