@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pyte
@@ -498,3 +499,78 @@ async def test_stopped_output_blocks_neither_sampling_nor_the_exit(pty: Pty) -> 
     await wait_for(lambda: tty_restored(pty), 5.0)  # written by the helper
     for helper in live_output._helpers:
         assert helper.wait(5) == 0
+
+
+@pytest.mark.anyio
+async def test_sigwinch_storm_is_quiet_and_redraws_at_the_final_size(
+    pty: Pty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 SIGWINCH at once: no 'Exception ignored' (a full signal wakeup fd), one frame at
+    the final size, and a SIGTERM right after the storm is not lost."""
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        pty.resize(70, 20)
+        for _ in range(5000):
+            os.kill(os.getpid(), signal.SIGWINCH)
+        # The position line of a 30-line frame is below line 20: only a new frame shows it.
+        await wait_for(lambda: any("rows 1-3 of 3" in r for r in pty.rows()), 3.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    await live_session(pty, body, interval=5.0)
+    assert not unraisable, unraisable[0]
+    assert all(len(r) == 70 for r in pty.rows())
+
+
+def last_row_selected(pty: Pty) -> bool:
+    rows = [r for r in pty.rows() if "otel_test_" in r]
+    return len(rows) == 3 and rows[-1].startswith("> ")
+
+
+@pytest.mark.anyio
+async def test_a_paste_is_decoded_and_drawn_in_batches(
+    pty: Pty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 pasted keys: the rows are worked out per batch of keys, not per key, and the
+    frames drawn are a handful (the paste reaches the view in tty-buffer-sized pieces)."""
+    counts = {"rows": 0, "frames": 0}
+    real_rows, real_render = live_app.visible_rows, live_app.render_screen
+
+    def rows(*args: Any) -> Any:
+        counts["rows"] += 1
+        return real_rows(*args)
+
+    def render(*args: Any) -> Any:
+        counts["frames"] += 1
+        return real_render(*args)
+
+    def paste(data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # the slave's input queue is small: the master write waits for reads
+            view = view[os.write(pty.master, view) :]
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        monkeypatch.setattr(live_app, "visible_rows", rows)
+        monkeypatch.setattr(live_app, "render_screen", render)
+        await anyio.to_thread.run_sync(paste, b"j" * 20_000)
+        await wait_for(lambda: last_row_selected(pty), 5.0)  # 20,000 moves down end there
+        os.write(pty.master, b"q")
+
+    await live_session(pty, body, interval=5.0)
+    assert counts["rows"] < 200 and counts["frames"] < 200, counts
+
+
+@pytest.mark.anyio
+async def test_sigterm_right_behind_a_signal_storm_is_not_lost(pty: Pty) -> None:
+    """The storm fills the signal wakeup fd before the loop reads any of it, so SIGTERM's
+    wakeup byte is dropped; asyncio learns of signals only from those bytes."""
+
+    def body(programs: Programs, sampler: Sampler) -> None:
+        for _ in range(5000):
+            os.kill(os.getpid(), signal.SIGWINCH)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with anyio.fail_after(5):
+        await live_session(pty, body, interval=5.0)
+    await wait_for(lambda: restored(pty), 2.0)
