@@ -7,23 +7,27 @@ signals, and makes sure the terminal is restored on every way out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import platform
+import select
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from otel_bpf.live.context import RenderContext
 from otel_bpf.live.keys import KeyDecoder, KeyEvent
 from otel_bpf.live.options import LiveOptions
+from otel_bpf.live.output import hand_off, same_terminal
 from otel_bpf.live.screen import render_screen
-from otel_bpf.live.state import Action, ViewState, apply_key, visible_rows
+from otel_bpf.live.state import Action, RowIds, ViewState, apply_key, visible_rows
 from otel_bpf.live.terminal import Terminal, TerminalUnavailable, check_terminal, compose_frame
 
 if TYPE_CHECKING:
@@ -38,6 +42,14 @@ ESCAPE_QUIET = 0.05
 
 QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 """End the view cleanly (SIGINT is Ctrl-C: the terminal stays in cbreak, which keeps ISIG)."""
+
+READ_BATCH = 16 * 1024
+"""Bytes of keys read before they are applied and drawn: a paste is a few frames, not one
+per key, and the loop still gets back to sampling and signals between batches."""
+
+RESIZE_PAUSE = 0.05
+"""Seconds between frames drawn for SIGWINCH: a resize storm (a window dragged, thousands of
+signals) is at most one frame per pause, and the last one is at the final size."""
 
 
 def stop_self() -> None:
@@ -61,6 +73,13 @@ class LiveView:
         self.signals_ready = anyio.Event()
         self.scope: CancelScope | None = None
         """Cancelled to end the view (set by :func:`run_live`)."""
+        self.output_waiting = anyio.Event()
+        """Set when the terminal did not take everything: :func:`_write_out` waits for it."""
+        self.redraw_wanted = anyio.Event()
+        """Set by SIGWINCH and SIGCONT: :func:`_redraw_on_request` draws."""
+        self.quit_signal: int | None = None
+        """A quit signal seen by its handler, in case its wakeup byte was lost (see
+        :func:`_watch_quit_signals`)."""
 
     def context(self) -> RenderContext:
         """What the next frame is drawn from."""
@@ -78,37 +97,119 @@ class LiveView:
         )
 
     def draw(self) -> None:
-        """Render the whole frame and write it in one go."""
+        """Render the whole frame and hand it to the terminal in place of any frame the
+        terminal has not started taking; never waits for the terminal."""
         ctx = self.context()
         lines, self.state, self.page = render_screen(ctx, self.state)
+        if self._written(lambda: self.terminal.show(compose_frame(lines, ctx.height, ctx.width))):
+            self.frames += 1
+
+    def _written(self, write: Callable[[], bool]) -> bool:
+        """Run a terminal write; False when the terminal failed it (the view then ends)."""
         try:
-            self.terminal.write(compose_frame(lines, ctx.height, ctx.width))
+            done = write()
         except OSError as exc:
-            # EIO once the terminal hangs up (the SIGHUP may still be on its way): there is
-            # nobody to show frames to, so the view ends like on SIGHUP.
-            log.debug("writing the terminal failed: %s", exc)
-            if self.scope is not None:
-                self.scope.cancel()
-            return
-        self.frames += 1
+            self.lost_terminal(exc)
+            return False
+        if not done:
+            self.output_waiting.set()
+        return True
+
+    def lost_terminal(self, exc: OSError) -> None:
+        """EIO once the terminal hangs up (the SIGHUP may still be on its way): there is
+        nobody to show frames to, so the view ends like on SIGHUP."""
+        log.debug("writing the terminal failed: %s", exc)
+        if self.scope is not None:
+            self.scope.cancel()
 
     def handle(self, keys: list[KeyEvent]) -> bool:
-        """Apply keys to the state; True when the user asked to quit."""
+        """Apply keys to the state; True when the user asked to quit.
+
+        The rows the keys move over are worked out once per batch, and again only when a
+        key changes the filter or the sort: a 20,000-key paste is not 20,000 sorts.
+        """
         snap = self.sampler.latest
+        programs = snap.programs if snap else ()
+        ids: RowIds | None = None
+        basis: tuple[object, ...] = ()
         for key in keys:
-            ids = [s.id for s in visible_rows(snap.programs if snap else (), self.state)]
+            now = (self.state.filter_text, self.state.sort_column, self.state.sort_desc)
+            if ids is None or now != basis:
+                ids = RowIds(s.id for s in visible_rows(programs, self.state))
+                basis = now
             self.state, action = apply_key(self.state, key, ids, self.page)
             if action is Action.QUIT:
                 return True
             if action is Action.REDRAW:
-                self.terminal.write(self.terminal.clear_sequence())
+                self._written(lambda: self.terminal.write(self.terminal.clear_sequence()))
         return False
+
+    def enter(self) -> None:
+        """Live mode on (at the start, and after Ctrl-Z), full frame now."""
+        self.terminal.enter()
+        if self.terminal.output.pending:
+            self.output_waiting.set()
+        self.draw()
 
 
 async def _follow_snapshots(view: LiveView) -> None:
     with view.sampler.subscribe() as subscription:
         async for _ in subscription:
+            if view.quit_signal is not None:
+                _leave_for(view, view.quit_signal)
+                return
             view.draw()
+
+
+async def _write_out(view: LiveView) -> None:
+    """Give the terminal what it did not take at once, as it becomes writable.
+
+    Only this task waits for the terminal; frames drawn meanwhile replace the one waiting.
+    """
+    while True:
+        await view.output_waiting.wait()
+        view.output_waiting = anyio.Event()
+        output = view.terminal.output
+        try:
+            while not output.pump():
+                await anyio.wait_writable(output.fd)
+        except OSError as exc:
+            view.lost_terminal(exc)
+            return
+
+
+async def _redraw_on_request(view: LiveView) -> None:
+    while True:
+        await view.redraw_wanted.wait()
+        view.redraw_wanted = anyio.Event()
+        view.draw()
+        # Requests during the pause make one more frame after it, drawn at the size then.
+        await anyio.sleep(RESIZE_PAUSE)
+
+
+def read_available(fd: int, limit: int = READ_BATCH) -> bytes | None:
+    """What the terminal has for us now, up to ``limit`` bytes, in as many reads as that
+    takes (a tty hands over at most its buffer, 4 KiB, per read); b"" at end of input,
+    None when there was nothing after all."""
+    chunks: list[bytes] = []
+    size = 0
+    more = select.poll()  # not select(): stdin may be a descriptor above FD_SETSIZE
+    more.register(fd, select.POLLIN)
+    while size < limit:
+        try:
+            # cbreak mode with VMIN=1: returns what is buffered, does not block once readable.
+            data = os.read(fd, limit - size)
+        except BlockingIOError:
+            break
+        if not data:
+            if not chunks:
+                return b""
+            break  # the end of input shows again on the next read
+        chunks.append(data)
+        size += len(data)
+        if not more.poll(0):
+            break
+    return b"".join(chunks) if chunks else None
 
 
 async def _read_keys(view: LiveView, scope: CancelScope) -> None:
@@ -127,39 +228,99 @@ async def _read_keys(view: LiveView, scope: CancelScope) -> None:
         else:
             await anyio.wait_readable(fd)
         try:
-            # cbreak mode with VMIN=1: returns what is buffered, does not block once readable.
-            data = os.read(fd, 1024)
-        except BlockingIOError:
-            continue
+            data = read_available(fd)
         except OSError as exc:  # EIO: the terminal hung up
             log.debug("reading the terminal failed: %s", exc)
             scope.cancel()
             return
+        if data is None:
+            continue
         if not data:
             scope.cancel()
             return
+        # One batch of keys, one frame.
         if view.handle(decoder.feed(data)):
             scope.cancel()
             return
         view.draw()
 
 
-async def _handle_signals(view: LiveView, scope: CancelScope) -> None:
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _quiet_signal_wakeup() -> None:
+    """No warning when the signal wakeup fd is full.
+
+    asyncio's ``add_signal_handler`` sets the wakeup fd with warnings on: a burst of signals
+    faster than the loop reads them (5,000 SIGWINCH) fills it, and each further signal prints
+    ``Exception ignored ... BlockingIOError`` to stderr, the very terminal the view is on.
+    The dropped wakeups are harmless for SIGWINCH (one frame at the final size follows
+    anyway) and covered for the quit signals by :func:`_watch_quit_signals`.  (trio sets it
+    without warnings, and its handlers never lose a signal.)
+    """
+    if not _on_asyncio():
+        return
+    try:
+        fd = signal.set_wakeup_fd(-1)
+        if fd != -1:
+            signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except (ValueError, OSError) as exc:  # not the main thread: no signal handling here
+        log.debug("signal wakeup fd: %s", exc)
+
+
+def _watch_quit_signals(view: LiveView) -> None:
+    """Record quit signals in their Python handler too, not only through the wakeup fd.
+
+    asyncio learns which signal arrived from the byte its handler writes to the wakeup fd;
+    with that fd full (a signal storm) the byte is dropped and a SIGTERM would be lost.  The
+    Python-level handler still runs, so it notes the signal, and the view's tasks look at
+    the note on every signal and every sample.  (Not under trio: it queues every signal in
+    its handler, and re-raises those still queued when the view stops listening.)
+    """
+    if not _on_asyncio():
+        return
+    for signum in QUIT_SIGNALS:
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def note(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
+            view.quit_signal = sig
+            previous(sig, frame)
+
+        signal.signal(signum, note)
+
+
+def _leave_for(view: LiveView, signum: int) -> None:
+    log.info("live view: %s received, leaving", signal.Signals(signum).name)
+    if view.scope is not None:
+        view.scope.cancel()
+
+
+async def _handle_signals(view: LiveView) -> None:
     signals = (signal.SIGWINCH, signal.SIGTSTP, signal.SIGCONT, *QUIT_SIGNALS)
     with anyio.open_signal_receiver(*signals) as received:
+        _quiet_signal_wakeup()
+        _watch_quit_signals(view)
         view.signals_ready.set()
         async for signum in received:
-            if signum in QUIT_SIGNALS:
-                log.info("live view: %s received, leaving", signal.Signals(signum).name)
-                scope.cancel()
+            leaving = signum if signum in QUIT_SIGNALS else view.quit_signal
+            if leaving is not None:
+                _leave_for(view, leaving)
                 return
             if signum == signal.SIGTSTP:
                 # Our handler replaced the default stop action: restore the terminal, stop
                 # for real, and come back in live mode when the shell continues us (fg).
                 view.terminal.leave()
                 stop_self()
-                view.terminal.enter()
-            view.draw()  # SIGWINCH, SIGCONT, and the resume after SIGTSTP: full frame now
+                view.enter()
+                continue
+            view.redraw_wanted.set()  # SIGWINCH, SIGCONT: a full frame, coalesced
 
 
 @contextmanager
@@ -231,13 +392,31 @@ async def run_live(sampler: Sampler, options: LiveOptions | None = None) -> None
             try:
                 async with anyio.create_task_group() as tg:
                     view.scope = tg.cancel_scope
-                    tg.start_soon(_handle_signals, view, tg.cancel_scope)
+                    tg.start_soon(_handle_signals, view)
                     await view.signals_ready.wait()
-                    terminal.enter()
-                    view.draw()
+                    tg.start_soon(_write_out, view)
+                    view.enter()
                     tg.start_soon(_follow_snapshots, view)
                     tg.start_soon(_read_keys, view, tg.cancel_scope)
+                    tg.start_soon(_redraw_on_request, view)
             finally:
-                terminal.leave()
+                _restore(terminal)
     finally:
         sampler.options = asked
+
+
+def _restore(terminal: Terminal) -> None:
+    """Leave live mode without waiting on a terminal that takes no output.
+
+    The settings come back at once and the restore sequence is given
+    :data:`~otel_bpf.live.terminal.RESTORE_TIMEOUT`.  If the terminal takes nothing in that
+    time (output stopped, a pane nobody reads), a helper process writes the rest once it
+    does, and stderr, when it is that terminal, goes through the helper too: the log lines
+    held during the view and those of the shutdown follow in order, and none blocks.
+    """
+    terminal.leave()
+    rest = terminal.close()
+    if rest:
+        stderr_too = same_terminal(2, terminal.stdout_fd)
+        log.debug("live view: the terminal takes no output; restoring it when it does")
+        hand_off(rest, terminal.stdout_fd, stderr_too=stderr_too)

@@ -8,8 +8,10 @@ so a change shows at once rather than at the next sample.
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import overload
 
 from otel_bpf.live.keys import Key, KeyEvent
 from otel_bpf.live.sanitize import sanitize
@@ -155,6 +157,36 @@ def visible_rows(samples: Iterable[ProgramSample], state: ViewState) -> list[Pro
             known.append((value, sample))
     known.sort(key=lambda pair: pair[0], reverse=state.sort_desc)  # stable: ties keep id order
     return [sample for _, sample in known] + unknown
+
+
+class RowIds(Sequence[int]):
+    """The table's row ids with lookups in constant time (:func:`apply_key` finds the
+    selection in them on every move, and a paste is thousands of moves)."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self._ids = list(ids)
+        self._rows = {prog_id: row for row, prog_id in enumerate(self._ids)}
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        return self._ids[index]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._rows
+
+    def index(self, value: object, start: int = 0, stop: int = sys.maxsize) -> int:
+        row = self._rows.get(value) if isinstance(value, int) else None
+        if row is None or not start <= row < stop:
+            raise ValueError(f"{value!r} is not in the rows")
+        return row
 
 
 def reconcile(state: ViewState, ids: Sequence[int], page: int) -> ViewState:

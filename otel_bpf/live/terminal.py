@@ -14,7 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from otel_bpf.live.output import TerminalOutput
 from otel_bpf.live.sanitize import display_width
+
+RESTORE_TIMEOUT = 0.1
+"""Seconds :meth:`Terminal.leave` waits for the terminal to take the restore sequence (a
+terminal taking output takes its few bytes at once; one that does not is not waited for)."""
 
 
 class Esc(str, enum.Enum):
@@ -110,14 +115,6 @@ def check_terminal(
     return None
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte (a tty write may be partial when the output is slow)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _set_live_mode(fd: int) -> None:
     """cbreak (keys one by one, Ctrl-C/Ctrl-Z still signal) without XON/XOFF flow control."""
     tty.setcbreak(fd, termios.TCSANOW)
@@ -133,12 +130,17 @@ class Terminal:
     inverse, newest first, even when some fail (a hung-up tty makes writes fail, and one
     failed write must not leave the rest undone).  Both may be called again, which is how
     Ctrl-Z suspends and ``fg`` resumes.
+
+    Output goes through a :class:`~otel_bpf.live.output.TerminalOutput` (:attr:`output`,
+    open from the first :meth:`enter` to :meth:`close`): no write blocks.  What the terminal
+    does not take at once waits in it; the caller pumps it when the terminal is writable.
     """
 
     def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self._undo: list[Callable[[], object]] = []
+        self._output: TerminalOutput | None = None
         self.failures: list[BaseException] = []
         """Exceptions raised by undo steps on the last :meth:`leave` (they are not raised)."""
 
@@ -147,9 +149,27 @@ class Terminal:
         """Live mode is on."""
         return bool(self._undo)
 
-    def write(self, text: str) -> None:
-        """Write ``text`` to the terminal (UTF-8) in one go."""
-        write_all(self.stdout_fd, text.encode("utf-8", "replace"))
+    @property
+    def output(self) -> TerminalOutput:
+        """Where everything for the terminal goes (opened on first use)."""
+        if self._output is None:
+            self._output = TerminalOutput(self.stdout_fd)
+        return self._output
+
+    def write(self, text: str) -> bool:
+        """Queue a control sequence and write what the terminal takes now; True when
+        nothing waits.  Raises OSError when the terminal fails the write (EIO)."""
+        self.output.send(text.encode("utf-8", "replace"))
+        return self.output.pump()
+
+    def _queue(self, text: str) -> None:
+        self.output.send(text.encode("utf-8", "replace"))
+
+    def show(self, frame: str) -> bool:
+        """Queue ``frame`` in place of a frame still waiting and write what the terminal
+        takes now; True when nothing waits."""
+        self.output.show(frame.encode("utf-8", "replace"))
+        return self.output.pump()
 
     def clear_sequence(self) -> str:
         """Erase the whole screen (only for an explicit repaint; frames never clear)."""
@@ -173,32 +193,58 @@ class Terminal:
                 lambda: _set_live_mode(self.stdin_fd),
                 lambda: termios.tcsetattr(self.stdin_fd, termios.TCSANOW, saved),
             )
+            # The restore steps only queue: leave() writes them in one go, bounded in time.
             self._step(
                 lambda: self.write(Esc.ALT_SCREEN_ON.value),
-                lambda: self.write(Esc.ALT_SCREEN_OFF.value),
+                lambda: self._queue(Esc.ALT_SCREEN_OFF.value),
             )
             self._step(
                 lambda: self.write(Esc.CURSOR_HIDE.value),
-                lambda: self.write(Esc.CURSOR_SHOW.value),
+                lambda: self._queue(Esc.CURSOR_SHOW.value),
             )
             self._step(
                 lambda: self.write(Esc.WRAP_OFF.value),
-                lambda: self.write(Esc.SYNC_END.value + Esc.SGR_RESET.value + Esc.WRAP_ON.value),
+                # A frame cut short by a failed write may have left a synchronized update
+                # open and attributes set: end both.
+                lambda: self._queue(Esc.SYNC_END.value + Esc.SGR_RESET.value + Esc.WRAP_ON.value),
             )
         except BaseException:
             self.leave()
             raise
 
-    def leave(self) -> list[BaseException]:
-        """Undo every step of :meth:`enter`, newest first; returns the steps' failures."""
+    def leave(self, timeout: float = RESTORE_TIMEOUT) -> list[BaseException]:
+        """Undo every step of :meth:`enter`, newest first; returns the steps' failures.
+
+        The terminal settings come back at once.  Frames still waiting are dropped; the
+        restore sequence is written within ``timeout`` seconds if the terminal takes it,
+        else it stays queued in :attr:`output` (see :meth:`close`).
+        """
         self.failures = []
+        if self._undo and self._output is not None:
+            self._output.discard_frames()
         while self._undo:
             undo = self._undo.pop()
             try:
                 undo()
             except Exception as exc:  # keep undoing: the terminal matters more
                 self.failures.append(exc)
+        if self._output is not None and self._output.pending:
+            try:
+                self._output.drain(timeout)
+            except OSError as exc:  # hung up: nothing more can reach it
+                self.failures.append(exc)
+                self._output.take()
         return self.failures
+
+    def close(self) -> bytes:
+        """Close the output; returns what the terminal never took (after a :meth:`leave`
+        whose restore it did not take: hand it to :func:`~otel_bpf.live.output.hand_off`)."""
+        if self._output is None:
+            return b""
+        rest = self._output.take()
+        self._output.close()
+        self._output = None
+        return rest
 
     def size(self) -> tuple[int, int]:
         """``(columns, lines)`` of the terminal; 80 columns and 24 lines for what it cannot
@@ -220,3 +266,4 @@ class Terminal:
         tb: TracebackType | None,
     ) -> None:
         self.leave()
+        self.close()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pyte
@@ -21,6 +22,7 @@ from fake_source import CallSource
 from live_samples import STATS_ON, program
 
 from otel_bpf.live import app as live_app
+from otel_bpf.live import output as live_output
 from otel_bpf.live.app import run_live
 from otel_bpf.live.context import RenderContext
 from otel_bpf.live.options import Glyphs, LiveOptions
@@ -161,16 +163,19 @@ def test_terminal_enter_and_leave_on_a_pty(pty: Pty) -> None:
     assert not pty.screen.cursor.hidden
 
 
-def test_every_undo_step_runs_even_when_one_fails(pty: Pty) -> None:
+def test_every_undo_step_runs_even_when_the_restore_write_fails(pty: Pty) -> None:
     before = termios.tcgetattr(pty.slave)
-    out = os.dup(pty.slave)
-    term = Terminal(pty.slave, out)
+    term = Terminal(pty.slave, pty.slave)
     term.enter()
-    os.close(out)  # every write of the restore now fails (EBADF), as on a hung-up tty
+    # Writes to the terminal now fail (EBADF on a read-only descriptor), as on a hung-up tty.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, term.output.fd)
+    os.close(null)
     failures = term.leave()
-    assert len(failures) == 3 and all(isinstance(f, OSError) for f in failures)
+    assert len(failures) == 1 and isinstance(failures[0], OSError)
     assert termios.tcgetattr(pty.slave) == before  # the termios step still ran
     assert not term.active
+    assert term.close() == b""  # nothing is kept for a terminal that fails writes
 
 
 def test_check_terminal(pty: Pty) -> None:
@@ -454,3 +459,118 @@ def test_a_terminal_reporting_0x0_gets_80x24(pty: Pty) -> None:
     assert Terminal(pty.slave, pty.slave).size() == (80, 24)
     fcntl.ioctl(pty.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 0, 0, 0))
     assert Terminal(pty.slave, pty.slave).size() == (80, 30)
+
+
+def tty_restored(pty: Pty) -> bool:
+    """The restore sequence came last and the emulator shows the cursor again."""
+    return restored(pty) and not pty.screen.cursor.hidden
+
+
+@pytest.mark.anyio
+async def test_stopped_output_blocks_neither_sampling_nor_the_exit(pty: Pty) -> None:
+    """Output stopped from elsewhere (``tcflow(TCOOFF)``, as another process on the pty can):
+    frames wait without blocking the loop, sampling goes on, SIGTERM ends the view at once
+    with the settings restored, and the screen is restored once the output resumes."""
+    before = termios.tcgetattr(pty.slave)
+    signalled: list[float] = []
+    # A safety net: were the frame write to block the loop, the output resumes after 8 s and
+    # the assertions fail instead of the test hanging.
+    resume = threading.Timer(8, termios.tcflow, (pty.slave, termios.TCOON))
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        termios.tcflow(pty.slave, termios.TCOOFF)
+        resume.start()
+        passes = programs.passes
+        await wait_for(lambda: programs.passes >= passes + 5, 3.0)  # 5 passes at 0.2 s
+        signalled.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        await live_session(pty, body)
+        took = time.monotonic() - signalled[0]
+        settings = termios.tcgetattr(pty.slave)
+        shown_while_stopped = tty_restored(pty)
+    finally:
+        resume.cancel()
+        termios.tcflow(pty.slave, termios.TCOON)
+    assert took < 1.0, f"the view took {took:.2f} s to end after SIGTERM"
+    assert settings == before  # at once, whatever the output does
+    assert not shown_while_stopped
+    await wait_for(lambda: tty_restored(pty), 5.0)  # written by the helper
+    for helper in live_output._helpers:
+        assert helper.wait(5) == 0
+
+
+@pytest.mark.anyio
+async def test_sigwinch_storm_is_quiet_and_redraws_at_the_final_size(
+    pty: Pty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 SIGWINCH at once: no 'Exception ignored' (a full signal wakeup fd), one frame at
+    the final size, and a SIGTERM right after the storm is not lost."""
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        pty.resize(70, 20)
+        for _ in range(5000):
+            os.kill(os.getpid(), signal.SIGWINCH)
+        # The position line of a 30-line frame is below line 20: only a new frame shows it.
+        await wait_for(lambda: any("rows 1-3 of 3" in r for r in pty.rows()), 3.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    await live_session(pty, body, interval=5.0)
+    assert not unraisable, unraisable[0]
+    assert all(len(r) == 70 for r in pty.rows())
+
+
+def last_row_selected(pty: Pty) -> bool:
+    rows = [r for r in pty.rows() if "otel_test_" in r]
+    return len(rows) == 3 and rows[-1].startswith("> ")
+
+
+@pytest.mark.anyio
+async def test_a_paste_is_decoded_and_drawn_in_batches(
+    pty: Pty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 pasted keys: the rows are worked out per batch of keys, not per key, and the
+    frames drawn are a handful (the paste reaches the view in tty-buffer-sized pieces)."""
+    counts = {"rows": 0, "frames": 0}
+    real_rows, real_render = live_app.visible_rows, live_app.render_screen
+
+    def rows(*args: Any) -> Any:
+        counts["rows"] += 1
+        return real_rows(*args)
+
+    def render(*args: Any) -> Any:
+        counts["frames"] += 1
+        return real_render(*args)
+
+    def paste(data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # the slave's input queue is small: the master write waits for reads
+            view = view[os.write(pty.master, view) :]
+
+    async def body(programs: Programs, sampler: Sampler) -> None:
+        monkeypatch.setattr(live_app, "visible_rows", rows)
+        monkeypatch.setattr(live_app, "render_screen", render)
+        await anyio.to_thread.run_sync(paste, b"j" * 20_000)
+        await wait_for(lambda: last_row_selected(pty), 5.0)  # 20,000 moves down end there
+        os.write(pty.master, b"q")
+
+    await live_session(pty, body, interval=5.0)
+    assert counts["rows"] < 200 and counts["frames"] < 200, counts
+
+
+@pytest.mark.anyio
+async def test_sigterm_right_behind_a_signal_storm_is_not_lost(pty: Pty) -> None:
+    """The storm fills the signal wakeup fd before the loop reads any of it, so SIGTERM's
+    wakeup byte is dropped; asyncio learns of signals only from those bytes."""
+
+    def body(programs: Programs, sampler: Sampler) -> None:
+        for _ in range(5000):
+            os.kill(os.getpid(), signal.SIGWINCH)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with anyio.fail_after(5):
+        await live_session(pty, body, interval=5.0)
+    await wait_for(lambda: restored(pty), 2.0)
