@@ -8,13 +8,14 @@ signals, and makes sure the terminal is restored on every way out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import select
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from types import FrameType
@@ -182,6 +183,10 @@ async def _redraw_on_request(view: LiveView) -> None:
     while True:
         await view.redraw_wanted.wait()
         view.redraw_wanted = anyio.Event()
+        if view.quit_signal is not None:
+            # Noted by its handler while a storm of these kept the loop from hearing it.
+            _leave_for(view, view.quit_signal)
+            return
         view.draw()
         # Requests during the pause make one more frame after it, drawn at the size then.
         await anyio.sleep(RESIZE_PAUSE)
@@ -303,24 +308,83 @@ def _leave_for(view: LiveView, signum: int) -> None:
 
 
 async def _handle_signals(view: LiveView) -> None:
-    signals = (signal.SIGWINCH, signal.SIGTSTP, signal.SIGCONT, *QUIT_SIGNALS)
-    with anyio.open_signal_receiver(*signals) as received:
-        _quiet_signal_wakeup()
-        _watch_quit_signals(view)
-        view.signals_ready.set()
-        async for signum in received:
-            leaving = signum if signum in QUIT_SIGNALS else view.quit_signal
-            if leaving is not None:
-                _leave_for(view, leaving)
-                return
-            if signum == signal.SIGTSTP:
-                # Our handler replaced the default stop action: restore the terminal, stop
-                # for real, and come back in live mode when the shell continues us (fg).
-                view.terminal.leave()
-                stop_self()
-                view.enter()
-                continue
-            view.redraw_wanted.set()  # SIGWINCH, SIGCONT: a full frame, coalesced
+    with (
+        anyio.open_signal_receiver(signal.SIGTSTP, *QUIT_SIGNALS) as received,
+        _RedrawSignals(view),
+    ):
+        await _receive_signals(view, received)
+
+
+def _keep_ignoring(signum: int, frame: FrameType | None) -> None:
+    """What SIGWINCH and SIGCONT do once the view is gone: nothing (their default), as a
+    Python handler (see :class:`_RedrawSignals`)."""
+
+
+class _RedrawSignals:
+    """SIGWINCH and SIGCONT ask for a full frame, through a Python handler of the view's own.
+
+    Not through the event loop's signal handling: leaving, it puts back the default action,
+    and a signal caught just before (a window still being dragged, a storm) but handled
+    after that raises ``OSError: Signal 28 ignored due to race condition`` wherever the main
+    thread is then.  This handler is replaced by another Python handler instead, never by
+    the default.  It runs in the main thread between two bytecodes, so it only schedules the
+    request on the loop (thread- and signal-safe), once until the loop has taken it.
+    """
+
+    SIGNALS = (signal.SIGWINCH, signal.SIGCONT)
+
+    def __init__(self, view: LiveView) -> None:
+        self._view = view
+        self._scheduled = False
+        self._previous: dict[int, Any] = {}
+        self._schedule: Callable[[Callable[[], None]], object] | None = None
+
+    def __enter__(self) -> _RedrawSignals:
+        if _on_asyncio():
+            self._schedule = asyncio.get_running_loop().call_soon_threadsafe
+        else:
+            import trio
+
+            self._schedule = trio.lowlevel.current_trio_token().run_sync_soon
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._caught)
+        return self
+
+    def _caught(self, signum: int, frame: FrameType | None) -> None:
+        if self._scheduled or self._schedule is None:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._schedule(self._request)
+
+    def _request(self) -> None:
+        self._scheduled = False
+        self._view.redraw_wanted.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self._schedule = None
+        for signum, previous in self._previous.items():
+            keep = previous if callable(previous) else _keep_ignoring
+            signal.signal(signum, keep)
+
+
+async def _receive_signals(view: LiveView, received: AsyncIterator[int]) -> None:
+    _quiet_signal_wakeup()
+    _watch_quit_signals(view)
+    view.signals_ready.set()
+    async for signum in received:
+        leaving = signum if signum in QUIT_SIGNALS else view.quit_signal
+        if leaving is not None:
+            _leave_for(view, leaving)
+            return
+        if signum == signal.SIGTSTP:
+            # Our handler replaced the default stop action: restore the terminal, stop
+            # for real, and come back in live mode when the shell continues us (fg).
+            view.terminal.leave()
+            stop_self()
+            view.enter()
+            continue
 
 
 @contextmanager
