@@ -6,9 +6,9 @@ import ctypes
 import os
 import signal
 
-PR_SET_PDEATHSIG = 1
+from otel_bpf.kernel.syscall import libc
 
-_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
@@ -19,7 +19,7 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     Returns False when the parent is already gone (we were re-parented before the call
     took effect), in which case the caller should exit.
     """
-    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     return os.getppid() == expected_parent

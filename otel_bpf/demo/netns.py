@@ -15,6 +15,7 @@ import struct
 
 from otel_bpf.kernel.fd import KernelFd
 from otel_bpf.kernel.links import create_owned_link
+from otel_bpf.kernel.syscall import libc
 
 CLONE_NEWNET = 0x40000000
 
@@ -44,8 +45,6 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 BPF_XDP = 37
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class NetnsError(OSError):
     """Creating the namespace or one of its interfaces failed."""
@@ -56,7 +55,7 @@ def unshare_net() -> None:
 
     Needs CAP_SYS_ADMIN.  Only the calling thread moves, so call it before starting threads.
     """
-    if _libc.unshare(CLONE_NEWNET) != 0:
+    if libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         if err == errno.EPERM:
             raise NetnsError(err, "unshare(CLONE_NEWNET): permission denied, needs CAP_SYS_ADMIN")

@@ -19,10 +19,11 @@ _SYSCALL_NUMBERS = {
     "arm64": 280,
 }
 
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)
+"""The process's one libc handle (errno kept per call); the demo's unshare and prctl use it too."""
 # No argtypes: callers pass ctypes arguments built once (the per-program pass reuses them
 # every call), which skips the per-call conversion a typed prototype would do.
-_syscall = _libc.syscall
+_syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 
 
