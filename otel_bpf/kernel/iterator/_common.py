@@ -43,8 +43,15 @@ class OwnedFds:
     first.
 
     Subclasses set them up with :meth:`_keep` inside a ``try`` that calls :meth:`close` on
-    failure, so a half-built iterator releases what it took.
+    failure, so a half-built iterator releases what it took, and set :attr:`prog`,
+    :attr:`prog_id` and :attr:`link`.
     """
+
+    prog: KernelFd
+    """The loaded iterator program."""
+    prog_id: int
+    link: KernelFd
+    """The iterator link each pass is created from."""
 
     def __init__(self) -> None:
         self._fds: list[KernelFd] = []
@@ -52,6 +59,16 @@ class OwnedFds:
     def _keep(self, fd: KernelFd) -> KernelFd:
         self._fds.append(fd)
         return fd
+
+    @property
+    def prog_fd(self) -> int:
+        """The program's fd number (for code that passes ints)."""
+        return self.prog.fileno()
+
+    @property
+    def link_fd(self) -> int:
+        """The link's fd number (for code that passes ints)."""
+        return self.link.fileno()
 
     @property
     def objects(self) -> tuple[KernelFd, ...]:

@@ -377,16 +377,6 @@ class OwnersIterator(OwnedFds):
             self.close()
             raise
 
-    @property
-    def prog_fd(self) -> int:
-        """The program's fd number (for code that passes ints)."""
-        return self.prog.fileno()
-
-    @property
-    def link_fd(self) -> int:
-        """The link's fd number (for code that passes ints)."""
-        return self.link.fileno()
-
     def _calibrate(self) -> None:
         self._update_state(_State(prog_fd=self.prog_fd, link_fd=self.link_fd))
         read_iterator(self.link)  # learns f_op; files seen before ours are not reported

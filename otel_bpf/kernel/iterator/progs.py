@@ -361,13 +361,3 @@ class ProgIterator(OwnedFds):
     def read(self) -> list[ProgRecordRaw]:
         """One pass: a record per program loaded right now (this one included)."""
         return decode(read_iterator(self.link))
-
-    @property
-    def prog_fd(self) -> int:
-        """The program's fd number (for code that passes ints)."""
-        return self.prog.fileno()
-
-    @property
-    def link_fd(self) -> int:
-        """The link's fd number (for code that passes ints)."""
-        return self.link.fileno()
