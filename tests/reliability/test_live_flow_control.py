@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from peers import cli_command, wait_until
+from process_probe import gone
 from tmux_pane import Pane
 
 pytestmark = [
@@ -17,14 +18,6 @@ pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
 ]
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "zombie" in f.read()
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

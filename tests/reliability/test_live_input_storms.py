@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from peers import cli_command, wait_until
+from process_probe import gone
 from tmux_pane import Pane
 
 pytestmark = [
@@ -31,14 +32,6 @@ pytestmark = [
 LOADER = Path(__file__).with_name("churn_loader.py")
 PROGRAMS = 2000
 KEYS = 20_000
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "zombie" in f.read()
-    except FileNotFoundError:
-        return True
 
 
 def frame_at(text: str, width: int, height: int) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from peers import cli_command, free_port, wait_for_port, wait_until
+from process_probe import gone
 from tmux_pane import Pane
 
 pytestmark = [
@@ -31,14 +32,6 @@ def demo_runs(port: int) -> float:
         text = reply.read(8 << 20).decode()
     values = re.findall(r"^bpf_program_runs\S*otel_demo_\S*\} (\S+)$", text, re.M)
     return sum(float(v) for v in values)
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "zombie" in f.read()
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from peers import Cli, Rotel, bpftool_programs, cli_command, cli_env, free_port, wait_until
-from process_probe import process_tree, stats_holder_pids
+from process_probe import gone, process_tree, stats_holder_pids
 from tmux_pane import Pane
 
 from otel_bpf.kernel import asm
@@ -53,14 +53,6 @@ def demo_program_ids(pid: int) -> set[int]:
                     if prog_id:
                         ids.add(int(prog_id))
     return ids
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "zombie" in f.read()
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])

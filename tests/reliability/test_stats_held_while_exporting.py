@@ -21,21 +21,9 @@ from pathlib import Path
 
 import pytest
 from kernel_progs import many_loaded
-from peers import Cli, Rotel, SilentCollector, cli_env, wait_until
+from peers import Cli, Rotel, SilentCollector, cli_env, stats_fd_count, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:  # closed since listed
-        return ""
-
-
-def holds_stats(pid: int) -> bool:
-    fd_dir = f"/proc/{pid}/fd"
-    return any(_link(f"{fd_dir}/{name}") == "anon_inode:bpf-stats" for name in os.listdir(fd_dir))
 
 
 def watch_stats(
@@ -47,7 +35,7 @@ def watch_stats(
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert cli.proc is not None and cli.proc.poll() is None, cli.describe()
-        if holds_stats(cli.pid):
+        if stats_fd_count(cli.pid):
             held += 1
         else:
             missing += 1
