@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.metrics import MeterProvider
 
-from otel_bpf.kernel.source import SamplingPath, SourceOptions
+from otel_bpf.kernel.source import SamplingPath
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.plugin import StatsHolder, new_stats_holder
@@ -77,7 +77,7 @@ class BpfProgramsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         # The sampler opens open_source("auto") at its first pass, as the command line does.
         sampler = Sampler(
             history=1,
-            options=SourceOptions(owners=options.needs_owners, maps=options.needs_maps),
+            options=options.source_options,
         )
         # One pass now: a missing privilege or kernel feature shows here, not at every export.
         try:

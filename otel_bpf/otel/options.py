@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from otel_bpf.kernel.prog_types import PROG_TYPE_NAMES
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import ProgramRecord
 
 AttributeSet = Literal["per_program", "by_name_type"]
@@ -132,6 +133,11 @@ class MetricsOptions:
     def needs_maps(self) -> bool:
         """The sampler must read each program's maps."""
         return self.map_memory
+
+    @property
+    def source_options(self) -> SourceOptions:
+        """What a pass must read for these metrics: owners and maps only when needed."""
+        return SourceOptions(owners=self.needs_owners, maps=self.needs_maps)
 
     def matches(self, program: ProgramRecord) -> bool:
         """Whether ``program`` passes the type, name and owner filters."""

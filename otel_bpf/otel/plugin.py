@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 
-from otel_bpf.kernel.source import SamplingPath, SourceOptions
+from otel_bpf.kernel.source import SamplingPath
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.sdk_private import (
@@ -115,7 +115,7 @@ class BpfMetricsPlugin:
         self._sampler = sampler or Sampler(
             interval=interval,
             history=FED_HISTORY,
-            options=SourceOptions(owners=self.options.needs_owners, maps=self.options.needs_maps),
+            options=self.options.source_options,
         )
         if collection_interval is not None and not collection_interval > 0:
             raise ValueError("collection_interval must be > 0 seconds")
