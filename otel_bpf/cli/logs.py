@@ -7,6 +7,9 @@ errors) from ``opentelemetry.exporter.otlp...`` and the reader logs exceptions f
 while an export runs on the current thread (keeping the last one as the reason), and
 ``BurstReportingExporter`` turns the outcome into one WARNING when exports start failing and
 one INFO when they succeed again.  State is a handful of fields: memory stays bounded.
+
+The lines go to stderr through :class:`QueuedStderr`, which never blocks the caller: a
+terminal stopped with Ctrl-S or a stderr pipe nobody reads holds up only its writer thread.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
 )
+
+from otel_bpf.cli.output import LineOutput
 
 LOGGER_NAME = "bpftop-otel"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -212,12 +217,95 @@ class BurstReportingExporter(MetricExporter):
             self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
+LOG_BUFFER_BYTES = 1 << 20
+"""Bytes of log lines held for a stderr that takes nothing (thousands of lines)."""
+
+EXIT_STALL = 0.5
+"""At exit: seconds stderr may take no bytes before the log lines still held are given up."""
+
+
+class QueuedStderr:
+    """Standard error for the log handler: :meth:`write` queues whole lines, a daemon thread
+    writes them.
+
+    A write to a terminal stopped with Ctrl-S (flow control is on until the live view starts)
+    or to a stderr pipe nobody reads blocks; on the event loop it would stop sampling,
+    exports and signal handling with it.  Lines more than ``max_bytes`` behind are dropped
+    and counted, and the count is written as soon as the reader has caught up.
+    """
+
+    def __init__(self, fd: int = 2, max_bytes: int = LOG_BUFFER_BYTES) -> None:
+        self._output = LineOutput(fd, max_bytes, report=False, thread_name="bpftop-otel log")
+        self._reported = 0
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped because stderr was ``max_bytes`` behind."""
+        return self._output.dropped
+
+    def write(self, text: str) -> int:
+        dropped = self._output.dropped
+        if dropped > self._reported and not self._output.buffered:
+            self._reported = dropped
+            self._output.offer_block(
+                f"{LOGGER_NAME}: {dropped} log lines dropped: standard error was not being "
+                "read\n".encode()
+            )
+        self._output.offer_block(text.encode("utf-8", "replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the handler calls this after every record, and it must not wait
+        (see :meth:`drain`)."""
+
+    def drain(self, stall: float = EXIT_STALL) -> bool:
+        """Wait while stderr takes the lines held, giving up after ``stall`` seconds without
+        progress; True when all were written."""
+        return self._output.wait_written(stall)
+
+    def close(self) -> None:
+        """Stop the writer once it has written what is held (without waiting for it)."""
+        self._output.close(0)
+
+
+_stderr: QueuedStderr | None = None
+"""The queue of the handler installed by :func:`setup_logging` for stderr."""
+
+
+def write_stderr(text: str) -> None:
+    """``text`` to stderr after the log lines still queued (straight to stderr before
+    :func:`setup_logging`)."""
+    if _stderr is not None:
+        _stderr.write(text)
+    else:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+def drain_stderr(stall: float = EXIT_STALL) -> bool:
+    """Wait (bounded, see :meth:`QueuedStderr.drain`) for the queued log lines to be written."""
+    return _stderr.drain(stall) if _stderr is not None else True
+
+
 def setup_logging(
     level: str, gate: ExportLogGate | None = None, *, stream: TextIO | None = None
 ) -> logging.Handler:
     """One handler on the root logger writing one UTC-timestamped line per record to
-    ``stream`` (default stderr).  While the live view is up it diverts records itself."""
-    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
+    ``stream`` (default: stderr, through a :class:`QueuedStderr`).  While the live view is
+    up it diverts records itself."""
+    global _stderr
+    if stream is None:
+        stream = sys.stderr
+        try:
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            pass  # not a descriptor (a test's capture): written directly
+        else:
+            if _stderr is not None:
+                _stderr.close()
+            _stderr = QueuedStderr(fd)
+            stream = _stderr  # type: ignore[assignment]
+    handler: logging.Handler = logging.StreamHandler(stream)
     handler.setFormatter(_UtcFormatter(LOG_FORMAT))
     if gate is not None:
         handler.addFilter(gate)

@@ -13,6 +13,7 @@ released, demo workload stopped.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -37,7 +38,7 @@ from otel_bpf.cli.exporters import (
     Telemetry,
     build_telemetry,
 )
-from otel_bpf.cli.logs import ExportLogGate, setup_logging
+from otel_bpf.cli.logs import ExportLogGate, drain_stderr, setup_logging, write_stderr
 from otel_bpf.cli.output import LineOutput, OutputError, check_open, raise_for
 from otel_bpf.cli.signals import cancel_on_signal
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
@@ -54,6 +55,9 @@ log = logging.getLogger("bpftop-otel")
 FINAL_EXPORT_TIMEOUT = 10.0
 """Seconds the final collection and export may take at exit."""
 
+FINAL_EXPORT_POLL = 0.05
+"""Seconds between looks at the final export (and at a second signal) while it runs."""
+
 OUTPUT_STALL_AT_COUNT = 10.0
 """At the end of ``--count``: seconds the --json reader may take no bytes before the lines
 still buffered are given up."""
@@ -66,12 +70,58 @@ E = TypeVar("E", bound=BaseException)
 
 
 class _Terminated(Exception):
-    """SIGTERM or SIGHUP arrived before the run's own signal watcher was installed."""
+    """SIGTERM or SIGHUP arrived before the event loop started (or after it ended)."""
+
+
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class _SignalGate:
+    """Where SIGTERM, SIGHUP and SIGINT go while no signal receiver of the run holds them.
+
+    Outside the event loop (start-up, the provider's shutdown) the handler raises
+    :class:`_Terminated`: the code there is plain and unwinds cleanly.  Inside the loop an
+    exception raised by a handler lands wherever the main thread happens to be, possibly in
+    the loop's own bookkeeping, which can leave an anyio worker thread alive and the process
+    hanging at exit; there the handler only hands the signal to the loop
+    (``call_soon_threadsafe`` is safe in a signal handler).  That covers the start of the run
+    before its watcher is up, and the cleanup after the watcher (or the live view) let go of
+    the signals: a second signal then cuts the final export short instead of killing the
+    process with stats and the terminal left as they were.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.run: _Run | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        loop, run = self.loop, self.run
+        if loop is None or run is None or loop.is_closed():
+            raise _Terminated
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(run.request_stop, signum)
+
+    def install(self) -> None:
+        for signum in QUIT_SIGNALS:
+            signal.signal(signum, self.handle)
+
+    @contextmanager
+    def inside(self, run: _Run) -> Iterator[None]:
+        """The handler hands signals to ``run`` on this thread's running loop."""
+        self.loop, self.run = asyncio.get_running_loop(), run
+        self.install()
+        try:
+            yield
+        finally:
+            self.loop = self.run = None
+
+
+_gate = _SignalGate()
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"{cli_args.PROG}: error: {message}\n")
-    sys.stderr.flush()
+    # After the log lines still queued for stderr, not before them.
+    write_stderr(f"{cli_args.PROG}: error: {message}\n")
 
 
 def _find(exc: BaseException, kind: type[E]) -> E | None:
@@ -119,6 +169,22 @@ class _Run:
         self.output: LineOutput | None = None
         self.scope: anyio.CancelScope | None = None
         self.token: anyio.lowlevel.EventLoopToken | None = None
+        self.stop_signals = 0
+        """Quit signals handed over by :class:`_SignalGate` (not those of the watcher)."""
+        self.hurry = anyio.Event()
+        """Set by a quit signal during the cleanup: the final export is cut short."""
+
+    def request_stop(self, signum: int) -> None:
+        """On the loop: a quit signal the gate handed over (see :class:`_SignalGate`)."""
+        self.stop_signals += 1
+        name = signal.Signals(signum).name
+        if self.scope is None or not self.scope.cancel_called:
+            log.info("received %s: stopping (final export, stats off)", name)
+        else:
+            log.info("received %s again: the final export is cut short", name)
+            self.hurry.set()
+        if self.scope is not None:
+            self.scope.cancel()
 
     def output_failed(self) -> None:
         """In the output's thread: end the run (the error is raised after cleanup)."""
@@ -180,8 +246,9 @@ class _Run:
         scope.cancel()
 
 
-async def _final_export(telemetry: Telemetry) -> None:
-    """Flush and shut the provider down: shielded from cancellation, bounded in time.
+async def _final_export(telemetry: Telemetry, hurry: anyio.Event | None = None) -> None:
+    """Flush and shut the provider down: shielded from cancellation, bounded in time, and
+    cut short when ``hurry`` is set (a second quit signal).
 
     The work runs in a daemon thread, not an anyio worker: a worker thread left behind by
     a timeout would keep the process alive at exit (anyio's workers are not daemons).
@@ -200,8 +267,18 @@ async def _final_export(telemetry: Telemetry) -> None:
             done.set()
 
     threading.Thread(target=shutdown, name="bpftop-otel final export", daemon=True).start()
-    with anyio.CancelScope(shield=True):
-        finished = await anyio.to_thread.run_sync(done.wait, FINAL_EXPORT_TIMEOUT)
+    finished = False
+    with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_EXPORT_TIMEOUT):
+        # Polled on the loop rather than waited for in a worker thread: the wait must end
+        # at once when ``hurry`` is set.
+        while not (finished := done.is_set()):
+            if hurry is not None and hurry.is_set():
+                break
+            await anyio.sleep(FINAL_EXPORT_POLL)
+    if hurry is not None and hurry.is_set() and not finished:
+        telemetry.abort()
+        log.warning("final export cut short by a second signal")
+        return
     if not finished:
         # Stop the exporter's retry loop so nothing more is attempted during exit.
         telemetry.abort()
@@ -271,7 +348,7 @@ async def _run(
     run.token = anyio.lowlevel.current_token()
     if config.json:
         run.output = LineOutput(1, on_error=run.output_failed)
-    with ExitStack() as sync_stack:
+    with _gate.inside(run), ExitStack() as sync_stack:
         if config.demo:
             sync_stack.enter_context(_demo_workload())
         try:
@@ -297,9 +374,11 @@ async def _run(
                     await stack.enter_async_context(plugin)
                     # Exit order is reversed: the final export runs while the plugin's
                     # instruments are still open, then the plugin switches stats off.
-                    stack.push_async_callback(_final_export, telemetry)
+                    stack.push_async_callback(_final_export, telemetry, run.hurry)
                 async with anyio.create_task_group() as tg:
                     run.scope = tg.cancel_scope
+                    if run.stop_signals:  # a signal came during the start
+                        tg.cancel_scope.cancel()
                     if not config.live:
                         # The live view handles SIGINT/SIGTERM itself (it must restore the
                         # terminal first); a second receiver would replace its handlers.
@@ -315,6 +394,9 @@ async def _run(
                     tg.start_soon(run.consume, sampler, tg.cancel_scope)
                     if config.live:
                         tg.start_soon(run.live, sampler, tg.cancel_scope)
+                # The watcher or the live view held the signals and let go of them (asyncio
+                # then leaves the default actions): the cleanup below is covered again.
+                _gate.install()
                 if run.output is not None:
                     # Before the final export: the lines of the last ticks come first.
                     stall = OUTPUT_STALL_AT_COUNT if run.count_reached else OUTPUT_STALL_AT_SIGNAL
@@ -325,10 +407,6 @@ async def _run(
     if run.output is not None and run.output.error is not None:
         raise_for(run.output.error)
     return cli_args.EXIT_OK
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
 
 
 def _guard(fn: Callable[[], int]) -> int:
@@ -410,8 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error(f"--type/--name/--owner: {message}")
         return cli_args.EXIT_USAGE
 
-    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-    previous_sighup = signal.signal(signal.SIGHUP, _on_sigterm)
+    previous_sigterm = signal.signal(signal.SIGTERM, _gate.handle)
+    previous_sighup = signal.signal(signal.SIGHUP, _gate.handle)
+    previous_sigint = signal.getsignal(signal.SIGINT)
     gate = ExportLogGate()
     handler = setup_logging(config.log_level, gate)
     # The handler stays installed until the interpreter exits: an export abandoned by the
@@ -427,8 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guard(lambda: _start(config, gate, options))
     finally:
         handler.flush()
+        drain_stderr()
         signal.signal(signal.SIGTERM, previous_sigterm)
         signal.signal(signal.SIGHUP, previous_sighup)
+        signal.signal(signal.SIGINT, previous_sigint)
 
 
 def _start(config: Config, gate: ExportLogGate, options: MetricsOptions) -> int:

@@ -1,4 +1,5 @@
-"""Standard output for ``--json``: a bounded buffer drained by its own thread.
+"""Standard output for ``--json`` (and stderr for the log lines): a bounded buffer drained by
+its own thread.
 
 A reader that stops reading (``| sleep 60``, a paused pager) fills the pipe, and a write to
 a full pipe blocks.  Were that write on the event loop, sampling and every exporter would
@@ -50,7 +51,9 @@ class LineOutput:
     """Whole ticks of lines to ``fd``, written by a daemon thread.
 
     ``on_error`` runs in the writer thread after a write fails (the error is in
-    :attr:`error`); nothing more is written after that.
+    :attr:`error`); nothing more is written after that.  With ``report`` off, drops and
+    what was left behind are only counted, never logged (the log lines themselves go
+    through one of these: see :class:`otel_bpf.cli.logs.QueuedStderr`).
     """
 
     def __init__(
@@ -58,10 +61,14 @@ class LineOutput:
         fd: int = 1,
         max_bytes: int = BUFFER_BYTES,
         on_error: Callable[[], None] | None = None,
+        *,
+        report: bool = True,
+        thread_name: str = "bpftop-otel json",
     ) -> None:
         self.fd = fd
         self.max_bytes = max_bytes
         self.on_error = on_error
+        self.report = report
         self.error: OSError | None = None
         self.dropped = 0
         """Ticks dropped because the reader was behind by ``max_bytes``."""
@@ -71,7 +78,7 @@ class LineOutput:
         self._held = 0  # bytes in _blocks plus the block being written
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._drain, name="bpftop-otel json", daemon=True)
+        self._thread = threading.Thread(target=self._drain, name=thread_name, daemon=True)
         self._thread.start()
 
     @property
@@ -85,7 +92,10 @@ class LineOutput:
         output failed).  Never blocks on the reader."""
         if not lines:
             return True
-        block = ("\n".join(lines) + "\n").encode("ascii")
+        return self.offer_block(("\n".join(lines) + "\n").encode("ascii"))
+
+    def offer_block(self, block: bytes) -> bool:
+        """Queue ``block`` (whole lines) as one unit; False when it was dropped."""
         with self._cond:
             if self.error is not None:
                 return False
@@ -93,7 +103,7 @@ class LineOutput:
             # the bound still gets its lines whenever the reader keeps up.
             if self._held and self._held + len(block) > self.max_bytes:
                 self.dropped += 1
-                if self.dropped == 1:
+                if self.dropped == 1 and self.report:
                     log.warning(
                         "the --json reader is not keeping up: ticks are dropped whole "
                         "(sampling and exports go on); the count is logged at exit"
@@ -134,12 +144,10 @@ class LineOutput:
                 self._blocks.popleft()
                 self._cond.notify_all()
 
-    def close(self, stall: float) -> bool:
-        """Let the writer finish what is buffered while the reader keeps taking bytes;
+    def wait_written(self, stall: float) -> bool:
+        """Wait while the reader keeps taking bytes, until everything buffered is written;
         give up after ``stall`` seconds without progress.  True when all was written."""
         with self._cond:
-            self._closing = True
-            self._cond.notify_all()
             last = self.written
             deadline = time.monotonic() + stall
             while self._held and self.error is None:
@@ -150,8 +158,18 @@ class LineOutput:
                 if self.written != last:
                     last = self.written
                     deadline = time.monotonic() + stall
-            done = not self._held and self.error is None
-            left_behind = self._held
+            return not self._held and self.error is None
+
+    def close(self, stall: float) -> bool:
+        """Let the writer finish what is buffered (see :meth:`wait_written`), then stop it.
+        True when all was written."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        done = self.wait_written(stall)
+        left_behind = self.buffered
+        if not self.report:
+            return done
         if left_behind:
             log.warning(
                 "the --json reader stopped reading: %d bytes of lines not written", left_behind

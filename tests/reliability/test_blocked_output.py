@@ -9,7 +9,9 @@ import fcntl
 import os
 import re
 import signal
+import struct
 import subprocess
+import termios
 import time
 import urllib.request
 from pathlib import Path
@@ -90,6 +92,47 @@ def test_closed_stdout_is_one_error_line() -> None:
 
 
 def test_a_full_stdout_is_one_error_line() -> None:
+    # The demo's programs make sure there are lines to write on a host that has none.
     with open("/dev/full", "wb") as full:
-        proc = run([], stdout=full)
+        proc = run(["--demo"], stdout=full)
     one_error(proc, "cannot write standard output: No space left on device")
+
+
+def piped(fd: int) -> int:
+    """Bytes waiting in the pipe read by ``fd``."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_a_stderr_nobody_reads_stalls_neither_sampling_nor_prometheus() -> None:
+    # Debug logging writes a few lines per tick: a 4 KiB pipe nobody reads is full at once.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*cli_command(), "--demo", "--exporter", "prometheus", "--prometheus-port", str(port),
+         "--interval", "0.2", "--log-level", "debug"],
+        stdout=subprocess.DEVNULL, stderr=write_end, stdin=subprocess.DEVNULL, env=cli_env(),
+    )  # fmt: skip
+    os.close(write_end)
+    try:
+        assert wait_for_port(port, 45, proc), "no Prometheus endpoint"
+        assert wait_until(lambda: demo_runs(port) > 0, 30)
+        # A debug line per tick and per scrape: the pipe fills within seconds.
+        assert wait_until(lambda: (demo_runs(port), piped(read_end))[1] > 3900, 60, 0.5)
+        time.sleep(1)
+        seen = []
+        for _ in range(4):
+            seen.append(demo_runs(port))
+            time.sleep(1.0)
+        assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(10)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(read_end)
+    assert status == 0
+    assert took < 1.5, f"exit took {took:.2f} s after SIGTERM with stderr not read"

@@ -8,6 +8,8 @@ exporting is reading.
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
 import time
 
 import anyio
@@ -19,7 +21,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     PeriodicExportingMetricReader,
 )
-from peers import SilentCollector, cli_env, run_cli
+from peers import SilentCollector, cli_command, cli_env, holds_stats_fd, run_cli, wait_until
 
 from otel_bpf import BpfMetricsPlugin, MetricsOptions
 from otel_bpf.cli import args as cli_args
@@ -175,3 +177,34 @@ def test_tls_to_a_plaintext_port_gives_one_warning_and_no_other_line() -> None:
     assert foreign == [], proc.stderr
     warnings = [x for x in lines if " WARNING " in x and " export to" in x and "final" not in x]
     assert len(warnings) == 1, proc.stderr
+
+
+@pytest.mark.e2e
+def test_a_second_sigterm_cuts_a_stuck_final_export_short_and_still_cleans_up() -> None:
+    """The first SIGTERM starts the final export (which the silent collector holds for its
+    whole timeout); the second ends it at once, and the cleanup still runs."""
+    with SilentCollector(lifetime=60) as silent:
+        cli = subprocess.Popen(
+            [*cli_command(), "--demo", "--interval", "0.2", "--endpoint", silent.url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=cli_env(OTEL_EXPORTER_OTLP_TIMEOUT="30"), text=True,
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: holds_stats_fd(cli.pid), 45), "stats never held"
+            cli.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: silent.accepted >= 1, 10), "no final export"
+            time.sleep(0.5)
+            assert cli.poll() is None, "the final export did not wait for the collector"
+            second = time.monotonic()
+            cli.send_signal(signal.SIGTERM)
+            _, err = cli.communicate(timeout=10)
+            took = time.monotonic() - second
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.communicate(timeout=5)
+    assert cli.returncode == 0, err
+    assert took < 1.0, f"exit took {took:.2f} s after the second SIGTERM"
+    assert "final export cut short by a second signal" in err, err
+    assert "stats now off" in err, err
+    assert "Traceback" not in err, err
