@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         "name and type, without bpf.program.id (default: per-program)",
     )
     sel.add_argument(
+        "--derived-gauges",
+        action="store_true",
+        help="also export bpf.program.run.time.average, bpf.program.run.rate and "
+        "bpf.program.cpu.utilization, figures over the last sampling period that a backend "
+        "can derive from the counters with rate() (default: off)",
+    )
+    sel.add_argument(
         "--type",
         dest="types",
         action="append",

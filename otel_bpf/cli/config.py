@@ -88,6 +88,8 @@ class Config:
     exemplar_filter: str | None = None
     """``always_on``, ``always_off`` or ``trace_based`` from OTEL_METRICS_EXEMPLAR_FILTER;
     None: no exemplars (observable instruments have none to give)."""
+    derived_gauges: bool = False
+    """``--derived-gauges``: export the period gauges besides the counters."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -386,4 +388,5 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         log_level=_log_level(ns, env),
         resource_attributes=_resource_attributes(env),
         exemplar_filter=exemplar_filter,
+        derived_gauges=bool(ns.derived_gauges),
     )

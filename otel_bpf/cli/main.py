@@ -151,6 +151,7 @@ def _metrics_options(config: Config) -> MetricsOptions:
         types=config.types,
         names=config.names,
         owners=config.owner_names,
+        derived_gauges=config.derived_gauges,
     )
 
 

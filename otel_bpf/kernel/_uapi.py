@@ -242,6 +242,7 @@ class ProgType(enum.IntEnum):
     SCHED_ACT = 4
     XDP = 6
     CGROUP_SKB = 8
+    RAW_TRACEPOINT = 17
     TRACING = 26
 
 

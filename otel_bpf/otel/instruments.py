@@ -33,6 +33,9 @@ def enabled_metrics(options: MetricsOptions) -> tuple[names.MetricName, ...]:
     """The metrics exported under ``options`` (the contract's always-on ones plus opt-ins)."""
     chosen = list(names.ALWAYS)
     for flag, metric in (
+        (options.derived_gauges, names.RUN_TIME_AVERAGE),
+        (options.derived_gauges, names.RUN_RATE),
+        (options.derived_gauges, names.CPU_UTILIZATION),
         (options.memory, names.MEMORY_USAGE),
         (options.code_size, names.CODE_SIZE),
         (options.verifier_instructions, names.VERIFIER_INSTRUCTIONS),

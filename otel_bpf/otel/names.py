@@ -60,6 +60,25 @@ RECURSION_MISSES = MetricName(
     "{miss}",
     "Runs the kernel skipped because the program was already running on the CPU.",
 )
+"""Exported only for the program types whose misses the kernel can count (see
+:data:`otel_bpf.kernel.prog_types.RECURSION_CHECKED_TYPES`)."""
+PROGRAM_COUNT = MetricName(
+    "bpf.program.count",
+    "updowncounter",
+    "{program}",
+    "BPF programs loaded on the host, by program type.",
+)
+STATS_ENABLED = MetricName(
+    "bpf.stats.enabled",
+    "gauge",
+    "1",
+    "1 while the kernel counts BPF run time (BPF_ENABLE_STATS held or the sysctl set), else 0.",
+)
+
+# -- opt-in -------------------------------------------------------------------------------
+
+# Figures over a period (``derived_gauges``): a backend derives the same from the counters
+# with ``rate()``, so they are off by default.
 RUN_TIME_AVERAGE = MetricName(
     "bpf.program.run.time.average",
     "gauge",
@@ -78,21 +97,6 @@ CPU_UTILIZATION = MetricName(
     "1",
     "Share of all online CPUs spent running the program over the last sampling period (0..1).",
 )
-PROGRAM_COUNT = MetricName(
-    "bpf.program.count",
-    "updowncounter",
-    "{program}",
-    "BPF programs loaded on the host, by program type.",
-)
-STATS_ENABLED = MetricName(
-    "bpf.stats.enabled",
-    "gauge",
-    "1",
-    "1 while the kernel counts BPF run time (BPF_ENABLE_STATS held or the sysctl set), else 0.",
-)
-
-# -- opt-in -------------------------------------------------------------------------------
-
 MEMORY_USAGE = MetricName(
     "bpf.program.memory.usage",
     "updowncounter",
@@ -128,13 +132,13 @@ ALWAYS: tuple[MetricName, ...] = (
     RUN_TIME,
     RUNS,
     RECURSION_MISSES,
-    RUN_TIME_AVERAGE,
-    RUN_RATE,
-    CPU_UTILIZATION,
     PROGRAM_COUNT,
     STATS_ENABLED,
 )
 OPT_IN: tuple[MetricName, ...] = (
+    RUN_TIME_AVERAGE,
+    RUN_RATE,
+    CPU_UTILIZATION,
     MEMORY_USAGE,
     CODE_SIZE,
     VERIFIER_INSTRUCTIONS,

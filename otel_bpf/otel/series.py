@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from otel_bpf.figures import same_program
+from otel_bpf.kernel.prog_types import can_count_recursion_misses
 from otel_bpf.otel import names
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.records import ProgramRecord
@@ -36,6 +37,12 @@ class Frame:
 
 
 EMPTY_FRAME = Frame(seq=0, points={})
+
+
+def exports_misses(program: ProgramRecord) -> bool:
+    """Whether ``program`` has a ``bpf.program.recursion.misses`` series: the kernel reports
+    the counter (5.12+) and can increment it for the program's type."""
+    return program.recursion_misses is not None and can_count_recursion_misses(program.type)
 
 
 def program_attributes(program: ProgramRecord, options: MetricsOptions) -> dict[str, str | int]:
@@ -148,7 +155,7 @@ class SeriesTable:
             agg = self._aggregates.get(key)
             if agg is None:
                 agg = self._aggregates[key] = _Aggregate(attributes=attrs)
-            if p.recursion_misses is not None:
+            if exports_misses(p):
                 agg.has_misses = True
             seen.setdefault(key, {})[p.id] = _totals(p)
         for key in list(self._aggregates):
@@ -228,14 +235,16 @@ class SeriesTable:
             attrs = program_attributes(p, opts)
             points[names.RUN_TIME.name].append((p.run_time_ns / 1e9, attrs))
             points[names.RUNS.name].append((p.run_cnt, attrs))
-            if p.recursion_misses is not None:
+            if p.recursion_misses is not None and exports_misses(p):
                 points[names.RECURSION_MISSES.name].append((p.recursion_misses, attrs))
-            if s.period_avg_runtime_ns is not None:
-                points[names.RUN_TIME_AVERAGE.name].append((s.period_avg_runtime_ns / 1e9, attrs))
-            if s.events_per_sec is not None:
-                points[names.RUN_RATE.name].append((s.events_per_sec, attrs))
-            if s.cpu_utilization is not None:
-                points[names.CPU_UTILIZATION.name].append((s.cpu_utilization, attrs))
+            if opts.derived_gauges:
+                if s.period_avg_runtime_ns is not None:
+                    avg = s.period_avg_runtime_ns / 1e9
+                    points[names.RUN_TIME_AVERAGE.name].append((avg, attrs))
+                if s.events_per_sec is not None:
+                    points[names.RUN_RATE.name].append((s.events_per_sec, attrs))
+                if s.cpu_utilization is not None:
+                    points[names.CPU_UTILIZATION.name].append((s.cpu_utilization, attrs))
             if opts.memory and p.memlock_bytes is not None:
                 points[names.MEMORY_USAGE.name].append((p.memlock_bytes, attrs))
             if opts.code_size:
@@ -262,23 +271,8 @@ class SeriesTable:
             members = groups.get(key, [])
             if not members:
                 continue
-            rated = [
-                s
-                for s in members
-                if s.period_avg_runtime_ns is not None and s.events_per_sec is not None
-            ]
-            eps = sum(s.events_per_sec or 0.0 for s in rated)
-            if rated and eps > 0:
-                avg = sum(
-                    (s.period_avg_runtime_ns or 0.0) * (s.events_per_sec or 0.0) for s in rated
-                )
-                points[names.RUN_TIME_AVERAGE.name].append((avg / eps / 1e9, attrs))
-            rates = [s.events_per_sec for s in members if s.events_per_sec is not None]
-            if rates:
-                points[names.RUN_RATE.name].append((sum(rates), attrs))
-            utils = [s.cpu_utilization for s in members if s.cpu_utilization is not None]
-            if utils:
-                points[names.CPU_UTILIZATION.name].append((sum(utils), attrs))
+            if opts.derived_gauges:
+                _aggregate_gauges(members, attrs, points)
             if opts.memory:
                 mems = [s.program.memlock_bytes for s in members if s.program.memlock_bytes]
                 if mems:
@@ -292,6 +286,26 @@ class SeriesTable:
                 known = [n for n in insns if n is not None]
                 if known:
                     points[names.VERIFIER_INSTRUCTIONS.name].append((max(known), attrs))
+
+
+def _aggregate_gauges(
+    members: list[ProgramSample], attrs: Attributes, points: dict[str, list[Point]]
+) -> None:
+    """The period figures of one aggregate series: rates and utilisation add up, the mean
+    run time is weighted by each program's runs."""
+    rated = [
+        s for s in members if s.period_avg_runtime_ns is not None and s.events_per_sec is not None
+    ]
+    eps = sum(s.events_per_sec or 0.0 for s in rated)
+    if rated and eps > 0:
+        avg = sum((s.period_avg_runtime_ns or 0.0) * (s.events_per_sec or 0.0) for s in rated)
+        points[names.RUN_TIME_AVERAGE.name].append((avg / eps / 1e9, attrs))
+    rates = [s.events_per_sec for s in members if s.events_per_sec is not None]
+    if rates:
+        points[names.RUN_RATE.name].append((sum(rates), attrs))
+    utils = [s.cpu_utilization for s in members if s.cpu_utilization is not None]
+    if utils:
+        points[names.CPU_UTILIZATION.name].append((sum(utils), attrs))
 
 
 def _code_size(p: ProgramRecord) -> int:

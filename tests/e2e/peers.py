@@ -312,11 +312,11 @@ class Prometheus:
         except OSError:
             return False
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """The result vector of an instant query through the HTTP API."""
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": promql}
-        )
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The result vector of an instant query through the HTTP API (evaluated at the Unix
+        time ``at``, or now)."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(params)
         with urllib.request.urlopen(url, timeout=5) as r:
             body = json.load(r)
         assert body["status"] == "success", body

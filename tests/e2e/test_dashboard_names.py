@@ -5,7 +5,9 @@ Every metric name in the dashboard's PromQL, and every label it groups by or sho
 legend, must exist in a scrape of that endpoint (the exporter adds unit suffixes and
 ``_total`` itself, so this is where a renamed metric or a changed unit shows up). Then a real
 Prometheus, configured by collector-config/prometheus/prometheus.yml, scrapes the same
-endpoint and every panel query must return data.
+endpoint and every panel query must return data. Every query works on the counters, so no
+``--derived-gauges``; a raw tracepoint program loaded by the test gives the recursion-misses
+panel a series (none of the demo's program types can miss a run).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,10 @@ import pytest
 from peers import Cli, Prometheus, cli_env, free_port, tail, wait_until
 
 from otel_bpf.demo import PROGRAM_NAMES
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import ProgType
+from otel_bpf.kernel.loader import load_program
+from otel_bpf.kernel.syscall import close
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -33,9 +40,7 @@ SCRAPE_CONFIG = CONFIG / "prometheus" / "prometheus.yml"
 TARGET_LABELS = {"instance", "job"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
                 "and", "or", "unless", "offset"}  # fmt: skip
-RATED_DEMO = re.compile(
-    r'^bpf_program_run_rate_per_second\{[^}]*bpf_program_name="(otel_demo_\w+)"', re.MULTILINE
-)
+RAW_TP_NAME = "otel_t_rawtp"  # within the kernel's 15 characters
 GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$topk": "10", "$instance": ".*"}
 
 
@@ -102,14 +107,36 @@ def series_labels(text: str) -> dict[str, set[str]]:
     return found
 
 
-def demo_rates_present(port: int) -> dict[str, set[str]] | None:
-    """The scrape's series once every demo program has a run rate (its second sample)."""
+def demo_series_present(port: int) -> dict[str, set[str]] | None:
+    """The scrape's series once every demo program has run and the raw tracepoint program
+    has its recursion-misses series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         text = scrape(port)
     except OSError:
         return None
-    rated = set(RATED_DEMO.findall(text))
-    return series_labels(text) if rated >= set(PROGRAM_NAMES) else None
+    ran, misses = set(), set()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            name = s.labels.get("bpf_program_name")
+            if s.name == "bpf_program_runs_total" and s.value > 0:
+                ran.add(name)
+            elif s.name == "bpf_program_recursion_misses_total":
+                misses.add(name)
+    ready = ran >= set(PROGRAM_NAMES) and RAW_TP_NAME in misses
+    return series_labels(text) if ready else None
+
+
+@pytest.fixture
+def raw_tracepoint_program() -> Iterator[int]:
+    """A loaded (not attached) raw tracepoint program: a type whose misses the kernel counts."""
+    insns = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
+    fd = load_program(ProgType.RAW_TRACEPOINT, insns, RAW_TP_NAME)
+    try:
+        yield fd
+    finally:
+        close(fd)
 
 
 class RepoConfigPrometheus(Prometheus):
@@ -147,17 +174,22 @@ class RepoConfigPrometheus(Prometheus):
         return self
 
 
-def test_dashboard_queries_match_a_real_scrape(tmp_path: Path) -> None:
+def test_dashboard_queries_match_a_real_scrape(tmp_path: Path, raw_tracepoint_program: int) -> None:
     port = free_port()
     args = ["--exporter", "prometheus", "--demo", "--interval", "0.5",
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(port)]  # fmt: skip
     targets = dashboard_targets()
     with Cli(tmp_path, args, cli_env()) as cli:
-        scraped = wait_until(lambda: demo_rates_present(port), 60)
-        assert scraped, f"no demo run rates on :{port}\n{cli.describe()}"
+        scraped = wait_until(lambda: demo_series_present(port), 60)
+        assert scraped, f"no demo runs or misses series on :{port}\n{cli.describe()}"
 
         used = set().union(*(metric_names(t["expr"]) for t in targets))
-        assert len(used) >= 6, f"the name extraction found too little: {used}"
+        assert len(used) >= 5, f"the name extraction found too little: {used}"
+        # The dashboard reads the counters only: it works without --derived-gauges.
+        assert not {n for n in used if not n.endswith("_total")} - {
+            "bpf_program_count",
+            "bpf_stats_enabled",
+        }, used
         missing = sorted(used - set(scraped))
         assert not missing, (
             f"dashboard queries {missing}, not in the scrape; scraped bpf names: "

@@ -16,6 +16,7 @@ import pytest
 from peers import Cli, DataPoint, Rotel, cli_env, free_port, wait_until
 
 from otel_bpf.demo import PROGRAM_NAMES
+from otel_bpf.kernel.prog_types import RECURSION_CHECKED_TYPES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -23,12 +24,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 CONTRACT = {
     "bpf.program.run.time": ("s", "Sum", True),
     "bpf.program.runs": ("{run}", "Sum", True),
-    "bpf.program.recursion.misses": ("{miss}", "Sum", True),
+    "bpf.program.count": ("{program}", "Sum", False),
+    "bpf.stats.enabled": ("1", "Gauge", None),
+}
+# Only for the program types that can miss a run: none of the demo's, so only when such a
+# program is loaded on the host.
+MISSES = {"bpf.program.recursion.misses": ("{miss}", "Sum", True)}
+DERIVED_GAUGES = {
     "bpf.program.run.time.average": ("s", "Gauge", None),
     "bpf.program.run.rate": ("{run}/s", "Gauge", None),
     "bpf.program.cpu.utilization": ("1", "Gauge", None),
-    "bpf.program.count": ("{program}", "Sum", False),
-    "bpf.stats.enabled": ("1", "Gauge", None),
 }
 DEMO_TYPES = {
     "otel_demo_sock": "socket_filter",
@@ -70,6 +75,7 @@ def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str, vi
         env = cli_env(OTEL_RESOURCE_ATTRIBUTES="deployment.environment=e2e")
         if via == "flags":
             args += ["--export-interval", "1", "--protocol", protocol, "--endpoint", endpoint]
+            args += ["--derived-gauges"]
         else:
             env.update(
                 OTEL_METRICS_EXPORTER="otlp",
@@ -85,10 +91,18 @@ def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str, vi
 
     received = {p.metric for p in points}
     assert set(CONTRACT) <= received, f"missing {set(CONTRACT) - received}"
+    # The period gauges only with --derived-gauges (given with the flags variants).
+    if via == "flags":
+        assert set(DERIVED_GAUGES) <= received, f"missing {set(DERIVED_GAUGES) - received}"
+    else:
+        assert not set(DERIVED_GAUGES) & received
+    contract = CONTRACT | MISSES | DERIVED_GAUGES
     for p in points:
-        if p.metric in CONTRACT:
-            unit, data_type, monotonic = CONTRACT[p.metric]
+        if p.metric in contract:
+            unit, data_type, monotonic = contract[p.metric]
             assert (p.unit, p.data_type, p.monotonic) == (unit, data_type, monotonic), p
+        if p.metric in MISSES:
+            assert p.attributes["bpf.program.type"] in RECURSION_CHECKED_TYPES, p
 
     assert points[0].resource["service.name"] == "bpftop-otel"
     assert points[0].resource["deployment.environment"] == "e2e"

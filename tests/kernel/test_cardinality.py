@@ -26,6 +26,7 @@ from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.syscall import close
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
+from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.sampler import Sampler
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -163,7 +164,8 @@ def test_5000_programs_loaded_at_once_each_keep_their_own_series(
     reader = InMemoryMetricReader()
     mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     sampler = Sampler(history=2)
-    create_instruments(mp, lambda: sampler.history)
+    # The period gauges too, so every per-program instrument is checked for overflow.
+    create_instruments(mp, lambda: sampler.history, MetricsOptions(derived_gauges=True))
     fds: list[int] = []
     expected: dict[int, str] = {}
     try:

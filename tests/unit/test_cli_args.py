@@ -20,6 +20,7 @@ def test_defaults() -> None:
     assert ns.attributes == "per-program"
     assert ns.sampling_path == "auto"
     assert ns.types is None and ns.names is None and ns.owner_names is None
+    assert ns.derived_gauges is False
 
 
 def test_all_options() -> None:
@@ -46,6 +47,7 @@ def test_all_options() -> None:
             "0",
             "--attributes",
             "by-name-type",
+            "--derived-gauges",
             "--type",
             "xdp",
             "--type",
@@ -58,7 +60,7 @@ def test_all_options() -> None:
             "DEBUG",
         ]
     )
-    assert ns.json and ns.demo and ns.owners
+    assert ns.json and ns.demo and ns.owners and ns.derived_gauges
     assert ns.count == 3 and ns.interval == 0.5 and ns.export_interval == 2.5
     assert ns.exporter == ("otlp", "prometheus")
     assert ns.protocol == "http/protobuf"

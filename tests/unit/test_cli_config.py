@@ -180,6 +180,14 @@ def test_owner_filter_turns_owner_lookup_on() -> None:
     assert c.owners and c.owner_names == ("sshd",) and c.types == ("xdp",) and c.names == ("x*",)
 
 
+def test_derived_gauges_flag_reaches_the_metrics_options() -> None:
+    from otel_bpf.cli.main import _metrics_options
+
+    assert not cfg([]).derived_gauges and not _metrics_options(cfg([])).derived_gauges
+    c = cfg(["--derived-gauges"])
+    assert c.derived_gauges and _metrics_options(c).derived_gauges
+
+
 def test_key_value_parsing() -> None:
     assert parse_key_values("a=1, b = x%20y ,,c=", "V") == {"a": "1", "b": "x y", "c": ""}
     assert parse_headers("Authorization=Bearer%20t,X-Tenant=7", "H") == {

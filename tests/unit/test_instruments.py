@@ -125,9 +125,9 @@ def attrs(pid: int, name: str | None = None, type: str = "socket_filter") -> tup
 
 
 def test_contract_names_units_and_kinds() -> None:
-    feed, reader, mp, _ = setup()
-    feed.push([prog(1, run_cnt=10, run_time_ns=1000)])
-    feed.push([prog(1, run_cnt=30, run_time_ns=5000)])
+    feed, reader, mp, _ = setup(MetricsOptions(derived_gauges=True))
+    feed.push([prog(1, type="kprobe", run_cnt=10, run_time_ns=1000)])
+    feed.push([prog(1, type="kprobe", run_cnt=30, run_time_ns=5000)])
     got = collect(reader)
     expected = {
         "bpf.program.run.time": ("s", Sum, True),
@@ -151,13 +151,32 @@ def test_contract_names_units_and_kinds() -> None:
     mp.shutdown()
 
 
+def test_default_set_is_the_counters() -> None:
+    feed, reader, mp, inst = setup()
+    assert [m.name for m in inst.metrics] == [m.name for m in names.ALWAYS]
+    feed.push([prog(1, run_cnt=10, run_time_ns=1000), prog(2, type="tracing")])
+    feed.push([prog(1, run_cnt=30, run_time_ns=5000), prog(2, type="tracing", misses=3)])
+    got = collect(reader)
+    assert set(got) == {
+        "bpf.program.run.time",
+        "bpf.program.runs",
+        "bpf.program.recursion.misses",
+        "bpf.program.count",
+        "bpf.stats.enabled",
+    }
+    assert points(got["bpf.program.runs"]) == {attrs(1): 30, attrs(2, type="tracing"): 0}
+    assert points(got["bpf.program.recursion.misses"]) == {attrs(2, type="tracing"): 3}
+    mp.shutdown()
+
+
 def test_values_and_attributes_per_program() -> None:
-    feed, reader, mp, _ = setup()
+    feed, reader, mp, _ = setup(MetricsOptions(derived_gauges=True))
     feed.push([prog(1, run_cnt=10, run_time_ns=1000), prog(2, type="xdp", misses=None)])
     first = collect(reader)
     assert points(first["bpf.program.runs"]) == {attrs(1): 10, attrs(2, type="xdp"): 0}
     assert points(first["bpf.program.run.time"])[attrs(1)] == pytest.approx(1e-6)
-    assert points(first["bpf.program.recursion.misses"]) == {attrs(1): 0}
+    # Neither a socket filter nor an XDP program can miss a run: no series of zeros.
+    assert "bpf.program.recursion.misses" not in first
     # First sample of a program: the gauges have no value, so nothing is observed.
     for gauge in ("run.time.average", "run.rate", "cpu.utilization"):
         assert f"bpf.program.{gauge}" not in first
@@ -228,7 +247,8 @@ def test_filters_by_type_name_and_owner() -> None:
 
 
 def test_by_name_type_sums_and_stays_monotonic_when_a_program_unloads() -> None:
-    feed, reader, mp, _ = setup(MetricsOptions(attributes="by_name_type", grace_passes=1))
+    options = MetricsOptions(attributes="by_name_type", grace_passes=1, derived_gauges=True)
+    feed, reader, mp, _ = setup(options)
     key = ((names.PROGRAM_NAME, "worker"), (names.PROGRAM_TYPE, "socket_filter"))
     a = lambda n: prog(1, name="worker", run_cnt=n, run_time_ns=10 * n)  # noqa: E731
     b = lambda n: prog(2, name="worker", run_cnt=n, run_time_ns=10 * n)  # noqa: E731
@@ -297,6 +317,62 @@ def test_opt_in_metrics() -> None:
     )
     assert points(got["bpf.program.owner"]) == {owner_key: 1}
     mp.shutdown()
+
+
+MISS_TYPES = ("kprobe", "tracepoint", "raw_tracepoint", "raw_tracepoint_writable", "tracing")
+NO_MISS_TYPES = ("socket_filter", "xdp", "sched_cls", "sched_act", "cgroup_skb", "cgroup_sock")
+NO_MISS_TYPES += ("sk_msg", "perf_event", "lsm", "ext", "syscall", "netfilter")
+
+
+def typed_records() -> list[ProgramRecord]:
+    types = MISS_TYPES + ("struct_ops", "type_99") + NO_MISS_TYPES
+    records = [prog(i, name=f"n_{t}", type=t, misses=i) for i, t in enumerate(types, 1)]
+    # A kernel before 5.12 reports no counter at all: no series either.
+    records.append(prog(99, name="old", type="kprobe", misses=None))
+    return records
+
+
+@pytest.mark.parametrize("attributes", ["per_program", "by_name_type"])
+def test_recursion_misses_only_for_types_the_kernel_can_count(attributes: str) -> None:
+    table = SeriesTable(MetricsOptions(attributes=attributes))  # type: ignore[arg-type]
+    table.feed(Feed().push(typed_records()))
+    frame = table.frame()
+    exported = {
+        dict(a)[names.PROGRAM_TYPE]: v for v, a in frame.get("bpf.program.recursion.misses")
+    }
+    # Newer types than the table (type_N) keep their counter: the kernel may check them.
+    assert set(exported) == {*MISS_TYPES, "struct_ops", "type_99"}
+    assert {dict(a)[names.PROGRAM_TYPE] for _, a in frame.get("bpf.program.runs")} >= set(
+        NO_MISS_TYPES
+    )
+    assert exported["kprobe"] == 1 and exported["type_99"] == 7
+
+
+def test_recursion_checked_types_are_kernel_type_names() -> None:
+    from otel_bpf.kernel.prog_types import (
+        PROG_TYPE_NAMES,
+        RECURSION_CHECKED_TYPES,
+        can_count_recursion_misses,
+    )
+
+    assert set(PROG_TYPE_NAMES) >= RECURSION_CHECKED_TYPES
+    assert set(MISS_TYPES) <= RECURSION_CHECKED_TYPES
+    assert not any(can_count_recursion_misses(t) for t in NO_MISS_TYPES + ("unspec",))
+
+
+def test_derived_gauges_are_opt_in() -> None:
+    records = lambda n: [prog(1, run_cnt=n, run_time_ns=100 * n)]  # noqa: E731
+    for derived in (False, True):
+        feed, reader, mp, inst = setup(MetricsOptions(derived_gauges=derived))
+        feed.push(records(10))
+        feed.push(records(30))
+        got = collect(reader)
+        gauges = {names.RUN_TIME_AVERAGE.name, names.RUN_RATE.name, names.CPU_UTILIZATION.name}
+        assert (gauges <= set(got)) is derived
+        assert (gauges <= {m.name for m in inst.metrics}) is derived
+        if derived:
+            assert points(got[names.RUN_RATE.name]) == {attrs(1): 20.0}
+        mp.shutdown()
 
 
 def test_opt_in_metrics_are_off_by_default() -> None:
