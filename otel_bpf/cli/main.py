@@ -343,7 +343,7 @@ async def _run(
 ) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
     from otel_bpf.otel.plugin import FED_HISTORY
-    from otel_bpf.sampler import DEFAULT_HISTORY, Sampler
+    from otel_bpf.sampler import Sampler
 
     run = _Run(config, telemetry, options)
     run.token = anyio.lowlevel.current_token()
@@ -361,9 +361,9 @@ async def _run(
                     stack.enter_context(stats_enabled(switch))
                 sampler = Sampler(
                     interval=config.interval,
-                    # Only the live view's charts look back; the plugin and JSON take each
-                    # snapshot as it comes.
-                    history=DEFAULT_HISTORY if config.live else FED_HISTORY,
+                    # The plugin and JSON take each snapshot as it comes; the live view keeps
+                    # its charts' figures itself (live/history.py).
+                    history=FED_HISTORY,
                     source=source,
                 )
                 if telemetry.provider is not None:

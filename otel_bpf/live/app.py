@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from otel_bpf.live.context import RenderContext
+from otel_bpf.live.history import ChartHistory
 from otel_bpf.live.keys import KeyDecoder, KeyEvent
 from otel_bpf.live.options import LiveOptions
 from otel_bpf.live.output import hand_off, same_terminal
@@ -67,6 +68,8 @@ class LiveView:
         self.terminal = terminal
         self.glyphs = options.resolve_glyphs()
         self.state = ViewState()
+        self.charts = ChartHistory(options.history)
+        """What the detail view charts, fed from the sampler's snapshots on every frame."""
         self.page = 1
         self.host = platform.node()
         self.kernel = platform.release()
@@ -85,9 +88,12 @@ class LiveView:
     def context(self) -> RenderContext:
         """What the next frame is drawn from."""
         width, height = self.terminal.size()
+        # The sampler's own history is short (a few passes): every pass it holds that the
+        # charts lack is added now, so a frame skipped under load loses no pass.
+        self.charts.catch_up(self.sampler.history)
         return RenderContext(
             snapshot=self.sampler.latest,
-            history=self.sampler.history,
+            history=self.charts,
             width=width,
             height=height,
             glyphs=self.glyphs,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from otel_bpf.live.history import ChartHistory
 from otel_bpf.live.options import Glyphs
 from otel_bpf.snapshot import Snapshot
 
@@ -14,8 +16,9 @@ class RenderContext:
 
     snapshot: Snapshot | None
     """The newest snapshot; None until the first pass is published."""
-    history: tuple[Snapshot, ...]
-    """The sampler's window, oldest first."""
+    history: ChartHistory | Sequence[Snapshot]
+    """The charts' window: the view's :class:`ChartHistory`, or snapshots (oldest first,
+    turned into one that spans exactly them)."""
     width: int
     height: int
     glyphs: Glyphs = Glyphs.ASCII
@@ -24,6 +27,16 @@ class RenderContext:
     interval: float = 1.0
     now: float = 0.0
     """Wall-clock time of the frame (for ages)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.history, ChartHistory):
+            object.__setattr__(self, "history", ChartHistory.of(self.history))
+
+    @property
+    def charts(self) -> ChartHistory:
+        """:attr:`history` as a :class:`ChartHistory` (it always is one once built)."""
+        assert isinstance(self.history, ChartHistory)
+        return self.history
 
 
 def wrap_items(items: list[str], width: int, sep: str = "  ") -> list[str]:

@@ -6,6 +6,8 @@ import enum
 import os
 from dataclasses import dataclass
 
+from otel_bpf.sampler import DEFAULT_HISTORY
+
 
 class Glyphs(enum.Enum):
     """Which characters the charts are drawn with."""
@@ -38,6 +40,15 @@ class LiveOptions:
     """Where keys are read from (a tty)."""
     stdout_fd: int = 1
     """Where frames are written (a tty)."""
+    history: int = DEFAULT_HISTORY
+    """Passes the detail view's charts span.  The view keeps them itself, three figures per
+    program and pass, so the sampler needs only a short history of its own."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.history, bool) or not isinstance(self.history, int):
+            raise ValueError(f"history must be an integer >= 1, got {self.history!r}")
+        if self.history < 1:
+            raise ValueError(f"history must be an integer >= 1, got {self.history!r}")
 
     def resolve_glyphs(
         self, *, encoding: str | None = None, environ: dict[str, str] | None = None

@@ -5,12 +5,13 @@ from __future__ import annotations
 from otel_bpf.live.charts import chart
 from otel_bpf.live.context import RenderContext, wrap_items
 from otel_bpf.live.format import fmt_age, fmt_bytes, fmt_int, fmt_time
+from otel_bpf.live.history import ChartHistory
 from otel_bpf.live.render_table import footer_lines
 from otel_bpf.live.sanitize import fit, sanitize
 from otel_bpf.live.state import ViewState, display_name
 from otel_bpf.live.terminal import Line, Style
 from otel_bpf.records import ProgramRecord
-from otel_bpf.snapshot import ProgramSample, Snapshot
+from otel_bpf.snapshot import ProgramSample
 
 CHARTS: tuple[tuple[str, str, str], ...] = (
     ("Avg runtime (ns)", "period_avg_runtime_ns", "ns"),
@@ -22,30 +23,21 @@ CHARTS: tuple[tuple[str, str, str], ...] = (
 MAX_MAP_LINES = 4
 
 
-def last_seen(history: tuple[Snapshot, ...], prog_id: int) -> tuple[ProgramSample, Snapshot] | None:
-    """The newest sample of ``prog_id`` in the window, with its snapshot."""
-    for snap in reversed(history):
-        sample = snap.get(prog_id)
-        if sample is not None:
-            return sample, snap
-    return None
+def last_seen(history: ChartHistory, prog_id: int) -> tuple[ProgramSample, float] | None:
+    """The newest sample of ``prog_id`` in the window, with the wall-clock time of its pass."""
+    return history.last_seen(prog_id)
 
 
-def series(history: tuple[Snapshot, ...], prog_id: int, attribute: str) -> list[float | None]:
+def series(history: ChartHistory, prog_id: int, attribute: str) -> list[float | None]:
     """One figure of ``prog_id`` across the window (None where it was unknown or absent)."""
-    values: list[float | None] = []
-    for snap in history:
-        sample = snap.get(prog_id)
-        values.append(None if sample is None else getattr(sample, attribute))
-    return values
+    return history.series(prog_id, attribute)
 
 
-def window_text(history: tuple[Snapshot, ...]) -> str:
+def window_text(history: ChartHistory) -> str:
     """What the charts span: ``Charts: last 45 samples (44s), newest on the right``."""
-    if not history:
+    if not len(history):
         return "Charts: no samples yet"
-    span = history[-1].monotonic - history[0].monotonic
-    return f"Charts: last {len(history)} samples ({fmt_age(span)}), newest on the right"
+    return f"Charts: last {len(history)} samples ({fmt_age(history.span)}), newest on the right"
 
 
 def info_lines(program: ProgramRecord, now: float, width: int) -> list[str]:
@@ -110,18 +102,19 @@ def render_detail(ctx: RenderContext, state: ViewState) -> list[Line]:
     prog_id = state.detail_id
     foot = footer_lines(state.mode, width)
     lines: list[Line] = []
-    found = None if prog_id is None else last_seen(ctx.history, prog_id)
+    history = ctx.charts
+    found = None if prog_id is None else last_seen(history, prog_id)
     current = ctx.snapshot.get(prog_id) if ctx.snapshot and prog_id is not None else None
     if current is not None and ctx.snapshot is not None:
-        found = (current, ctx.snapshot)
+        found = (current, ctx.snapshot.wall_time)
     if prog_id is None or found is None:
         lines.append(Line(fit(f"Program {prog_id}: gone (not in the history window)", width)))
     else:
-        sample, snap = found
+        sample, seen_at = found
         name = display_name(sample.program)
         if current is None:
             gone = f"GONE: program {prog_id} ({name}) is no longer loaded; last seen at "
-            gone += fmt_time(snap.wall_time)
+            gone += fmt_time(seen_at)
             lines.append(Line(fit(gone, width), Style.WARN))
         else:
             lines.append(Line(fit(f"Program {prog_id} ({name})", width), Style.TITLE))
@@ -130,15 +123,15 @@ def render_detail(ctx: RenderContext, state: ViewState) -> list[Line]:
     chart_height = room // len(CHARTS)
     if prog_id is not None and chart_height >= 2:
         if room - chart_height * len(CHARTS) > 0:
-            lines.append(Line(fit(window_text(ctx.history), width), Style.DIM))
+            lines.append(Line(fit(window_text(history), width), Style.DIM))
         for title, attribute, kind in CHARTS:
-            values = series(ctx.history, prog_id, attribute)
+            values = series(history, prog_id, attribute)
             drawn = chart(title, values, kind, width, chart_height, ctx.glyphs)
             lines.append(Line(fit(drawn[0], width), Style.TITLE))
             lines.extend(Line(fit(t, width)) for t in drawn[1:])
     elif prog_id is not None:
         for title, attribute, kind in CHARTS:
-            values = series(ctx.history, prog_id, attribute)
+            values = series(history, prog_id, attribute)
             head = chart(title, values, kind, width, 1, ctx.glyphs)[0]
             lines.append(Line(fit(head, width)))
     body = height - len(foot)

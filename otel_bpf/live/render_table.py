@@ -92,26 +92,74 @@ def cell_text(sample: ProgramSample, column: Column) -> str:
     return fmt_percent(sample.cpu_percent)
 
 
+_FIGURE_OF: dict[Column, str] = {
+    Column.PERIOD_AVG: "period_avg_runtime_ns",
+    Column.TOTAL_AVG: "total_avg_runtime_ns",
+    Column.EVENTS: "events_per_sec",
+    Column.CPU: "cpu_percent",
+}
+"""The sample attribute each numeric column shows."""
+
+
+def _same_text(before: ProgramSample, now: ProgramSample) -> bool:
+    """Whether the text columns (id, type, name, process) of two samples read the same."""
+    a, b = before.program, now.program
+    return a is b or (
+        a.id == b.id and a.type == b.type and a.name == b.name and a.owners == b.owners
+    )
+
+
 class CellCache:
     """The cell texts of the newest snapshot, kept between frames.
 
     Formatting every cell of thousands of programs is most of a frame's cost, and between
     two samples only the selection, sort or filter change, so the texts are reused while
-    the snapshot object is the same one.
+    the snapshot object is the same one.  A new snapshot reuses, per program, the row of an
+    unchanged sample, and the texts of the columns whose value did not change: with every
+    program running, only the figures are formatted again, not names and owners.
     """
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
+        self._samples: dict[int, ProgramSample] = {}
         self._cells: dict[int, list[str]] = {}
         self._widths: dict[int, list[int]] = {}
 
     def cells(self, snapshot: Snapshot) -> dict[int, list[str]]:
         """Program id -> its cells in :data:`COLUMNS` order."""
         if snapshot is not self._snapshot:
-            self._cells = {s.id: [cell_text(s, c) for c in COLUMNS] for s in snapshot.programs}
-            self._widths = {k: [display_width(t) for t in v] for k, v in self._cells.items()}
-            self._snapshot = snapshot
+            self._update(snapshot)
         return self._cells
+
+    def _update(self, snapshot: Snapshot) -> None:
+        old_samples, old_cells, old_widths = self._samples, self._cells, self._widths
+        samples: dict[int, ProgramSample] = {}
+        cells: dict[int, list[str]] = {}
+        widths: dict[int, list[int]] = {}
+        for sample in snapshot.programs:
+            prog_id = sample.program.id
+            samples[prog_id] = sample
+            before = old_samples.get(prog_id)
+            if before is sample:
+                cells[prog_id] = old_cells[prog_id]
+                widths[prog_id] = old_widths[prog_id]
+                continue
+            reuse = before is not None and _same_text(before, sample)
+            row: list[str] = []
+            row_widths: list[int] = []
+            for i, column in enumerate(COLUMNS):
+                figure = _FIGURE_OF.get(column)
+                if reuse and (figure is None or getattr(before, figure) == getattr(sample, figure)):
+                    row.append(old_cells[prog_id][i])
+                    row_widths.append(old_widths[prog_id][i])
+                    continue
+                text = cell_text(sample, column)
+                row.append(text)
+                row_widths.append(display_width(text))
+            cells[prog_id] = row
+            widths[prog_id] = row_widths
+        self._samples, self._cells, self._widths = samples, cells, widths
+        self._snapshot = snapshot
 
     def widths(self, snapshot: Snapshot) -> dict[int, list[int]]:
         """Program id -> the display widths of its cells."""
