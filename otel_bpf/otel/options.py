@@ -94,6 +94,10 @@ class MetricsOptions:
     """Export ``bpf.map.memory.usage`` for the maps of exported programs (reads maps)."""
     owner_series: bool = False
     """Export ``bpf.program.owner`` (one series per program and holding process)."""
+    derived_gauges: bool = False
+    """Export ``bpf.program.run.time.average``, ``bpf.program.run.rate`` and
+    ``bpf.program.cpu.utilization`` (figures over a period; a backend derives the same from
+    the counters with ``rate()``)."""
     grace_passes: int = 3
     """``by_name_type``: sampler passes an aggregate series outlives its last program, so a
     program reloaded within that time continues the same monotonic series."""
