@@ -327,7 +327,7 @@ async def _run(
                         if latest is not None:
                             run.announce(latest)
                         log.info(
-                            "sampling at each collection, at most every %g s; %s",
+                            "sampling every %g s at most, when metrics are collected; %s",
                             config.interval,
                             targets,
                         )
