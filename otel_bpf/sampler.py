@@ -105,6 +105,10 @@ class Sampler:
         self._refresh: anyio.Event | None = None
         self._refresh_requested = False
         self._failures = 0
+        self._passes = 0
+        self._last_pass_at: float | None = None
+        self._fresh_period = False
+        self._closed = False
 
     # -- public state ------------------------------------------------------------------
 
@@ -118,11 +122,30 @@ class Sampler:
         """The path passes read through; None while an own source is not yet opened."""
         return self._source.path if self._source is not None else None
 
+    @property
+    def passes(self) -> int:
+        """Passes taken so far (all paths: the loop, :meth:`sample_once`, :meth:`sample_fresh`)."""
+        return self._passes
+
     def close(self) -> None:
-        """Close the source this sampler opened itself (a given one is the caller's)."""
-        if self._own_source and self._source is not None:
-            source, self._source = self._source, None
-            source.close()
+        """Close the source this sampler opened itself (a given one is the caller's).
+
+        Waits for a pass in progress on another thread; :meth:`sample_fresh` takes no pass
+        after this (it returns the newest snapshot) until :meth:`run` or :meth:`sample_once`
+        starts sampling again.
+        """
+        with self._pass_lock:
+            self._closed = True
+            if self._own_source and self._source is not None:
+                source, self._source = self._source, None
+                source.close()
+
+    def restart_period(self) -> None:
+        """Give the next pass no period: it reports no rates, as on a first reading.
+
+        For a pause in counting (the kernel's stats were off for a while): the counters froze
+        while the clock ran, so figures over the period would be too low."""
+        self._fresh_period = True
 
     @property
     def latest(self) -> Snapshot | None:
@@ -164,31 +187,65 @@ class Sampler:
         For callers without an event loop (the ``opentelemetry-instrument`` path).  Async
         subscribers are not woken by it; they only follow :meth:`run`.
         """
-        snapshot = self._pass()
-        self._history.append(snapshot)
-        self._broadcast.store(snapshot)
-        return snapshot
+        with self._pass_lock:
+            self._closed = False
+            snapshot = self._pass_locked()
+            self._history.append(snapshot)
+            self._broadcast.store(snapshot)
+            return snapshot
+
+    def sample_fresh(self, max_age: float | None = None) -> Snapshot:
+        """The newest snapshot if its pass started less than ``max_age`` seconds ago (default:
+        the interval), else a new pass in the calling thread, recorded like :meth:`sample_once`.
+
+        For passes driven by metric collections instead of :meth:`run`'s ticks: however often
+        readers collect (a scrape storm), the kernel is walked at most once per ``max_age``.
+        Passes are serialised, so a caller that waited for another caller's pass takes that
+        one.  After :meth:`close` it takes no pass and returns the newest snapshot.
+        """
+        bound = self._interval if max_age is None else max_age
+        with self._pass_lock:
+            latest = self.latest
+            if latest is not None and (
+                self._closed
+                or (self._last_pass_at is not None and self._clock() - self._last_pass_at < bound)
+            ):
+                return latest
+            if self._closed:
+                raise RuntimeError("this Sampler is closed")
+            snapshot = self._pass_locked()
+            self._history.append(snapshot)
+            self._broadcast.store(snapshot)
+            return snapshot
 
     def _pass(self) -> Snapshot:
         with self._pass_lock:
-            prev = self.latest
-            source = self._open_source()
-            result = source.read(self.options)
-            stats = self._read_stats()
-            cpus = self._read_cpus()
-            return build_snapshot(
-                prev,
-                result.records,
-                # Where the counters were read: the rates' period must not include the
-                # pass's later work, or a pass slowed after its reads (a busy CPU, the GIL)
-                # shortens the next period and inflates rates and CPU shares.
-                monotonic=self._clock() if result.read_at is None else result.read_at,
-                wall_time=time.time(),
-                online_cpus=cpus,
-                stats=stats,
-                sampling_path=source.path,
-                errors=tuple(result.errors),
-            )
+            self._closed = False
+            return self._pass_locked()
+
+    def _pass_locked(self) -> Snapshot:
+        prev = self.latest
+        self._last_pass_at = self._clock()
+        self._passes += 1
+        source = self._open_source()
+        result = source.read(self.options)
+        stats = self._read_stats()
+        cpus = self._read_cpus()
+        fresh, self._fresh_period = self._fresh_period, False
+        return build_snapshot(
+            prev,
+            result.records,
+            # Where the counters were read: the rates' period must not include the pass's
+            # later work, or a pass slowed after its reads (a busy CPU, the GIL) shortens the
+            # next period and inflates rates and CPU shares.
+            monotonic=self._clock() if result.read_at is None else result.read_at,
+            wall_time=time.time(),
+            online_cpus=cpus,
+            stats=stats,
+            sampling_path=source.path,
+            errors=tuple(result.errors),
+            fresh_period=fresh,
+        )
 
     def _open_source(self) -> ProgramSource:
         if self._source is None:

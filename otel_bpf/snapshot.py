@@ -86,8 +86,16 @@ def build_snapshot(
     stats: StatsState,
     sampling_path: str = "syscall",
     errors: tuple[str, ...] = (),
+    fresh_period: bool = False,
 ) -> Snapshot:
-    """The snapshot of one pass, with figures against ``prev`` (pure; no kernel access)."""
+    """The snapshot of one pass, with figures against ``prev`` (pure; no kernel access).
+
+    ``fresh_period``: the figures over a period are not derived (as on a first reading), but
+    the snapshot still follows ``prev`` in ``seq``: the counters paused since ``prev``.
+    """
+    seq = 1 if prev is None else prev.seq + 1
+    if fresh_period:
+        prev = None
     dt = None if prev is None else monotonic - prev.monotonic
     samples = []
     # An idle program's sample is the same every pass (no runs: 0/s, 0 %, no period
@@ -110,7 +118,7 @@ def build_snapshot(
         else:
             samples.append(derive(before.program, rec, dt, online_cpus))
     return Snapshot(
-        seq=1 if prev is None else prev.seq + 1,
+        seq=seq,
         wall_time=wall_time,
         monotonic=monotonic,
         elapsed=dt,

@@ -342,10 +342,11 @@ async def _run(
     switch: StatsSwitch,
 ) -> int:
     from otel_bpf.kernel.stats import stats_enabled, stats_state
-    from otel_bpf.otel.plugin import FED_HISTORY
+    from otel_bpf.otel.plugin import FED_HISTORY, passes_on_collection
     from otel_bpf.sampler import Sampler
 
     run = _Run(config, telemetry, options)
+    sampler: Sampler | None = None
     run.token = anyio.lowlevel.current_token()
     if config.json:
         run.output = LineOutput(1, on_error=run.output_failed)
@@ -366,11 +367,23 @@ async def _run(
                     history=FED_HISTORY,
                     source=source,
                 )
+                # Headless with counters only, no tick has a reader: each collection takes
+                # its pass (at most one per --interval) and no sampler loop runs.
+                on_collection = (
+                    telemetry.provider is not None
+                    and not local
+                    and config.count is None
+                    and passes_on_collection(options)
+                )
                 if telemetry.provider is not None:
                     from otel_bpf.otel.plugin import BpfMetricsPlugin
 
                     plugin = BpfMetricsPlugin(
-                        telemetry.provider, options=options, sampler=sampler, stats_holder=switch
+                        telemetry.provider,
+                        options=options,
+                        sampler=sampler,
+                        stats_holder=switch,
+                        sample_on_collection=on_collection,
                     )
                     await stack.enter_async_context(plugin)
                     # Exit order is reversed: the final export runs while the plugin's
@@ -384,14 +397,23 @@ async def _run(
                         # The live view handles SIGINT/SIGTERM itself (it must restore the
                         # terminal first); a second receiver would replace its handlers.
                         tg.start_soon(cancel_on_signal, tg.cancel_scope)
-                    await tg.start(sampler.run)
-                    log.info(
-                        "sampling every %g s; %s",
-                        config.interval,
+                    targets = (
                         "exporting to " + ", ".join(telemetry.targets)
                         if telemetry.targets
-                        else "no exporter",
+                        else "no exporter"
                     )
+                    if on_collection:
+                        latest = sampler.latest
+                        if latest is not None:
+                            run.announce(latest)
+                        log.info(
+                            "sampling every %g s at most, when metrics are collected; %s",
+                            config.interval,
+                            targets,
+                        )
+                        await anyio.sleep_forever()
+                    await tg.start(sampler.run)
+                    log.info("sampling every %g s; %s", config.interval, targets)
                     tg.start_soon(run.consume, sampler, tg.cancel_scope)
                     if config.live:
                         tg.start_soon(run.live, sampler, tg.cancel_scope)
@@ -404,7 +426,12 @@ async def _run(
                     run.output.close(stall)
         finally:
             state = stats_state()
-            log.info("stopped after %d ticks; stats now %s", run.ticks, state.describe())
+            log.info(
+                "stopped after %d ticks (%d passes); stats now %s",
+                run.ticks,
+                sampler.passes if sampler is not None else 0,
+                state.describe(),
+            )
     if run.output is not None and run.output.error is not None:
         raise_for(run.output.error)
     return cli_args.EXIT_OK

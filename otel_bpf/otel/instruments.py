@@ -20,7 +20,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observa
 from otel_bpf.otel import names
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.series import Frame, SeriesTable
-from otel_bpf.otel.stale_series import StaleSeriesPruner, attribute_key
+from otel_bpf.otel.stale_series import ObservedSeries, StaleSeriesPruner
 from otel_bpf.snapshot import Snapshot
 
 _log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ _ROUTE_ATTRIBUTE = "_otel_bpf_route"
 """Where an instrument keeps its route, so a later BpfInstruments on the same meter takes it
 over.  Kept on the instrument itself: the route lives exactly as long as the instrument."""
 _routes_lock = threading.Lock()
+_NOTHING = ObservedSeries(())
 
 
 class BpfInstruments:
@@ -97,7 +98,9 @@ class BpfInstruments:
         self._table = SeriesTable(self.options)
         self._lock = threading.Lock()
         self._closed = False
-        self._frame_seq = -1
+        self._observed: dict[str, tuple[list[Observation], ObservedSeries]] = {}
+        self._observed_seq = -1
+        self._key_hashes: dict[int, int] = {}
         self._collections = 0
         self._last_collection: float | None = None
         self._failing = False
@@ -152,6 +155,26 @@ class BpfInstruments:
             self._table.feed_all(list(self._snapshots()))
             return self._table.frame()
 
+    def observed(self, metric: str) -> tuple[list[Observation], ObservedSeries]:
+        """The observations of ``metric`` for the newest snapshot and the attribute sets they
+        carry: built once per snapshot and metric, shared by every collection until the next
+        pass (several readers, or scrapes sooner than the sampler's interval)."""
+        frame = self.frame()
+        with self._lock:
+            if frame.seq != self._observed_seq:
+                self._observed = {}
+                self._key_hashes = {}
+                self._observed_seq = frame.seq
+            found = self._observed.get(metric)
+            if found is None:
+                points = frame.get(metric)
+                found = (
+                    [Observation(v, a) for v, a in points],
+                    ObservedSeries([a for _, a in points], self._key_hashes),
+                )
+                self._observed[metric] = found
+            return found
+
     # -- callbacks ---------------------------------------------------------------------
 
     def _create(self, meter: Meter, metric: names.MetricName) -> object:
@@ -182,10 +205,13 @@ class BpfInstruments:
         try:
             if metric == self._first:
                 self._start_collection()
-            points = () if self._closed else self.frame().get(metric)
-            observations = [Observation(v, a) for v, a in points]
+            observations: list[Observation]
+            if self._closed:
+                observations, series = [], _NOTHING
+            else:
+                observations, series = self.observed(metric)
             if self._pruner is not None and instrument is not None:
-                self._pruner.prune(instrument, (attribute_key(o.attributes) for o in observations))
+                self._pruner.prune(instrument, series)
             if self._failing:
                 self._failing = False
                 _log.warning("BPF metrics callbacks work again")

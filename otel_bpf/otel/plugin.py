@@ -14,11 +14,18 @@ alive) until the plugin exits, the provider is shut down, or no reader has colle
 on.  The stats holder is a refcounted switch: the plugin makes its own unless it is given one
 (``stats_holder=``), which is how ``bpftop-otel`` makes its plugin, its ``--json`` writer and
 its live view share one kernel fd.
+
+With counters only (no derived gauges) and per-program series, nothing needs a pass between
+two collections: the plugin's sampler then runs no loop, and each collection takes a pass on
+the collecting thread (at most one per ``interval``; a collection sooner than that exports the
+newest pass).  Derived gauges (figures over a period) and ``by_name_type`` series (whose
+counters must see every program that came and went) keep a pass every ``interval``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from types import TracebackType
@@ -33,6 +40,7 @@ from otel_bpf.kernel.source import SamplingPath
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.sdk_private import (
+    call_after_shutdown,
     provider_is_shut_down,
     reader_export_interval,
     reader_exporting,
@@ -64,6 +72,18 @@ def new_stats_holder() -> StatsHolder:
     return holder
 
 
+SUPERVISOR_MIN_SLEEP = 1.0
+"""The stats supervisor wakes at most once per this many seconds (at the idle deadline)."""
+
+
+def passes_on_collection(options: MetricsOptions) -> bool:
+    """Whether collections alone can drive the passes for ``options``: counters only (a
+    figure over a period needs passes a known period apart) and per-program series (the
+    ``by_name_type`` counters keep what an unloaded program counted, so they must see every
+    program that comes and goes between two collections)."""
+    return not options.derived_gauges and options.attributes == "per_program"
+
+
 FED_HISTORY = 4
 """Snapshots a sampler needs to keep when the plugin feeds its instruments every pass: the
 newest, plus a margin for passes published while the event loop was busy elsewhere."""
@@ -89,7 +109,10 @@ class BpfMetricsPlugin:
     collections, else 60 s.  Stats go off after ``idle_collections`` such intervals without
     a collection.  ``stats_holder`` is the stats switch to hold (a
     :class:`otel_bpf.kernel.stats.StatsSwitch` shared with other users of the process, or
-    any :class:`StatsHolder`); by default the plugin makes its own.
+    any :class:`StatsHolder`); by default the plugin makes its own.  ``sample_on_collection``:
+    take each pass when a reader collects (at most one per ``interval``) instead of running
+    the sampler's loop; by default when the plugin owns its sampler and
+    :func:`passes_on_collection` allows it.  A given ``sampler`` must then not be running.
 
     Errors at start (missing privileges: :class:`otel_bpf.kernel.errors.BpfPermissionError`)
     propagate from :meth:`run` / ``async with``.
@@ -105,9 +128,18 @@ class BpfMetricsPlugin:
         collection_interval: float | None = None,
         idle_collections: int = 3,
         stats_holder: StatsHolder | None = None,
+        sample_on_collection: bool | None = None,
     ) -> None:
         self.options = options or MetricsOptions()
         self._own_sampler = sampler is None
+        if sample_on_collection is None:
+            sample_on_collection = sampler is None and passes_on_collection(self.options)
+        elif sample_on_collection and not passes_on_collection(self.options):
+            raise ValueError(
+                "sample_on_collection needs counters only (no derived_gauges) and "
+                "per_program attributes"
+            )
+        self._on_collection = sample_on_collection
         # The instruments are fed every pass as it is taken (see _feed_every_pass): the own
         # sampler keeps only a few snapshots, for a collection that overtakes the feeding.
         # An own sampler opens open_source("auto") at its first pass: the iterator path where
@@ -126,6 +158,9 @@ class BpfMetricsPlugin:
         self._idle_collections = idle_collections
         self._stats_holder = stats_holder
         self._held = False
+        # _acquire/_release run on the event loop and on the SDK's collecting and shutdown
+        # threads.
+        self._lock = threading.RLock()
         self._instruments: BpfInstruments | None = None
         self._running = False
         self._tg: TaskGroup | None = None
@@ -134,6 +169,7 @@ class BpfMetricsPlugin:
         self._idle_since_ref = 0.0
         self._released_for_idle_at: float | None = None
         self._last_seen_exporting = 0.0
+        self._pass_failing = False
 
     # -- public state --------------------------------------------------------------------
 
@@ -151,6 +187,11 @@ class BpfMetricsPlugin:
     def instruments(self) -> BpfInstruments | None:
         """The instruments (None before the first start)."""
         return self._instruments
+
+    @property
+    def samples_on_collection(self) -> bool:
+        """Passes are taken by collections, not by a sampler loop."""
+        return self._on_collection
 
     @property
     def stats_held(self) -> bool:
@@ -200,15 +241,26 @@ class BpfMetricsPlugin:
             async with anyio.create_task_group() as tg:
                 if not provider_is_shut_down(provider):
                     self._acquire()
-                if self._own_sampler:
+                # The provider's readers may not collect at its shutdown (Prometheus): stats
+                # go off when shutdown() runs, not at the supervisor's next look.
+                call_after_shutdown(provider, self._on_provider_shutdown)
+                if self._on_collection:
+                    if self._own_sampler or self._sampler.latest is None:
+                        # The first pass here: a missing privilege shows at start.
+                        await anyio.to_thread.run_sync(self._sampler.sample_once)
+                elif self._own_sampler:
                     await tg.start(self._sampler.run)
                 if self._instruments is None:
                     self._instruments = create_instruments(
-                        provider, lambda: self._sampler.history, self.options
+                        provider,
+                        lambda: self._sampler.history,
+                        self.options,
+                        before_collect=lambda: self._collecting(provider),
                     )
                 else:
                     self._instruments.reopen()
-                tg.start_soon(self._feed_every_pass, self._instruments)
+                if not self._on_collection:
+                    tg.start_soon(self._feed_every_pass, self._instruments)
                 _log.info("BPF program metrics: sampling path %s", self.sampling_path)
                 self._idle_since_ref = time.monotonic()
                 self._seen_collection = self._instruments.last_collection
@@ -251,14 +303,61 @@ class BpfMetricsPlugin:
         return self._stats_holder
 
     def _acquire(self) -> None:
-        if not self._held:
-            self._holder().acquire()
-            self._held = True
+        with self._lock:
+            if not self._held:
+                self._holder().acquire()
+                self._held = True
 
     def _release(self) -> None:
-        if self._held:
-            self._held = False
-            self._holder().release()
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._holder().release()
+
+    def _on_provider_shutdown(self) -> None:
+        with self._lock:
+            if self._held:
+                _log.info("meter provider shut down: BPF run-time statistics off")
+                self._release()
+
+    def _collecting(self, provider: object) -> None:
+        """At the start of each collection, on the collecting thread."""
+        now = time.monotonic()
+        with self._lock:
+            if self._seen_collection is not None:
+                self._gaps.append(now - self._seen_collection)
+            self._seen_collection = now
+            if (
+                not self._held
+                and self._released_for_idle_at is not None
+                and not provider_is_shut_down(provider)
+            ):
+                try:
+                    self._acquire()
+                except OSError as exc:
+                    _log.warning("cannot switch BPF run-time statistics back on: %s", exc)
+                else:
+                    self._released_for_idle_at = None
+                    # The counters stood still while stats were off: no figure over that
+                    # period (the next pass is like a first reading for the rates).
+                    self._sampler.restart_period()
+                    _log.info("metrics collection resumed: BPF run-time statistics on")
+        if self._on_collection:
+            try:
+                snapshot = self._sampler.sample_fresh()
+            except Exception as exc:  # export the last pass; the instruments log a burst once
+                if not self._pass_failing:
+                    self._pass_failing = True
+                    _log.warning("sampling BPF programs failed (will keep trying): %s", exc)
+            else:
+                _log.debug(
+                    "collection: pass %d exported (%d passes so far)",
+                    snapshot.seq,
+                    self._sampler.passes,
+                )
+                if self._pass_failing:
+                    self._pass_failing = False
+                    _log.warning("sampling BPF programs works again")
 
     def _expected_collection_interval(self, provider: object) -> float:
         if self._collection_interval is not None:
@@ -271,45 +370,53 @@ class BpfMetricsPlugin:
         return DEFAULT_COLLECTION_INTERVAL
 
     async def _supervise(self, provider: object, instruments: BpfInstruments) -> None:
-        poll = min(self._sampler.interval, 0.25)
+        """Switch stats off after ``idle_collections`` intervals without a collection.
+
+        Wakes at the idle deadline, at most once per :data:`SUPERVISOR_MIN_SLEEP` (once per
+        second while the collection interval is learnt from the gaps between collections, as
+        it may shrink): collections record themselves and switch stats back on from the collecting
+        thread (:meth:`_collecting`), the provider's shutdown from its own hook.
+        """
         while True:
-            await anyio.sleep(poll)
-            now = time.monotonic()
-            last = instruments.last_collection
-            if last is not None and last != self._seen_collection:
-                if self._seen_collection is not None:
-                    self._gaps.append(last - self._seen_collection)
-                self._seen_collection = last
-            if reader_exporting(provider):
-                self._last_seen_exporting = now
-            if provider_is_shut_down(provider):
-                if self._held:
-                    _log.info("meter provider shut down: BPF run-time statistics off")
-                    self._release()
-                continue
-            # Idle is counted from the end of the last collection, as far as it is seen:
-            # its start, or the last moment a reader was seen exporting what it collected.
-            ref = max(last or 0.0, self._idle_since_ref, self._last_seen_exporting)
             idle_after = self._idle_collections * max(
                 self._expected_collection_interval(provider), self._sampler.interval
             )
-            if self._held and now - ref > idle_after:
+            if provider_is_shut_down(provider):
+                self._on_provider_shutdown()
+                await anyio.sleep_forever()
+            if not self._held:
+                # Off for idleness: the next collection switches stats back on by itself.
+                await anyio.sleep(max(idle_after, SUPERVISOR_MIN_SLEEP))
+                continue
+            now = time.monotonic()
+            if reader_exporting(provider):
+                # A reader stuck in an export to a collector that does not answer is still a
+                # reader: its next collection comes when the export gives up.
+                self._last_seen_exporting = now
+                await anyio.sleep(SUPERVISOR_MIN_SLEEP)
+                continue
+            # Idle is counted from the end of the last collection, as far as it is seen:
+            # its start, or the last moment a reader was seen exporting what it collected.
+            ref = max(
+                instruments.last_collection or 0.0,
+                self._idle_since_ref,
+                self._last_seen_exporting,
+            )
+            if now - ref <= idle_after:
+                wait = ref + idle_after - now
+                if self._collection_interval is None and reader_export_interval(provider) is None:
+                    # The interval is learnt from collection gaps and may shrink with the
+                    # next collection: look again in a second rather than at the deadline.
+                    wait = min(wait, SUPERVISOR_MIN_SLEEP)
+                await anyio.sleep(max(wait, SUPERVISOR_MIN_SLEEP))
+                continue
+            with self._lock:
+                last = instruments.last_collection
+                if not self._held or (last is not None and now - last <= idle_after):
+                    continue  # a collection came meanwhile
                 _log.info(
                     "no metrics collection for %.1f s: BPF run-time statistics off until the next",
                     now - ref,
                 )
                 self._release()
                 self._released_for_idle_at = now
-            elif (
-                not self._held
-                and self._released_for_idle_at is not None
-                and last is not None
-                and last > self._released_for_idle_at
-            ):
-                try:
-                    self._acquire()
-                except OSError as exc:
-                    _log.warning("cannot switch BPF run-time statistics back on: %s", exc)
-                    continue
-                self._released_for_idle_at = None
-                _log.info("metrics collection resumed: BPF run-time statistics on")

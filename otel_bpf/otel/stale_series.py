@@ -32,7 +32,7 @@ one warning and the exporter keeps working with the SDK's own behaviour.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from otel_bpf.otel.sdk_private import (
@@ -60,6 +60,37 @@ def attribute_key(attributes: Mapping[str, Any] | None) -> AttributeKey:
     return frozenset((attributes or {}).items())
 
 
+class ObservedSeries:
+    """The attribute sets one instrument's callback observes for one frame.
+
+    Built once per frame (every collection that exports the same frame shares it): the
+    hashes for the pruner's common check, the attribute sets themselves only when a scan
+    needs them.  ``key_hashes`` memoises the hash of each attribute dict by identity across
+    the instruments of a frame, which share one dict per program.
+    """
+
+    __slots__ = ("attributes", "hashes")
+
+    def __init__(
+        self,
+        attributes: Sequence[Mapping[str, Any] | None],
+        key_hashes: dict[int, int] | None = None,
+    ) -> None:
+        self.attributes = attributes
+        memo = {} if key_hashes is None else key_hashes
+        hashes = []
+        for attrs in attributes:
+            h = memo.get(id(attrs))
+            if h is None:
+                h = memo[id(attrs)] = hash(attribute_key(attrs))
+            hashes.append(h)
+        self.hashes = frozenset(hashes)
+
+    def keys(self) -> set[AttributeKey]:
+        """The attribute sets (built on each call: only a scan needs them)."""
+        return {attribute_key(a) for a in self.attributes}
+
+
 class StaleSeriesPruner:
     """Drops the per-attribute-set state the SDK holds for series we stopped observing."""
 
@@ -81,13 +112,17 @@ class StaleSeriesPruner:
         """Pruning works with this provider (False after an unexpected SDK layout)."""
         return self._disabled_reason is None
 
-    def prune(self, instrument: object, observed: Iterable[AttributeKey]) -> None:
+    def prune(self, instrument: object, observed: ObservedSeries) -> None:
         """Forget every attribute set of ``instrument`` that is not in ``observed``."""
         if self._disabled_reason is not None:
             return
         # An instrument created through the API's proxy (global provider set later) is
         # stored by the SDK under the real instrument the proxy wraps.
         instrument = sdk_instrument(instrument)
+        if self._last_observed.get(instrument) is observed.hashes:
+            # The frame this instrument exported last time (a collection sooner than the
+            # sampler's interval reuses the newest pass): nothing to look at at all.
+            return
         try:
             # Created now if this is the instrument's first collection with measurements:
             # their number may already be above the SDK's default limit.
@@ -98,9 +133,8 @@ class StaleSeriesPruner:
                     return
                 self._disable("the SDK's reader storage has an unexpected layout")
                 return
-            keep = set(observed)
-            self._make_room(instrument, matches, len(keep))
-            hashes = frozenset(map(hash, keep))
+            self._make_room(instrument, matches, len(observed.hashes))
+            hashes = observed.hashes
             last = self._last_observed.get(instrument)
             self._last_observed[instrument] = hashes
             if last is not None and last <= hashes:
@@ -109,6 +143,7 @@ class StaleSeriesPruner:
                 # the scan of every aggregation is skipped (the common collection).  A
                 # 64-bit hash collision could only postpone a release to the next scan.
                 return
+            keep = observed.keys()
             for match in matches:
                 self._prune_match(match, keep)
         except Exception as exc:  # a private-layout surprise must never break a collection

@@ -154,3 +154,34 @@ def test_promql_from_the_counters_gives_the_derived_gauges(tmp_path: Path) -> No
             print("\n".join(report))
         cli.signal(signal.SIGTERM)
         assert cli.wait(30) == 0, cli.describe()
+
+
+def test_a_scrape_storm_walks_the_kernel_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Headless with counters only, each scrape collects; passes are bounded by --interval
+    (a scrape sooner than that exports the newest pass), counted from the process's log."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    args = ["--interval", "1", "--exporter", "prometheus", "--prometheus-port", str(port)]
+    args += ["--demo", "--log-level", "debug"]
+    with Cli(tmp_path, args, cli_env()) as cli:
+        assert wait_for_port(port, 30, cli.proc), f"no scrape endpoint\n{cli.describe()}"
+        assert wait_until(lambda: "when metrics are collected" in cli.stderr(), 30), cli.describe()
+        started = time.monotonic()
+        scrapes = 0
+        while scrapes < 400 and time.monotonic() - started < 20:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                assert b"bpf_program_runs_total" in r.read()
+            scrapes += 1
+        elapsed = time.monotonic() - started
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(30) == 0, cli.describe()
+    err = cli.stderr()
+    exported = [int(n) for n in re.findall(r"collection: pass (\d+) exported", err)]
+    passes = max(int(n) for n in re.findall(r"\((\d+) passes so far\)", err))
+    assert len(exported) >= scrapes  # every scrape collected (the final one too)
+    # One pass at start, then at most one per started second of the storm (and the exit's).
+    assert passes <= 2 + int(elapsed) + 1, (passes, scrapes, elapsed)
+    assert passes < scrapes / 4, (passes, scrapes, elapsed)
+    assert "stopped after 0 ticks" in err and "Traceback" not in err

@@ -7,8 +7,10 @@ stats fd (``anon_inode:bpf-stats`` in /proc/self/fd) must follow the provider's 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.loader import attach_socket_filter, load_program, program_id
 from otel_bpf.kernel.syscall import close
 from otel_bpf.otel import names
+from otel_bpf.sampler import Sampler
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -144,6 +147,7 @@ async def test_exports_the_contract_for_a_real_socket_filter() -> None:
     reader = InMemoryMetricReader()
     mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     with socket_filter() as f:
+        # Figures over a period: the sampler takes a pass every interval.
         options = MetricsOptions(names=(f.name,), memory=True, code_size=True, derived_gauges=True)
         with anyio.fail_after(60):
             async with BpfMetricsPlugin(mp, interval=0.2, options=options) as plugin:
@@ -252,7 +256,7 @@ async def test_stats_fd_follows_the_provider_shutdown_and_plugin_exit() -> None:
             assert await wait_for(lambda: stats_fds() == 0, within=2.0)
             assert not plugin.stats_held
             await anyio.sleep(0.5)
-            assert plugin.sampler.running and stats_fds() == 0
+            assert stats_fds() == 0
             tg.cancel_scope.cancel()
     assert stats_fds() == 0
 
@@ -298,3 +302,73 @@ async def test_stats_pause_without_collection_and_resume_with_it() -> None:
             assert plugin.stats_held
         assert stats_fds() == 0
     mp.shutdown()
+
+
+def bpftool_counters(prog_id: int) -> tuple[int, int]:
+    """``(run_cnt, run_time_ns)`` of a program as ``bpftool prog show -j`` reports them."""
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "id", str(prog_id), "-j"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    info = json.loads(out.stdout)
+    return int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
+
+
+def settled(prog_id: int, runs: int, within: float = 10.0) -> tuple[int, int]:
+    """bpftool's counters once the filter has run ``runs`` times (loopback delivery may be
+    deferred to ksoftirqd on a busy machine)."""
+    deadline = time.monotonic() + within
+    while True:
+        counters = bpftool_counters(prog_id)
+        if counters[0] >= runs or time.monotonic() > deadline:
+            return counters
+        time.sleep(0.01)
+
+
+async def test_counters_only_one_pass_per_collection_equal_to_bpftool() -> None:
+    """Headless with counters only: no sampler loop, each collection reads the kernel once
+    (at most once per interval), and exports what bpftool shows at that moment."""
+    assert stats_fds() == 0, "another holder of BPF stats in this test process"
+    now = [1000.0]
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    with socket_filter() as f:
+        options = MetricsOptions(names=(f.name,))
+        sampler = Sampler(
+            interval=1.0, history=4, options=options.source_options, clock=lambda: now[0]
+        )
+        plugin = BpfMetricsPlugin(mp, options=options, sampler=sampler, sample_on_collection=True)
+        try:
+            with anyio.fail_after(60):
+                async with plugin:
+                    assert not sampler.running and sampler.passes == 1
+                    runs = bpftool_counters(f.id)[0]
+                    for n in range(1, 6):
+                        f.send(100)  # 100 runs per step
+                        runs += 100
+                        expected = settled(f.id, runs)
+                        now[0] += 1.0
+                        got = metrics_by_name(reader)
+                        assert sampler.passes == 1 + n
+                        assert value_for(got[names.RUNS.name], f.id) == expected[0] == runs
+                        assert value_for(got[names.RUN_TIME.name], f.id) == expected[1] / 1e9
+                    # A storm of collections within one interval walks the kernel no more.
+                    f.send(10)
+                    settled(f.id, runs + 10)
+                    for _ in range(300):
+                        now[0] += 0.001
+                        got = metrics_by_name(reader)
+                        assert value_for(got[names.RUNS.name], f.id) == runs
+                    assert sampler.passes == 6
+                    now[0] += 1.0
+                    got = metrics_by_name(reader)
+                    assert sampler.passes == 7
+                    assert value_for(got[names.RUNS.name], f.id) == runs + 10
+                    assert bpftool_counters(f.id)[0] == runs + 10
+        finally:
+            sampler.close()
+            mp.shutdown()
+    assert stats_fds() == 0

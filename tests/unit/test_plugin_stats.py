@@ -273,3 +273,179 @@ def test_each_plugin_makes_its_own_switch_unless_given_one() -> None:
     assert first._holder() is first._holder() and first._holder() is not second._holder()
     shared = StatsSwitch()
     assert BpfMetricsPlugin(mp, stats_holder=shared)._holder() is shared
+
+
+class SlowHolder:
+    """A (thread-safe) holder slow to switch, that notices a second acquire or release."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.count = 0
+        self.bad: list[int] = []
+        self._lock = threading.Lock()
+
+    def _add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+            if self.count not in (0, 1):
+                self.bad.append(self.count)
+
+    def acquire(self) -> None:
+        self._add(1)
+        time.sleep(0.0002)  # the kernel call: other threads run meanwhile
+
+    def release(self) -> None:
+        self._add(-1)
+        time.sleep(0.0002)
+
+
+def test_acquire_and_release_from_many_threads_never_double_count() -> None:
+    import threading
+
+    holder = SlowHolder()
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(mp, stats_holder=holder)
+    start = threading.Barrier(8)
+
+    def churn() -> None:
+        start.wait(10)
+        for i in range(200):
+            plugin._acquire() if i % 2 == 0 else plugin._release()
+
+    threads = [threading.Thread(target=churn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    plugin._release()
+    assert holder.bad == [] and holder.count == 0
+    mp.shutdown()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting_sampler(clock: Clock) -> tuple[Sampler, list[int]]:
+    """A sampler whose program has run as many times as there were reads (x 10)."""
+    from dataclasses import replace
+
+    reads: list[int] = []
+
+    def source() -> Result:
+        reads.append(len(reads) + 1)
+        return Result([replace(prog(), run_cnt=10 * reads[-1], run_time_ns=1000 * reads[-1])])
+
+    sampler = Sampler(
+        interval=1.0,
+        history=4,
+        source=CallSource(source),
+        stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
+        online_cpus=lambda: 1,
+        clock=clock,
+    )
+    return sampler, reads
+
+
+def exported_runs(reader: InMemoryMetricReader) -> list[float]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "bpf.program.runs"
+        for p in m.data.data_points
+    ]
+
+
+async def test_counters_only_take_one_pass_per_collection_and_bound_a_storm() -> None:
+    clock = Clock()
+    sampler, reads = counting_sampler(clock)
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(mp, sampler=sampler, stats_holder=Holder(), sample_on_collection=True)
+    with anyio.fail_after(10):
+        async with plugin:
+            assert plugin.samples_on_collection and not sampler.running
+            assert sampler.passes == 1  # the start-up pass: privileges checked at start
+            for n in range(2, 7):
+                clock.now += 1.0
+                # Each collection reads the kernel then, and exports what it read.
+                assert exported_runs(reader) == [10 * n]
+                assert sampler.passes == n == len(reads)
+            # A scrape storm inside one interval: the newest pass, no kernel walk.
+            for _ in range(200):
+                clock.now += 0.004
+                assert exported_runs(reader) == [60]
+            assert sampler.passes == 6
+            clock.now += 0.2
+            assert exported_runs(reader) == [70]
+            assert sampler.passes == 7
+    # After the plugin stopped, a collection (the provider's final one) takes no pass.
+    clock.now += 5
+    reader.get_metrics_data()
+    assert sampler.passes == 7
+    mp.shutdown()
+
+
+async def test_own_sampler_follows_collections_only_for_counters_per_program() -> None:
+    from otel_bpf.otel.options import MetricsOptions
+
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    assert BpfMetricsPlugin(mp).samples_on_collection
+    assert not BpfMetricsPlugin(
+        mp, options=MetricsOptions(derived_gauges=True)
+    ).samples_on_collection
+    by_name = MetricsOptions(attributes="by_name_type")
+    assert not BpfMetricsPlugin(mp, options=by_name).samples_on_collection
+    clock = Clock()
+    given, _ = counting_sampler(clock)
+    assert not BpfMetricsPlugin(mp, sampler=given).samples_on_collection
+    with pytest.raises(ValueError, match="sample_on_collection"):
+        BpfMetricsPlugin(mp, options=by_name, sample_on_collection=True)
+    mp.shutdown()
+
+
+async def test_stats_back_on_at_a_collection_and_its_pass_has_no_period() -> None:
+    clock = Clock()
+    sampler, _ = counting_sampler(clock)
+    holder = Holder()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(
+        mp,
+        sampler=sampler,
+        stats_holder=holder,
+        sample_on_collection=True,
+        collection_interval=0.1,
+        idle_collections=1,
+    )
+    with anyio.fail_after(20):
+        async with plugin:
+            clock.now += 1.0
+            reader.get_metrics_data()
+            before = sampler.latest
+            assert before is not None and before.elapsed is not None
+            # No collection for longer than 1 x max(0.1 s, interval 1 s): stats go off.
+            assert await eventually(lambda: holder.count == 0, within=10.0)
+            clock.now += 1.0
+            reader.get_metrics_data()
+            # Back on within the collection itself, before its pass.
+            assert holder.count == 1 and plugin.stats_held
+            after = sampler.latest
+            assert after is not None and after.seq == before.seq + 1
+            (sample,) = after.programs
+            assert after.elapsed is None and sample.events_per_sec is None
+            clock.now += 1.0
+            reader.get_metrics_data()
+            latest = sampler.latest
+            assert latest is not None and latest.elapsed is not None
+    assert holder.events == ["on", "off", "on", "off"]
+    mp.shutdown()
