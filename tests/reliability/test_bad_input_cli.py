@@ -34,6 +34,7 @@ MORE_FLAGS = [
     (["--demo=1"], "--demo"),
     (["--ascii=x"], "--ascii"),
     (["--owners=yes"], "--owners"),
+    (["--derived-gauges=on"], "--derived-gauges"),
     (["--json=1"], "--json"),
     (["--live=1"], "--live"),
     (["--version=2"], "--version"),
