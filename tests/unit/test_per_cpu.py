@@ -199,3 +199,12 @@ def test_per_cpu_option_reaches_the_source_options() -> None:
     assert _source_options(config, MetricsOptions()).per_cpu
     plain = resolve(parse_args(["--json"]), {})
     assert not plain.per_cpu and not _source_options(plain, MetricsOptions()).per_cpu
+
+
+def test_too_many_cpus_for_a_per_cpu_record_is_refused_before_loading() -> None:
+    from otel_bpf.kernel.errors import BpfUnsupportedError
+    from otel_bpf.kernel.iterator.progs import ProgIterator, ProgIterLayout
+
+    layout = ProgIterLayout(*range(17))  # never assembled: refused first
+    with pytest.raises(BpfUnsupportedError, match="1364 possible CPUs"):
+        ProgIterator(layout, range(1364), per_cpu=True)

@@ -233,6 +233,11 @@ class ProgIterLayout:
         return "rdonly_cast" if self.rdonly_cast_id else "probe_read"
 
 
+# bpf_seq_read() fills at most PAGE_SIZE << 3 bytes per read() and fails one object larger
+# than that with E2BIG (4 KiB pages assumed: the smallest).
+_SEQ_OBJECT_MAX = 4096 << 3
+
+
 def record_size(ncpus: int = 0) -> int:
     """Bytes per program: the record, and its per-CPU block for ``ncpus`` CPUs (0: none)."""
     return RECORD.size + PER_CPU.size * ncpus
@@ -399,6 +404,12 @@ class ProgIterator(OwnedFds):
         self.per_cpu = per_cpu
         self.ncpus = len(self.cpus) if per_cpu else 0
         """CPUs in each record's per-CPU block (0 without one)."""
+        if record_size(self.ncpus) > _SEQ_OBJECT_MAX:
+            raise BpfUnsupportedError(
+                errno.E2BIG,
+                f"{len(self.cpus)} possible CPUs: a per-CPU record of "
+                f"{record_size(self.ncpus)} bytes exceeds the iterator's {_SEQ_OBJECT_MAX}",
+            )
         super().__init__()
         try:
             state = self._keep(
