@@ -14,6 +14,7 @@ from otel_bpf.cli.args import parse_args
 from otel_bpf.cli.config import resolve
 from otel_bpf.kernel.iterator.merge import PassMerger
 from otel_bpf.kernel.iterator.progs import PER_CPU, RECORD, PassColumns, decode, record_size
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import CpuCounters, ProgramRecord, StatsState
 from otel_bpf.snapshot import build_snapshot
 
@@ -208,3 +209,21 @@ def test_too_many_cpus_for_a_per_cpu_record_is_refused_before_loading() -> None:
     layout = ProgIterLayout(*range(17))  # never assembled: refused first
     with pytest.raises(BpfUnsupportedError, match="1364 possible CPUs"):
         ProgIterator(layout, range(1364), per_cpu=True)
+
+
+def test_auto_without_the_iterator_refuses_per_cpu_instead_of_falling_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from otel_bpf.kernel import open_source as module
+    from otel_bpf.kernel.errors import BpfUnsupportedError
+    from otel_bpf.kernel.iterator.selfcheck import IteratorUnavailableError
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise IteratorUnavailableError(95, "iter/bpf_prog could not be loaded: no BTF")
+
+    monkeypatch.setattr(module, "open_iterator_source", unavailable)
+    with pytest.raises(BpfUnsupportedError, match="iterator sampling path") as info:
+        module.open_source("auto", SourceOptions(per_cpu=True))
+    assert "no BTF" in str(info.value)
+    with pytest.raises(BpfUnsupportedError, match="iterator sampling path"):
+        module.open_source("syscall", SourceOptions(per_cpu=True))
