@@ -7,6 +7,7 @@ different program behind a reused id) starts a fresh series instead of yielding 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from otel_bpf.records import ProgramRecord
@@ -95,3 +96,44 @@ def cpu_utilization(
     if pct is None or online_cpus <= 0:
         return None
     return pct / 100.0 / online_cpus
+
+
+def cpu_deltas(prev: ProgramRecord | None, cur: ProgramRecord) -> dict[int, tuple[int, int]] | None:
+    """Per CPU, the runs and run time (ns) of the period, by CPU number; None on a first
+    reading, for another program behind a reused id, when either reading has no per-CPU
+    counters, when the CPUs differ, or when a CPU's counters went backwards (the same rules
+    as the totals')."""
+    if cur.per_cpu is None or prev is None or prev.per_cpu is None or not comparable(prev, cur):
+        return None
+    before = {c.cpu: c for c in prev.per_cpu}
+    deltas = {}
+    for now in cur.per_cpu:
+        then = before.get(now.cpu)
+        if then is None:
+            return None
+        runs, ns = now.run_cnt - then.run_cnt, now.run_time_ns - then.run_time_ns
+        if runs < 0 or ns < 0:
+            return None
+        deltas[now.cpu] = (runs, ns)
+    return deltas
+
+
+def cpu_share(run_time_ns: int, dt: float | None) -> float | None:
+    """The fraction of one CPU's time (0..1) that ``run_time_ns`` of run time took in a
+    period of ``dt`` seconds."""
+    if dt is None or dt <= 0:
+        return None
+    return run_time_ns / (dt * 1e9)
+
+
+def cpu_imbalance(shares: Sequence[float | None]) -> float | None:
+    """How unevenly a program loads the CPUs: its largest per-CPU share over the mean share
+    across all of them (1 = even, N = all on one of N CPUs); None when a share is unknown or
+    nothing ran."""
+    if not shares or any(share is None for share in shares):
+        return None
+    known = [share for share in shares if share is not None]
+    mean = sum(known) / len(known)
+    if mean <= 0:
+        return None
+    return max(known) / mean

@@ -7,6 +7,7 @@ These are the pure core's vocabulary.  The kernel boundary builds them; everythi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,16 @@ class MapRecord:
     max_entries: int
     memlock_bytes: int | None
     """``memlock`` from the map fd's fdinfo; None where the kernel does not report it."""
+
+
+class CpuCounters(NamedTuple):
+    """One program's counters on one CPU (the iterator path's per-CPU figures)."""
+
+    cpu: int
+    """The logical CPU number (one of the host's possible CPUs)."""
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,9 @@ class ProgramRecord:
     """Processes holding the program; ``()`` for none, None when owners were not looked up."""
     maps: tuple[MapRecord, ...] | None = None
     """The maps in ``map_ids``; None when maps were not looked up."""
+    per_cpu: tuple[CpuCounters, ...] | None = None
+    """The counters on each possible CPU, in CPU order (they sum to the three totals); None
+    unless asked for (``SourceOptions.per_cpu``, iterator path only)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,22 @@ from otel_bpf.records import ProgramRecord, StatsState
 
 
 @dataclass(frozen=True, slots=True)
+class CpuSample:
+    """A program's counters on one CPU and its figures there over the period (None where the
+    totals' figures would be None: a first sample, a reused id)."""
+
+    cpu: int
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+    events_per_sec: float | None
+    period_avg_runtime_ns: float | None
+    """Mean ns per run on this CPU; None also when it ran nothing here."""
+    cpu_utilization: float | None
+    """The share of this CPU's time the program took, 0..1."""
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramSample:
     """A program's reading plus the figures derived against the previous pass."""
 
@@ -21,6 +37,11 @@ class ProgramSample:
     """Percent of ONE core (can exceed 100 on a multi-core host)."""
     cpu_utilization: float | None
     """Fraction of all online CPUs, 0..1."""
+    per_cpu: tuple[CpuSample, ...] | None = None
+    """Per possible CPU, when the record has per-CPU counters; else None."""
+    cpu_imbalance: float | None = None
+    """The largest per-CPU share of time over the mean share across the CPUs (1 = even);
+    None without per-CPU counters, on a first sample, or when nothing ran."""
 
     @property
     def id(self) -> int:
@@ -32,6 +53,11 @@ def derive(
     prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None, online_cpus: int
 ) -> ProgramSample:
     """The sample for ``cur`` given the previous reading of the same program (if any)."""
+    if cur.per_cpu is not None:
+        per_cpu = derive_per_cpu(prev, cur, dt)
+        imbalance = figures.cpu_imbalance([c.cpu_utilization for c in per_cpu])
+    else:
+        per_cpu, imbalance = None, None
     return ProgramSample(
         program=cur,
         period_avg_runtime_ns=figures.period_avg_runtime_ns(prev, cur),
@@ -39,7 +65,30 @@ def derive(
         events_per_sec=figures.events_per_sec(prev, cur, dt),
         cpu_percent=figures.cpu_percent(prev, cur, dt),
         cpu_utilization=figures.cpu_utilization(prev, cur, dt, online_cpus),
+        per_cpu=per_cpu,
+        cpu_imbalance=imbalance,
     )
+
+
+def derive_per_cpu(
+    prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None
+) -> tuple[CpuSample, ...]:
+    """The per-CPU samples of ``cur`` (which has per-CPU counters)."""
+    assert cur.per_cpu is not None
+    deltas = figures.cpu_deltas(prev, cur)
+    if dt is None or dt <= 0:
+        deltas = None
+    out = []
+    for c in cur.per_cpu:
+        if deltas is None:
+            rate = avg = share = None
+        else:
+            runs, ns = deltas[c.cpu]
+            rate = runs / dt if dt else None
+            avg = ns / runs if runs else None
+            share = figures.cpu_share(ns, dt)
+        out.append(CpuSample(c.cpu, c.run_time_ns, c.run_cnt, c.recursion_misses, rate, avg, share))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

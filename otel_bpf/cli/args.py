@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         "agrees with the syscall path at start-up, else syscall (default: auto)",
     )
     mode.add_argument(
+        "--per-cpu",
+        action="store_true",
+        help="read each program's counters on every possible CPU (the `per_cpu` key of "
+        "--json); needs the iterator sampling path (default: off)",
+    )
+    mode.add_argument(
         "--owners",
         action="store_true",
         help="look up which processes hold each program (reads /proc; default: off)",
@@ -304,4 +310,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ns = parser.parse_args(argv)
     if ns.live and ns.json:
         parser.error("--json cannot be combined with --live (both write to the terminal)")
+    if ns.per_cpu and ns.sampling_path == "syscall":
+        parser.error(
+            "--per-cpu needs --sampling-path iterator or auto: only the iterator path "
+            "(iter/bpf_prog) sees per-CPU counters, the syscall path reads totals"
+        )
     return ns

@@ -90,6 +90,8 @@ class Config:
     None: no exemplars (observable instruments have none to give)."""
     derived_gauges: bool = False
     """``--derived-gauges``: export the period gauges besides the counters."""
+    per_cpu: bool = False
+    """``--per-cpu``: read per-CPU counters (the iterator path only)."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -389,4 +391,5 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         resource_attributes=_resource_attributes(env),
         exemplar_filter=exemplar_filter,
         derived_gauges=bool(ns.derived_gauges),
+        per_cpu=bool(ns.per_cpu),
     )

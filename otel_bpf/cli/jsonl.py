@@ -42,6 +42,7 @@ FIELDS: tuple[str, ...] = (
     "cpu_percent",
     "cpu_utilization",
     "owners",
+    "per_cpu",
 )
 """Every key of every object, in output order (the schema; add fields only at the end)."""
 
@@ -65,6 +66,22 @@ def _owners(owners: tuple[Owner, ...] | None) -> list[dict[str, object]] | None:
     return [{"pid": owner.pid, "comm": owner.comm, "via": list(owner.via)} for owner in owners]
 
 
+def _per_cpu(sample: ProgramSample) -> list[dict[str, object]] | None:
+    if sample.per_cpu is None:
+        return None
+    return [
+        {
+            "cpu": c.cpu,
+            "run_cnt": c.run_cnt,
+            "run_time_ns": c.run_time_ns,
+            "recursion_misses": c.recursion_misses,
+            "events_per_sec": _figure(c.events_per_sec),
+            "cpu_utilization": _figure(c.cpu_utilization),
+        }
+        for c in sample.per_cpu
+    ]
+
+
 TICK_KEYS: dict[str, tuple[str, Callable[[Any], object] | None]] = {
     "timestamp": ("wall_time", rfc3339),
     "seq": ("seq", None),
@@ -79,6 +96,12 @@ RECORD_CONVERSIONS: dict[str, Callable[[Any], object]] = {
 }
 """The :class:`ProgramRecord` fields written otherwise than as they are; every other emitted
 field keeps its name and value."""
+
+SAMPLE_WRITTEN: dict[str, Callable[[Any], object]] = {
+    "per_cpu": _per_cpu,
+}
+"""The :class:`ProgramRecord` fields written from the whole sample: the record's counters
+with the sample's figures next to them."""
 
 RECORD_EXCLUDED: dict[str, str] = {
     "type_id": "`type` names it",
@@ -117,6 +140,9 @@ def derive_sample_object(
         if key in TICK_KEYS:
             attr, convert = TICK_KEYS[key]
             value = f"snapshot.{attr}"
+        elif key in SAMPLE_WRITTEN and key in record_names:
+            convert = SAMPLE_WRITTEN[key]
+            value = "sample"
         elif key in record_names:
             convert = RECORD_CONVERSIONS.get(key)
             value = f"prog.{key}"

@@ -6,13 +6,20 @@ which only know the interface in :mod:`otel_bpf.kernel.source`.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 
-from otel_bpf.kernel.errors import BpfPermissionError
+from otel_bpf.kernel.errors import BpfPermissionError, BpfUnsupportedError
 from otel_bpf.kernel.iterator.selfcheck import IteratorUnavailableError, open_iterator_source
 from otel_bpf.kernel.programs import SyscallSource
-from otel_bpf.kernel.source import MODES, Mode, ProgramSource, SourceOptions
+from otel_bpf.kernel.source import (
+    MODES,
+    PER_CPU_NEEDS_ITERATOR,
+    Mode,
+    ProgramSource,
+    SourceOptions,
+)
 
 __all__ = ["open_source"]
 
@@ -49,6 +56,10 @@ def open_source(
         if mode == "iterator":
             raise
         reason = err.strerror or str(err)
+        if options.per_cpu:
+            raise BpfUnsupportedError(
+                errno.EOPNOTSUPP, f"{PER_CPU_NEEDS_ITERATOR}; the iterator is unavailable: {reason}"
+            ) from err
         # Without the privileges to load it, the syscall path lacks them too (both need
         # CAP_SYS_ADMIN here): its first pass reports that, once, in its own words.
         denied = isinstance(err.__cause__, (BpfPermissionError, PermissionError))

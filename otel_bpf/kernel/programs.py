@@ -32,11 +32,16 @@ from typing import Any
 from otel_bpf.kernel._uapi import BPF_OBJ_NAME_LEN, Cmd, GetIdAttr, InfoByFdAttr, ProgInfo
 from otel_bpf.kernel.btf import BtfFormatError, program_btf_name
 from otel_bpf.kernel.decorate import Decorator
-from otel_bpf.kernel.errors import BpfError, BpfPermissionError
+from otel_bpf.kernel.errors import BpfError, BpfPermissionError, BpfUnsupportedError
 from otel_bpf.kernel.fdinfo import memlock_of_fd
 from otel_bpf.kernel.prog_types import PROG_TYPE_NAMES
 from otel_bpf.kernel.record_builder import program_record
-from otel_bpf.kernel.source import ReadResult, SamplingPath, SourceOptions
+from otel_bpf.kernel.source import (
+    PER_CPU_NEEDS_ITERATOR,
+    ReadResult,
+    SamplingPath,
+    SourceOptions,
+)
 from otel_bpf.kernel.syscall import bpf, command_error, prepared, raw_bpf
 from otel_bpf.kernel.system import boot_time_offset
 from otel_bpf.records import ProgramRecord
@@ -174,6 +179,12 @@ def _record(
 _NOT_READ = -1
 
 
+def _refuse_per_cpu(options: SourceOptions) -> None:
+    # BPF_OBJ_GET_INFO_BY_FD sums the per-CPU counters in the kernel (bpf_prog_get_stats()).
+    if options.per_cpu:
+        raise BpfUnsupportedError(errno.EOPNOTSUPP, PER_CPU_NEEDS_ITERATOR)
+
+
 class SyscallSource:
     """The syscall path: a :class:`~otel_bpf.kernel.source.ProgramSource` that asks the kernel
     about each program in turn, keeping its buffers and static facts between passes.
@@ -190,6 +201,7 @@ class SyscallSource:
         self, options: SourceOptions | None = None, *, decorator: Decorator | None = None
     ) -> None:
         self._options = options or SourceOptions()
+        _refuse_per_cpu(self._options)
         self._decorator = decorator or Decorator()
         self._lock = threading.Lock()
         self._info = ProgInfo()
@@ -209,6 +221,7 @@ class SyscallSource:
     def read(self, options: SourceOptions | None = None) -> ReadResult:
         """One pass: every program's record, sorted by id, plus per-program errors."""
         options = options or self._options
+        _refuse_per_cpu(options)
         with self._lock:
             started = time.monotonic()
             records, errors = self._pass(options.memlock)

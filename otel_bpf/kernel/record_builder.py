@@ -36,12 +36,14 @@ __all__ = [
     "static_fields",
     "update_counters",
     "with_counters",
+    "with_per_cpu",
 ]
 
 _COUNTERS = ("run_time_ns", "run_cnt", "recursion_misses")
 """The fields a pass changes; the others stay as they were read for a program's first pass."""
 _EXTRAS = ("owners", "maps")
-"""The fields :class:`RecordExtras` adds, last in the record (they have defaults)."""
+"""The fields :class:`RecordExtras` adds, last in the record but for ``per_cpu`` (they have
+defaults)."""
 
 
 class _UnfrozenProgramRecord(ProgramRecord):
@@ -129,7 +131,7 @@ def update_counters(records, statics, run_times, run_counts, recursion_misses):
 
 _FIELDS = record_fields(ProgramRecord)
 _STATIC_FIELDS = tuple(f for f in _FIELDS if f not in _COUNTERS)
-assert _FIELDS[-len(_EXTRAS) :] == _EXTRAS, "owners and maps must stay the last fields"
+assert _FIELDS[-3:] == (*_EXTRAS, "per_cpu"), "owners, maps, per_cpu must stay the last fields"
 
 static_fields: Callable[[ProgramRecord], tuple[Any, ...]] = attrgetter(*_STATIC_FIELDS)
 """A record's fields other than the three counters, as the tuple :func:`update_counters`
@@ -161,8 +163,31 @@ program_record, with_counters, update_counters = derive_builders(
     ProgramRecord, _UnfrozenProgramRecord
 )
 
-_BASE_FIELDS = attrgetter(*_FIELDS[: -len(_EXTRAS)])
-"""A record's fields before ``owners`` and ``maps``, as a tuple."""
+_BEFORE_PER_CPU = attrgetter(*_FIELDS[:-1])
+
+
+def with_per_cpu(
+    records: list[ProgramRecord],
+    bases: list[ProgramRecord],
+    per_cpu: Iterable[tuple[Any, ...] | None],
+) -> list[ProgramRecord]:
+    """``records`` with ``per_cpu`` set (None: the record is kept as it is).  A record that
+    is not its base was just built by :func:`update_counters` and is seen by nobody yet, so
+    it takes the field in place; a base (shared with last pass's snapshot) is copied."""
+    out = []
+    for record, base, cpus in zip(records, bases, per_cpu, strict=True):
+        if cpus is None:
+            out.append(record)
+        elif record is base:
+            out.append(program_record(*_BEFORE_PER_CPU(record), cpus))
+        else:
+            object.__setattr__(record, "per_cpu", cpus)
+            out.append(record)
+    return out
+
+
+_BASE_FIELDS = attrgetter(*_FIELDS[:-3])
+"""A record's fields before ``owners``, ``maps`` and ``per_cpu``, as a tuple."""
 
 
 _Attached = tuple[
@@ -200,7 +225,7 @@ class RecordExtras:
             if prior is not None and prior[0] is r and prior[1] == own and prior[2] == used:
                 full = prior[3]
             else:
-                full = program_record(*_BASE_FIELDS(r), own, used)
+                full = program_record(*_BASE_FIELDS(r), own, used, r.per_cpu)
             last[r.id] = (r, own, used, full)
             out.append(full)
         self._last = last

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODES",
+    "PER_CPU_NEEDS_ITERATOR",
     "Mode",
     "ProgramSource",
     "ReadResult",
@@ -47,6 +48,16 @@ class SourceOptions:
     """Each program's locked memory from fdinfo (``ProgramRecord.memlock_bytes``)."""
     include_self: bool = False
     """The iterator path's own programs too (the self-check compares them)."""
+    per_cpu: bool = False
+    """Each program's counters on every possible CPU (``ProgramRecord.per_cpu``).  Only the
+    iterator path can read them: the syscall path refuses with :data:`PER_CPU_NEEDS_ITERATOR`."""
+
+
+PER_CPU_NEEDS_ITERATOR = (
+    "per-CPU figures need the iterator sampling path (iter/bpf_prog): "
+    "the syscall path (BPF_OBJ_GET_INFO_BY_FD) reports only each program's totals"
+)
+"""Why the syscall path refuses ``SourceOptions(per_cpu=True)``."""
 
 
 @dataclass(frozen=True)

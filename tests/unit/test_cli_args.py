@@ -107,6 +107,7 @@ def test_exporter_list(text: str, expected: tuple[str, ...]) -> None:
         (["--name", "a\x1bb"], "control characters"),
         (["--log-level", "loud"], "invalid choice"),
         (["--live", "--json"], "cannot be combined with --live"),
+        (["--json", "--per-cpu", "--sampling-path", "syscall"], "only the iterator path"),
         (["--bogus"], "unrecognized arguments"),
         (["--int", "2"], "unrecognized arguments"),
     ],

@@ -58,3 +58,13 @@ def test_programs_seen_by_one_syscall_reading_only_are_ignored() -> None:
 def test_decode_records() -> None:
     data = RECORD.pack(7, 1, b"abc\0\0garbage", 5, 100, 2, 1) + b"\0" * 10  # torn tail
     assert decode(data) == [ProgRecordRaw(7, 1, "abc", 5, 100, 2, 1)]
+
+
+def test_per_cpu_counters_must_sum_to_the_totals() -> None:
+    from otel_bpf.records import CpuCounters
+
+    a = [rec(1, cnt=10, ns=1000)]
+    good = [replace(a[0], per_cpu=(CpuCounters(0, 600, 6, 0), CpuCounters(1, 400, 4, 0)))]
+    assert compare(a, [raw(a[0])], good, a) == []
+    bad = [replace(a[0], per_cpu=(CpuCounters(0, 600, 6, 0), CpuCounters(1, 300, 4, 0)))]
+    assert compare(a, [raw(a[0])], bad, a) == ["program 1: per-CPU sums (10, 900, 0) != its totals"]

@@ -16,7 +16,7 @@ whose counters did not move and copies the others with their new counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from operator import lt
@@ -25,9 +25,9 @@ from typing import Any
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
 from otel_bpf.kernel.iterator.progs import PassColumns
 from otel_bpf.kernel.programs import read_one
-from otel_bpf.kernel.record_builder import static_fields, update_counters
+from otel_bpf.kernel.record_builder import static_fields, update_counters, with_per_cpu
 from otel_bpf.kernel.system import boot_time_offset
-from otel_bpf.records import ProgramRecord
+from otel_bpf.records import CpuCounters, ProgramRecord
 
 ReadStatic = Callable[..., ProgramRecord]
 """``read_static(prog_id, *, boot_offset=...)``: a program's record read through syscalls."""
@@ -43,6 +43,7 @@ class _LastPass:
     records: list[ProgramRecord]
     statics: list[tuple[Any, ...]]  # static_fields() of each record
     memlock: bool
+    cpus: tuple[int, ...] | None  # the per-CPU block's CPUs, None without one
 
 
 class PassMerger:
@@ -70,32 +71,41 @@ class PassMerger:
         return frozenset(self._static)
 
     def merge(
-        self, data: bytes, memlock: bool, skip: frozenset[int] = frozenset()
+        self,
+        data: bytes,
+        memlock: bool,
+        skip: frozenset[int] = frozenset(),
+        cpus: Sequence[int] | None = None,
     ) -> tuple[list[ProgramRecord], list[str]]:
         """The records of pass ``data`` (sorted by id) and per-program errors; ``skip``: ids
-        left out (the source's own programs)."""
+        left out (the source's own programs); ``cpus``: the CPUs of each record's per-CPU
+        block (the per-CPU variant's pass; None for the default one)."""
         # Runs every pass: per program, only the counters become Python objects, and a record
         # only for a program that ran.  ``skip``: ids left out (the source's own programs).
-        columns = PassColumns(data)
+        cpu_list = None if cpus is None else tuple(cpus)
+        columns = PassColumns(data, 0 if cpu_list is None else len(cpu_list))
         own_rows = columns.rows_of(skip)
         errors: list[str] = []
         last = self._last
         if (
             last is not None
             and last.memlock == memlock
+            and last.cpus == cpu_list
             and last.dropped == own_rows
             and columns.same_programs(last.columns)
         ):
             # The same programs as last pass, in id order: row for row, last pass's records.
             bases, statics, dropped, in_order = last.records, last.statics, own_rows, True
         else:
-            bases, dropped, errors = self._bases_after_change(columns, own_rows, memlock)
+            bases, dropped, errors = self._bases_after_change(columns, own_rows, memlock, cpu_list)
             statics = list(map(static_fields, bases))
             ids = columns.ids.tolist()
             in_order = all(map(lt, ids, islice(ids, 1, None)))
         records = update_counters(bases, statics, *columns.counters(dropped))
+        if cpu_list is not None:
+            records = _with_per_cpu(records, bases, columns, dropped, cpu_list)
         if in_order:
-            self._last = _LastPass(columns, dropped, records, statics, memlock)
+            self._last = _LastPass(columns, dropped, records, statics, memlock, cpu_list)
         else:
             # The kernel walks its idr in id order; should that ever change, records are
             # sorted here and every pass looks programs up by id.
@@ -104,13 +114,17 @@ class PassMerger:
         return records, errors
 
     def _bases_after_change(
-        self, columns: PassColumns, own_rows: list[int], memlock: bool
+        self,
+        columns: PassColumns,
+        own_rows: list[int],
+        memlock: bool,
+        cpus: tuple[int, ...] | None,
     ) -> tuple[list[ProgramRecord], list[int], list[str]]:
         """Each program's record to update, looked up by id: last pass's record, or the
         static one (read now for a program not seen before); the rows left out."""
         last = self._last
         previous: dict[int, ProgramRecord] = {}
-        if last is not None and last.memlock == memlock:
+        if last is not None and last.memlock == memlock and last.cpus == cpus:
             left_out = set(last.dropped)
             ids = (i for row, i in enumerate(last.columns.ids.tolist()) if row not in left_out)
             previous = dict(zip(ids, last.records, strict=True))
@@ -147,6 +161,33 @@ class PassMerger:
             bases.append(base)
         self._static = static  # forget programs that are gone
         return bases, dropped, errors
+
+
+def _with_per_cpu(
+    records: list[ProgramRecord],
+    bases: list[ProgramRecord],
+    columns: PassColumns,
+    dropped: list[int],
+    cpus: tuple[int, ...],
+) -> list[ProgramRecord]:
+    """``records`` with their per-CPU counters.  A record update_counters kept as it was
+    (its totals did not move) keeps its per-CPU tuple too, once it has one: a CPU's counters
+    only grow, so equal sums mean equal parts."""
+    left_out = set(dropped)
+    rows = (row for row in range(len(columns)) if row not in left_out)
+    per_cpu: list[tuple[CpuCounters, ...] | None] = []
+    for record, base, row in zip(records, bases, rows, strict=True):
+        if record is base and record.per_cpu is not None:
+            per_cpu.append(None)  # kept
+            continue
+        block = columns.per_cpu(row)
+        per_cpu.append(
+            tuple(
+                CpuCounters(cpu, block[i + 1], block[i], block[i + 2])
+                for cpu, i in zip(cpus, range(0, 3 * len(cpus), 3), strict=True)
+            )
+        )
+    return with_per_cpu(records, bases, per_cpu)
 
 
 def _by_id(record: ProgramRecord) -> int:

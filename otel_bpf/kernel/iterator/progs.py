@@ -19,7 +19,13 @@ without ``percpu`` BTF tags):
   ``bpf_probe_read_kernel`` per CPU (about 30 ns per CPU per program more).
 
 One 56-byte record per program: ``u32 id, u32 type, char name[16], u64 load_time,
-u64 run_time_ns, u64 run_cnt, u64 recursion_misses``.
+u64 run_time_ns, u64 run_cnt, u64 recursion_misses``.  The per-CPU variant (loaded only when
+per-CPU figures are asked for, so the default pass is untouched) follows each record with
+``u64 cnt, nsecs, misses`` for every possible CPU, in ``cpus`` order, from the same loads the
+sums are made of (so the sums are exactly those of the per-CPU values).  The block is
+gathered in the state map's value (the 512-byte stack holds only ~20 CPUs' worth) and written
+with a second ``bpf_seq_write``: an object that overflows the seq buffer is rolled back
+whole by ``bpf_seq_read()``, so a record and its block are never split.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ _STATS = -128  # one CPU's bpf_prog_stats (probe_read variant), 32 bytes
 # The record seen as u64 words: [id | type << 32, name, name, load_time, run_time_ns, run_cnt,
 # recursion_misses]; the id is u32 number 0 of the record.
 _WORDS = RECORD.size // 8
+PER_CPU = struct.Struct("=QQQ")
+"""One CPU's ``cnt, nsecs, misses`` in the per-CPU variant's block."""
 _LOAD_TIME_WORD, _RUN_TIME_WORD, _RUN_CNT_WORD, _MISSES_WORD = 3, 4, 5, 6
 assert RECORD.size % 8 == 0 and struct.calcsize("=II16s") == _LOAD_TIME_WORD * 8
 
@@ -75,16 +83,34 @@ class PassColumns:
     object per program.  A torn tail, which the kernel never writes, is ignored.
     """
 
-    __slots__ = ("ids", "load_times", "run_times", "run_counts", "recursion_misses")
+    __slots__ = (
+        "ids",
+        "load_times",
+        "run_times",
+        "run_counts",
+        "recursion_misses",
+        "_words",
+        "ncpus",
+    )
 
-    def __init__(self, data: bytes) -> None:
-        view = memoryview(data)[: len(data) - len(data) % RECORD.size]
+    def __init__(self, data: bytes, ncpus: int = 0) -> None:
+        """``ncpus``: the number of CPUs in each record's per-CPU block (0: none)."""
+        size = record_size(ncpus)
+        stride = size // 8
+        view = memoryview(data)[: len(data) - len(data) % size]
         words = view.cast("Q")
-        self.ids = view.cast("I")[:: _WORDS * 2]
-        self.load_times = words[_LOAD_TIME_WORD::_WORDS]
-        self.run_times = words[_RUN_TIME_WORD::_WORDS]
-        self.run_counts = words[_RUN_CNT_WORD::_WORDS]
-        self.recursion_misses = words[_MISSES_WORD::_WORDS]
+        self.ncpus = ncpus
+        self._words = words
+        self.ids = view.cast("I")[:: stride * 2]
+        self.load_times = words[_LOAD_TIME_WORD::stride]
+        self.run_times = words[_RUN_TIME_WORD::stride]
+        self.run_counts = words[_RUN_CNT_WORD::stride]
+        self.recursion_misses = words[_MISSES_WORD::stride]
+
+    def per_cpu(self, row: int) -> list[int]:
+        """Row ``row``'s per-CPU block as ``[cnt, nsecs, misses] * ncpus``."""
+        start = (row * (_WORDS + 3 * self.ncpus)) + _WORDS
+        return self._words[start : start + 3 * self.ncpus].tolist()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -207,6 +233,21 @@ class ProgIterLayout:
         return "rdonly_cast" if self.rdonly_cast_id else "probe_read"
 
 
+# bpf_seq_read() fills at most PAGE_SIZE << 3 bytes per read() and fails one object larger
+# than that with E2BIG (4 KiB pages assumed: the smallest).
+_SEQ_OBJECT_MAX = 4096 << 3
+
+
+def record_size(ncpus: int = 0) -> int:
+    """Bytes per program: the record, and its per-CPU block for ``ncpus`` CPUs (0: none)."""
+    return RECORD.size + PER_CPU.size * ncpus
+
+
+def state_size(ncpus: int, per_cpu: bool) -> int:
+    """The state map's value: a ready flag, each CPU's offset, the per-CPU block if any."""
+    return 8 + 8 * ncpus + (PER_CPU.size * ncpus if per_cpu else 0)
+
+
 def _exit_if(b: Builder, op: str, reg: int, imm: int) -> None:
     """``if (reg op imm) return 0`` inline: a jump to one shared exit would grow with the
     unrolled per-CPU code and hit the 16-bit jump offset on hosts with many CPUs."""
@@ -221,10 +262,18 @@ def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
 
 
 def build_program(
-    layout: ProgIterLayout, cpus: Sequence[int], state_fd: int, pcpu_fd: int
+    layout: ProgIterLayout,
+    cpus: Sequence[int],
+    state_fd: int,
+    pcpu_fd: int,
+    *,
+    per_cpu: bool = False,
 ) -> list[asm.Insn]:
-    """The iterator program for ``cpus``, using the two maps' fds."""
+    """The iterator program for ``cpus``, using the two maps' fds; ``per_cpu`` appends each
+    CPU's counters to every record (the state map then has :func:`state_size` room)."""
     lay = layout
+    block = 8 + 8 * len(cpus)  # the per-CPU block's offset in the state value
+    no_stats = "zero" if per_cpu else "write"
     b = Builder()
     # R6 = ctx, R7 = prog (NULL on the final call), R8 = &state.
     b.emit(asm.mov64_reg(R6, R1))
@@ -273,9 +322,9 @@ def build_program(
     b.emit(asm.mov64_reg(R3, R7), asm.alu64_imm("add", R3, lay.prog_stats))
     _probe_read(b, _SCRATCH, 8)
     b.emit(asm.mov64_imm(R9, 0), asm.mov64_imm(R7, 0))
-    b.jmp_imm("jne", R0, 0, "write")
+    b.jmp_imm("jne", R0, 0, no_stats)
     b.emit(asm.ldx_mem(8, R6, R10, _SCRATCH))
-    b.jmp_imm("jeq", R6, 0, "write")
+    b.jmp_imm("jeq", R6, 0, no_stats)
     span = max(lay.stats_cnt, lay.stats_nsecs, lay.stats_misses) + 8
     for i in range(len(cpus)):
         b.emit(asm.ldx_mem(8, R3, R8, 8 + 8 * i), asm.alu64_reg("add", R3, R6))
@@ -292,26 +341,47 @@ def build_program(
                 _STATS + lay.stats_misses,
             )
         b.emit(asm.ldx_mem(8, R1, base, nsecs), asm.alu64_reg("add", R9, R1))
+        if per_cpu:
+            b.emit(asm.stx_mem(8, R8, R1, block + PER_CPU.size * i + 8))
         b.emit(asm.ldx_mem(8, R1, base, cnt), asm.alu64_reg("add", R7, R1))
+        if per_cpu:
+            b.emit(asm.stx_mem(8, R8, R1, block + PER_CPU.size * i))
         b.emit(asm.ldx_mem(8, R1, base, misses), asm.ldx_mem(8, R2, R10, _REC + 48))
+        if per_cpu:
+            b.emit(asm.stx_mem(8, R8, R1, block + PER_CPU.size * i + 16))
         b.emit(asm.alu64_reg("add", R2, R1), asm.stx_mem(8, R10, R2, _REC + 48))
+    if per_cpu:
+        # No stats to read: zeros, not the previous program's block.
+        b.ja("write")
+        b.label("zero")
+        for off in range(block, block + PER_CPU.size * len(cpus), 8):
+            b.emit(asm.st_mem(8, R8, off, 0))
 
     b.label("write")
     b.emit(asm.stx_mem(8, R10, R9, _REC + 32), asm.stx_mem(8, R10, R7, _REC + 40))
     b.emit(asm.ldx_mem(8, R1, R10, _META), asm.ldx_mem(8, R1, R1, lay.meta_seq))
     b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
     b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(Helper.SEQ_WRITE))
+    if per_cpu:
+        b.emit(asm.ldx_mem(8, R1, R10, _META), asm.ldx_mem(8, R1, R1, lay.meta_seq))
+        b.emit(asm.mov64_reg(R2, R8), asm.alu64_imm("add", R2, block))
+        b.emit(asm.mov64_imm(R3, PER_CPU.size * len(cpus)), asm.call(Helper.SEQ_WRITE))
     b.emit(asm.mov64_imm(R0, 0), asm.exit_())
     return b.insns()
 
 
-def decode(data: bytes) -> list[ProgRecordRaw]:
-    """Records of one pass (a torn tail, which the kernel never writes, is ignored)."""
-    usable = len(data) - len(data) % RECORD.size
+def decode(data: bytes, ncpus: int = 0) -> list[ProgRecordRaw]:
+    """Records of one pass (a torn tail, which the kernel never writes, is ignored); with
+    ``ncpus``, records of the per-CPU variant (the blocks are skipped: see
+    :meth:`PassColumns.per_cpu`)."""
+    size = record_size(ncpus)
+    usable = len(data) - len(data) % size
     new = ProgRecordRaw
     return [
         new(pid, ptype, name.split(b"\0", 1)[0].decode(errors="replace"), lt, ns, cnt, m)
-        for pid, ptype, name, lt, ns, cnt, m in RECORD.iter_unpack(data[:usable])
+        for pid, ptype, name, lt, ns, cnt, m in (
+            RECORD.unpack_from(data, off) for off in range(0, usable, size)
+        )
     ]
 
 
@@ -322,17 +392,36 @@ class ProgIterator(OwnedFds):
     die with the process).
     """
 
-    def __init__(self, layout: ProgIterLayout, cpus: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        layout: ProgIterLayout,
+        cpus: Sequence[int] | None = None,
+        *,
+        per_cpu: bool = False,
+    ) -> None:
         self.layout = layout
         self.cpus = list(possible_cpus() if cpus is None else cpus)
+        self.per_cpu = per_cpu
+        self.ncpus = len(self.cpus) if per_cpu else 0
+        """CPUs in each record's per-CPU block (0 without one)."""
+        if record_size(self.ncpus) > _SEQ_OBJECT_MAX:
+            raise BpfUnsupportedError(
+                errno.E2BIG,
+                f"{len(self.cpus)} possible CPUs: a per-CPU record of "
+                f"{record_size(self.ncpus)} bytes exceeds the iterator's {_SEQ_OBJECT_MAX}",
+            )
         super().__init__()
         try:
             state = self._keep(
-                create_owned_map(MapType.ARRAY, 4, 8 + 8 * len(self.cpus), 1, "otel_bpf_state")
+                create_owned_map(
+                    MapType.ARRAY, 4, state_size(len(self.cpus), per_cpu), 1, "otel_bpf_state"
+                )
             )
             pcpu = self._keep(create_owned_map(MapType.PERCPU_ARRAY, 4, 8, 1, "otel_bpf_pcpu"))
             try:
-                insns = build_program(layout, self.cpus, state.fileno(), pcpu.fileno())
+                insns = build_program(
+                    layout, self.cpus, state.fileno(), pcpu.fileno(), per_cpu=per_cpu
+                )
             except ValueError as err:  # a jump past 32767 slots: about 1,900 CPUs
                 raise BpfUnsupportedError(
                     errno.E2BIG, f"{len(self.cpus)} possible CPUs: {err}"
@@ -360,4 +449,4 @@ class ProgIterator(OwnedFds):
 
     def read(self) -> list[ProgRecordRaw]:
         """One pass: a record per program loaded right now (this one included)."""
-        return decode(read_iterator(self.link))
+        return decode(read_iterator(self.link), self.ncpus)

@@ -65,6 +65,14 @@ def compare(
             b.run_time_ns,
             b.recursion_misses,
         )
+        if m.per_cpu is not None:
+            sums = (
+                sum(c.run_cnt for c in m.per_cpu),
+                sum(c.run_time_ns for c in m.per_cpu),
+                sum(c.recursion_misses for c in m.per_cpu),
+            )
+            if sums != (m.run_cnt, m.run_time_ns, m.recursion_misses or 0):
+                problems.append(f"program {prog_id}: per-CPU sums {sums} != its totals")
         if steady:
             for what, got, want in (
                 ("run_cnt", r.run_cnt, a.run_cnt),

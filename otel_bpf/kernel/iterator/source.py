@@ -76,7 +76,10 @@ class IteratorSource:
             self._owners_layout = replace(self._owners_layout, **owners_layout_overrides)
         self.layout = layout
         self._lock = threading.Lock()
+        self._cpus = cpus
         self._progs = ProgIterator(layout, cpus)
+        # Loaded on the first per-CPU pass: the default pass keeps its smaller program.
+        self._progs_per_cpu: ProgIterator | None = None
         self._owners_iter: OwnersIterator | None = None
         self._merger = merger or PassMerger()
         self._decorator = Decorator(self._owners_pass)
@@ -98,6 +101,8 @@ class IteratorSource:
     def self_ids(self) -> frozenset[int]:
         """Ids of this source's own iterator programs."""
         ids = {self._progs.prog_id}
+        if self._progs_per_cpu is not None:
+            ids.add(self._progs_per_cpu.prog_id)
         if self._owners_iter is not None:
             ids.add(self._owners_iter.prog_id)
         return frozenset(ids)
@@ -112,6 +117,8 @@ class IteratorSource:
         with self._lock:
             self._closed = True
             self._progs.close()
+            if self._progs_per_cpu is not None:
+                self._progs_per_cpu.close()
             if self._owners_iter is not None:
                 self._owners_iter.close()
 
@@ -134,13 +141,21 @@ class IteratorSource:
         with self._lock:
             if self._closed:
                 raise BpfError(errno.EBADF, "the iterator source is closed")
+            progs = self._per_cpu_locked() if options.per_cpu else self._progs
             skip = frozenset() if options.include_self else self.self_ids
             # The kernel reads every program's counters while the iterator is read.
             started = time.monotonic()
-            raw = self._progs.read_raw()
+            raw = progs.read_raw()
             read_at = (started + time.monotonic()) / 2
-            records, errors = self._merger.merge(raw, options.memlock, skip)
+            records, errors = self._merger.merge(
+                raw, options.memlock, skip, progs.cpus if options.per_cpu else None
+            )
         return ReadResult(self._decorator.decorate(records, errors, options), errors, read_at)
+
+    def _per_cpu_locked(self) -> ProgIterator:
+        if self._progs_per_cpu is None:
+            self._progs_per_cpu = ProgIterator(self.layout, self._cpus, per_cpu=True)
+        return self._progs_per_cpu
 
     def _owners_pass(self) -> dict[int, tuple[Owner, ...]]:
         with self._lock:
