@@ -35,6 +35,7 @@ MORE_FLAGS = [
     (["--ascii=x"], "--ascii"),
     (["--owners=yes"], "--owners"),
     (["--derived-gauges=on"], "--derived-gauges"),
+    (["--per-cpu=1"], "--per-cpu"),
     (["--json=1"], "--json"),
     (["--live=1"], "--live"),
     (["--version=2"], "--version"),
