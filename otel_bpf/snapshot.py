@@ -52,22 +52,27 @@ class ProgramSample:
 def derive(
     prev: ProgramRecord | None, cur: ProgramRecord, dt: float | None, online_cpus: int
 ) -> ProgramSample:
-    """The sample for ``cur`` given the previous reading of the same program (if any)."""
+    """The sample for ``cur`` given the previous reading of the same program (if any).
+
+    The figures are those of :mod:`otel_bpf.figures`, computed with the same expressions
+    but with the readings compared once rather than once per figure: this runs for every
+    program that ran, every pass.
+    """
     if cur.per_cpu is not None:
         per_cpu = derive_per_cpu(prev, cur, dt)
         imbalance = figures.cpu_imbalance([c.cpu_utilization for c in per_cpu])
     else:
         per_cpu, imbalance = None, None
-    return ProgramSample(
-        program=cur,
-        period_avg_runtime_ns=figures.period_avg_runtime_ns(prev, cur),
-        total_avg_runtime_ns=figures.total_avg_runtime_ns(cur),
-        events_per_sec=figures.events_per_sec(prev, cur, dt),
-        cpu_percent=figures.cpu_percent(prev, cur, dt),
-        cpu_utilization=figures.cpu_utilization(prev, cur, dt, online_cpus),
-        per_cpu=per_cpu,
-        cpu_imbalance=imbalance,
-    )
+    total = None if cur.run_cnt == 0 else cur.run_time_ns / cur.run_cnt
+    if prev is None or not figures.comparable(prev, cur):
+        return ProgramSample(cur, None, total, None, None, None, per_cpu, imbalance)
+    runs = cur.run_cnt - prev.run_cnt
+    period = None if runs == 0 else (cur.run_time_ns - prev.run_time_ns) / runs
+    if dt is None or dt <= 0:
+        return ProgramSample(cur, period, total, None, None, None, per_cpu, imbalance)
+    pct = (cur.run_time_ns - prev.run_time_ns) / (dt * 1e9) * 100.0
+    utilization = pct / 100.0 / online_cpus if online_cpus > 0 else None
+    return ProgramSample(cur, period, total, runs / dt, pct, utilization, per_cpu, imbalance)
 
 
 def derive_per_cpu(

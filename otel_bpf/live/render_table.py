@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from otel_bpf.live.context import RenderContext, wrap_items
 from otel_bpf.live.format import fmt_interval, fmt_ns, fmt_percent, fmt_rate
@@ -20,6 +21,8 @@ from otel_bpf.live.state import (
     visible_rows,
 )
 from otel_bpf.live.terminal import Line, Style
+from otel_bpf.live.widths import widest
+from otel_bpf.records import ProgramRecord
 from otel_bpf.snapshot import ProgramSample, Snapshot
 
 LABELS: dict[Column, tuple[str, ...]] = {
@@ -92,79 +95,96 @@ def cell_text(sample: ProgramSample, column: Column) -> str:
     return fmt_percent(sample.cpu_percent)
 
 
-_FIGURE_OF: dict[Column, str] = {
-    Column.PERIOD_AVG: "period_avg_runtime_ns",
-    Column.TOTAL_AVG: "total_avg_runtime_ns",
-    Column.EVENTS: "events_per_sec",
-    Column.CPU: "cpu_percent",
-}
-"""The sample attribute each numeric column shows."""
+TEXT_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if not c.numeric)
+"""The columns whose text comes from the program record (id, type, name, process)."""
+
+FIGURES: tuple[tuple[Column, str, str], ...] = (
+    (Column.PERIOD_AVG, "period_avg_runtime_ns", "ns"),
+    (Column.TOTAL_AVG, "total_avg_runtime_ns", "ns"),
+    (Column.EVENTS, "events_per_sec", "rate"),
+    (Column.CPU, "cpu_percent", "percent"),
+)
+"""Each number column, the sample attribute it shows and its kind (:mod:`widths`)."""
+
+COLUMN_INDEX: dict[Column, int] = {c: i for i, c in enumerate(COLUMNS)}
+_TEXT_AT = tuple(COLUMN_INDEX[c] for c in TEXT_COLUMNS)
+_FIGURE_AT = tuple((COLUMN_INDEX[c], attrgetter(attr), kind) for c, attr, kind in FIGURES)
+_FORMAT = {"ns": fmt_ns, "rate": fmt_rate, "percent": fmt_percent}
 
 
-def _same_text(before: ProgramSample, now: ProgramSample) -> bool:
-    """Whether the text columns (id, type, name, process) of two samples read the same."""
-    a, b = before.program, now.program
-    return a is b or (
-        a.id == b.id and a.type == b.type and a.name == b.name and a.owners == b.owners
+def _same_text(before: ProgramRecord, now: ProgramRecord) -> bool:
+    """Whether the text columns (id, type, name, process) of two records read the same."""
+    return before is now or (
+        before.id == now.id
+        and before.type == now.type
+        and before.name == now.name
+        and before.owners == now.owners
     )
 
 
 class CellCache:
-    """The cell texts of the newest snapshot, kept between frames.
+    """Cell texts and column widths of the newest snapshot, kept between frames.
 
-    Formatting every cell of thousands of programs is most of a frame's cost, and between
-    two samples only the selection, sort or filter change, so the texts are reused while
-    the snapshot object is the same one.  A new snapshot reuses, per program, the row of an
-    unchanged sample, and the texts of the columns whose value did not change: with every
-    program running, only the figures are formatted again, not names and owners.
+    Formatting every cell of thousands of programs to size the columns was most of a
+    frame's cost, and only a page of rows is on screen.  So the figures are formatted only
+    for the rows drawn (:meth:`row`, kept while the snapshot is the same one), and the
+    columns are sized from the figures' extreme values (:func:`widths.widest`, exact).  The
+    text cells (id, type, name, process) and their widths are kept per program while its
+    record reads the same, so names and owners are not formatted again every pass.
     """
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
-        self._samples: dict[int, ProgramSample] = {}
-        self._cells: dict[int, list[str]] = {}
-        self._widths: dict[int, list[int]] = {}
+        # id -> (record, text cells in TEXT_COLUMNS order, their display widths)
+        self._text: dict[int, tuple[ProgramRecord, tuple[str, ...], tuple[int, ...]]] = {}
+        self._rows: dict[int, list[str]] = {}
+        self._widths_of: tuple[Snapshot | None, str] = (None, "")
+        self._widths: list[int] = [1] * len(COLUMNS)
 
-    def cells(self, snapshot: Snapshot) -> dict[int, list[str]]:
-        """Program id -> its cells in :data:`COLUMNS` order."""
-        if snapshot is not self._snapshot:
-            self._update(snapshot)
-        return self._cells
-
-    def _update(self, snapshot: Snapshot) -> None:
-        old_samples, old_cells, old_widths = self._samples, self._cells, self._widths
-        samples: dict[int, ProgramSample] = {}
-        cells: dict[int, list[str]] = {}
-        widths: dict[int, list[int]] = {}
-        for sample in snapshot.programs:
-            prog_id = sample.program.id
-            samples[prog_id] = sample
-            before = old_samples.get(prog_id)
-            if before is sample:
-                cells[prog_id] = old_cells[prog_id]
-                widths[prog_id] = old_widths[prog_id]
-                continue
-            reuse = before is not None and _same_text(before, sample)
-            row: list[str] = []
-            row_widths: list[int] = []
-            for i, column in enumerate(COLUMNS):
-                figure = _FIGURE_OF.get(column)
-                if reuse and (figure is None or getattr(before, figure) == getattr(sample, figure)):
-                    row.append(old_cells[prog_id][i])
-                    row_widths.append(old_widths[prog_id][i])
-                    continue
-                text = cell_text(sample, column)
-                row.append(text)
-                row_widths.append(display_width(text))
-            cells[prog_id] = row
-            widths[prog_id] = row_widths
-        self._samples, self._cells, self._widths = samples, cells, widths
+    def _use(self, snapshot: Snapshot) -> None:
+        if snapshot is self._snapshot:
+            return
         self._snapshot = snapshot
+        self._rows = {}
+        old, text = self._text, {}
+        for sample in snapshot.programs:
+            record = sample.program
+            prior = old.get(record.id)
+            if prior is None or not _same_text(prior[0], record):
+                cells = tuple(cell_text(sample, c) for c in TEXT_COLUMNS)
+                prior = (record, cells, tuple(display_width(t) for t in cells))
+            text[record.id] = prior
+        self._text = text
 
-    def widths(self, snapshot: Snapshot) -> dict[int, list[int]]:
-        """Program id -> the display widths of its cells."""
-        self.cells(snapshot)
-        return self._widths
+    def row(self, snapshot: Snapshot, sample: ProgramSample) -> list[str]:
+        """The cells of one of ``snapshot``'s samples, in :data:`COLUMNS` order."""
+        self._use(snapshot)
+        cells = self._rows.get(sample.id)
+        if cells is None:
+            cells = [""] * len(COLUMNS)
+            for i, text in zip(_TEXT_AT, self._text[sample.id][1], strict=True):
+                cells[i] = text
+            for i, get, kind in _FIGURE_AT:
+                cells[i] = _FORMAT[kind](get(sample))
+            self._rows[sample.id] = cells
+        return cells
+
+    def widths(self, snapshot: Snapshot, rows: Sequence[ProgramSample], key: str) -> list[int]:
+        """The widest cell of each column (:data:`COLUMNS` order) over ``rows``, which are
+        samples of ``snapshot`` chosen by ``key`` (the filter text): the same snapshot and
+        key give the same widths without looking at the rows again."""
+        self._use(snapshot)
+        if self._widths_of[0] is snapshot and self._widths_of[1] == key:
+            return self._widths
+        out = [1] * len(COLUMNS)
+        if rows:
+            text = [self._text[s.id][2] for s in rows]
+            for k, i in enumerate(_TEXT_AT):
+                out[i] = max(t[k] for t in text)
+            for i, get, kind in _FIGURE_AT:
+                out[i] = widest(map(get, rows), kind)
+        self._widths_of, self._widths = (snapshot, key), out
+        return out
 
 
 _cache = CellCache()
@@ -190,18 +210,16 @@ def header_label(column: Column, tier: int, state: ViewState, glyphs: Glyphs) ->
     return label
 
 
-def layout(
-    cell_widths: Sequence[Sequence[int]], width: int, state: ViewState, glyphs: Glyphs
-) -> Layout:
+def layout(content_widths: Sequence[int], width: int, state: ViewState, glyphs: Glyphs) -> Layout:
     """Choose columns and widths for ``width`` terminal columns, given the display width of
-    every cell of every row (in :data:`COLUMNS` order).
+    each column's widest cell (in :data:`COLUMNS` order).
 
     Columns are dropped in :data:`DROP_ORDER` until the rest fit with their shortest
     labels and the text columns at their minimum widths.  Within that set the longest
     labels that leave every cell whole are used (else the shortest), and the room left goes
     to the Name, then the Type, then the Process column.
     """
-    content = {c: max((r[i] for r in cell_widths), default=1) for i, c in enumerate(COLUMNS)}
+    content = dict(zip(COLUMNS, content_widths, strict=True))
     usable = width - len(MARKER)
     gaps = len(GAP)
     for dropped in range(len(DROP_ORDER) + 1):
@@ -351,11 +369,12 @@ def render_table(ctx: RenderContext, state: ViewState) -> tuple[list[Line], View
     page = max(height - len(head) - len(foot) - 2, 1)  # column header + position line
     ids = [s.id for s in rows]
     state = reconcile(state, ids, page)
-    by_id = _cache.cells(ctx.snapshot) if ctx.snapshot is not None else {}
-    widths_by_id = _cache.widths(ctx.snapshot) if ctx.snapshot is not None else {}
-    cells = [by_id[s.id] for s in rows]
-    lay = layout([widths_by_id[s.id] for s in rows], width, state, ctx.glyphs)
-    index_of = {c: i for i, c in enumerate(COLUMNS)}
+    snap = ctx.snapshot
+    content = (
+        _cache.widths(snap, rows, state.filter_text) if snap is not None else [1] * len(COLUMNS)
+    )
+    lay = layout(content, width, state, ctx.glyphs)
+    shown_at = [COLUMN_INDEX[c] for c in lay.columns]
     lines = list(head)
     header = " " * len(MARKER) + format_row(lay.labels, lay)
     lines.append(Line(fit(header, width), Style.HEADER))
@@ -365,7 +384,9 @@ def render_table(ctx: RenderContext, state: ViewState) -> tuple[list[Line], View
         none = "  no programs match the filter" if state.filter_text else "  no programs loaded"
         lines.append(Line(fit(none, width)))
     for i in range(state.scroll, min(state.scroll + page, len(rows))):
-        picked = [cells[i][index_of[c]] for c in lay.columns]
+        assert snap is not None  # rows come from the snapshot
+        cells = _cache.row(snap, rows[i])
+        picked = [cells[k] for k in shown_at]
         selected = rows[i].id == state.selected_id
         text = (MARKER if selected else " " * len(MARKER)) + format_row(picked, lay)
         lines.append(Line(fit(text, width), Style.SELECTED if selected else Style.NORMAL))

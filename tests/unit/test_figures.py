@@ -160,3 +160,34 @@ def test_rates_and_series_share_one_idea_of_the_same_program() -> None:
     assert not figures.same_program(busier, reused)
     assert series.same_program is figures.same_program
     assert figures.cpu_percent(busier, reused, 1.0) is None
+
+
+@given(
+    st.none() | st.tuples(st.integers(0, 10**6), st.integers(0, 10**9), st.floats(-2, 2)),
+    st.tuples(st.integers(0, 10**6), st.integers(0, 10**9)),
+    st.none() | st.floats(-1, 5),
+    st.integers(-1, 64),
+)
+def test_a_sample_holds_the_figures_of_the_figure_functions(
+    before: tuple[int, int, float] | None,
+    now: tuple[int, int],
+    dt: float | None,
+    cpus: int,
+) -> None:
+    # derive() computes the figures in one go; it must agree with the functions the
+    # exporters document, to the last bit.
+    from otel_bpf.snapshot import derive
+
+    prev = None
+    if before is not None:
+        prev = replace(
+            A, run_cnt=before[0], run_time_ns=before[1], load_time=A.load_time + before[2]
+        )
+    cur = replace(A, run_cnt=now[0], run_time_ns=now[1])
+    sample = derive(prev, cur, dt, cpus)
+    assert sample.program is cur
+    assert sample.period_avg_runtime_ns == figures.period_avg_runtime_ns(prev, cur)
+    assert sample.total_avg_runtime_ns == figures.total_avg_runtime_ns(cur)
+    assert sample.events_per_sec == figures.events_per_sec(prev, cur, dt)
+    assert sample.cpu_percent == figures.cpu_percent(prev, cur, dt)
+    assert sample.cpu_utilization == figures.cpu_utilization(prev, cur, dt, cpus)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from live_samples import program, snapshots, steady
 
 from otel_bpf.live.keys import Key, KeyEvent
@@ -13,7 +15,9 @@ from otel_bpf.live.state import (
     Mode,
     ViewState,
     apply_key,
+    matches,
     reconcile,
+    sort_value,
     visible_rows,
 )
 from otel_bpf.records import Owner
@@ -195,3 +199,36 @@ def test_quit_help_and_repaint() -> None:
     assert state.mode is Mode.HELP
     assert press(state, ["x"], []).mode is Mode.DETAIL  # any key goes back
     assert press(ViewState(), [Key.ENTER], []).mode is Mode.TABLE  # nothing selected
+
+
+def _reference_rows(samples: list[ProgramSample], state: ViewState) -> list[ProgramSample]:
+    # The rows as the view first defined them: filter, id order, then a stable sort by the
+    # column's value with unknown values last.
+    rows = sorted((s for s in samples if matches(s, state.filter_text)), key=lambda s: s.id)
+    known = [s for s in rows if sort_value(s, state.sort_column) is not None]
+    unknown = [s for s in rows if sort_value(s, state.sort_column) is None]
+    known.sort(key=lambda s: sort_value(s, state.sort_column), reverse=state.sort_desc)
+    return known + unknown
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 40), st.sampled_from(["a", "b", "ab"]), st.integers(0, 3)),
+        max_size=20,
+        unique_by=lambda t: t[0],
+    ),
+    st.sampled_from(list(Column)),
+    st.booleans(),
+    st.sampled_from(["", "a", "b", "x"]),
+)
+def test_visible_rows_filter_then_sort_stably(
+    specs: list[tuple[int, str, int]], column: Column, desc: bool, needle: str
+) -> None:
+    figures = (None, 0.0, 1.5, 1.5)
+    samples = [
+        ProgramSample(program(i, name), figures[k], figures[3 - k], figures[k], figures[k], None)
+        for i, name, k in reversed(specs)
+    ]
+    state = ViewState(sort_column=column, sort_desc=desc, filter_text=needle)
+    assert visible_rows(samples, state) == _reference_rows(samples, state)
