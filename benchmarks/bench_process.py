@@ -155,6 +155,18 @@ def run_live(args: Sequence[str], settle: float, seconds: float) -> Result:
         tmux("kill-server", check=False)
 
 
+def otlp_grpc_flags(rotel: Rotel, export_interval: int) -> list[str]:
+    """Headless export to ``rotel`` over OTLP/gRPC every ``export_interval`` seconds."""
+    return [
+        "--exporter",
+        "otlp",
+        "--endpoint",
+        rotel.url,
+        "--export-interval",
+        str(export_interval),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs", type=int, default=1000)
@@ -186,8 +198,7 @@ def main() -> None:
             for path in paths:
                 common = ["--interval", "1", "--sampling-path", path]
                 if mode in ("export", "export60"):
-                    flags = ["--exporter", "otlp", "--endpoint", rotel.url]
-                    flags += ["--export-interval", "10" if mode == "export" else "60"]
+                    flags = otlp_grpc_flags(rotel, 10 if mode == "export" else 60)
                     cpu, rss, gcs = run_headless(common + flags, args.settle, args.seconds)
                 elif mode == "export-http":
                     flags = ["--exporter", "otlp", "--protocol", "http/protobuf"]

@@ -91,8 +91,7 @@ def run_one(mode: str, rotel: Rotel, settle: float, seconds: float, code: Path |
     bp.settings["code"] = code
     common = ["--interval", "1"]
     if mode == "export":
-        flags = ["--exporter", "otlp", "--endpoint", rotel.url, "--export-interval", "10"]
-        return bp.run_headless(common + flags, settle, seconds)
+        return bp.run_headless(common + bp.otlp_grpc_flags(rotel, 10), settle, seconds)
     return bp.run_live(common + ["--live"], settle, seconds)
 
 

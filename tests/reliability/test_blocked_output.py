@@ -32,6 +32,22 @@ def demo_runs(port: int) -> float:
     return sum(float(v) for v in values)
 
 
+def runs_grow_then_sigterm(
+    proc: subprocess.Popen[bytes], port: int, step: float
+) -> tuple[int, float]:
+    """The demo's scraped runs grow over four readings ``step`` s apart; then SIGTERM.
+    Returns the exit status and the seconds the exit took."""
+    seen = []
+    for _ in range(4):
+        seen.append(demo_runs(port))
+        time.sleep(step)
+    assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    status = proc.wait(10)
+    return status, time.monotonic() - signalled
+
+
 def test_a_stalled_json_reader_stalls_neither_sampling_nor_prometheus(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)  # full after the first tick; never read
@@ -48,15 +64,7 @@ def test_a_stalled_json_reader_stalls_neither_sampling_nor_prometheus(tmp_path: 
         assert wait_for_port(port, 45, proc), err.read_text()
         assert wait_until(lambda: demo_runs(port) > 0, 30), err.read_text()
         time.sleep(2)  # the pipe is long full by now
-        seen = []
-        for _ in range(4):
-            seen.append(demo_runs(port))
-            time.sleep(1.5)
-        assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        status = proc.wait(10)
-        took = time.monotonic() - signalled
+        status, took = runs_grow_then_sigterm(proc, port, step=1.5)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -120,15 +128,7 @@ def test_a_stderr_nobody_reads_stalls_neither_sampling_nor_prometheus() -> None:
     try:
         assert wait_for_port(port, 45, proc), "no Prometheus endpoint"
         assert wait_until(lambda: demo_runs(port) > 0, 30)
-        seen = []
-        for _ in range(4):
-            seen.append(demo_runs(port))
-            time.sleep(1.0)
-        assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        status = proc.wait(10)
-        took = time.monotonic() - signalled
+        status, took = runs_grow_then_sigterm(proc, port, step=1.0)
     finally:
         if proc.poll() is None:
             proc.kill()
