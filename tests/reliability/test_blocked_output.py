@@ -7,29 +7,20 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import signal
 import struct
 import subprocess
 import termios
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from peers import cli_command, cli_env, free_port, wait_for_port, wait_until
+from scraped import assert_demo_runs_grow, demo_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 F_SETPIPE_SZ = 1031
-
-
-def demo_runs(port: int) -> float:
-    """The summed ``bpf_program_runs`` of the demo programs, as scraped."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read(8 << 20).decode()
-    values = re.findall(r"^bpf_program_runs\S*otel_demo_\S*\} (\S+)$", text, re.M)
-    return sum(float(v) for v in values)
 
 
 def runs_grow_then_sigterm(
@@ -37,11 +28,7 @@ def runs_grow_then_sigterm(
 ) -> tuple[int, float]:
     """The demo's scraped runs grow over four readings ``step`` s apart; then SIGTERM.
     Returns the exit status and the seconds the exit took."""
-    seen = []
-    for _ in range(4):
-        seen.append(demo_runs(port))
-        time.sleep(step)
-    assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
+    assert_demo_runs_grow(port, step)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     status = proc.wait(10)

@@ -6,17 +6,16 @@ terminal is restored (screen, cursor, settings) with the log lines after it."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import termios
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from peers import cli_command, free_port, wait_for_port, wait_until
 from process_probe import gone
+from scraped import assert_demo_runs_grow, demo_runs
 from tmux_pane import Pane
 
 pytestmark = [
@@ -24,14 +23,6 @@ pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
 ]
-
-
-def demo_runs(port: int) -> float:
-    """The summed ``bpf_program_runs`` of the demo programs, as scraped."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read(8 << 20).decode()
-    values = re.findall(r"^bpf_program_runs\S*otel_demo_\S*\} (\S+)$", text, re.M)
-    return sum(float(v) for v in values)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -54,11 +45,7 @@ def test_stopped_output_stops_neither_sampling_nor_the_exit(
         tty = os.open(pane.tmux("display", "-p", "-t", "live", "#{pane_tty}").strip(), os.O_RDWR)
         termios.tcflow(tty, termios.TCOOFF)
         time.sleep(1.0)  # a frame write is waiting by now
-        seen = []
-        for _ in range(4):
-            seen.append(demo_runs(port))
-            time.sleep(1.0)
-        assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
+        assert_demo_runs_grow(port, step=1.0)
         signalled = time.monotonic()
         os.kill(pid, signum)
         assert wait_until(lambda: gone(pid), 5, 0.02), "no exit within 5 s of the signal"
@@ -97,11 +84,7 @@ def test_a_pane_nobody_reads_stops_neither_sampling_nor_the_exit(tmp_path: Path)
         assert wait_until(lambda: demo_runs(port) > 0, 20), "the demo programs never ran"
         os.kill(server, signal.SIGSTOP)  # no tmux command from here until SIGCONT
         time.sleep(2.0)  # ten frames a second: the pty buffer is full by now
-        seen = []
-        for _ in range(4):
-            seen.append(demo_runs(port))
-            time.sleep(1.0)
-        assert seen == sorted(seen) and seen[-1] > seen[0], f"counters frozen: {seen}"
+        assert_demo_runs_grow(port, step=1.0)
         signalled = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         assert wait_until(lambda: gone(pid), 5, 0.02), "no exit within 5 s of the signal"
