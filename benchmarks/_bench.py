@@ -300,3 +300,35 @@ def tmux(*args: str, check: bool = True) -> str:
 def live_frame_shown(text: str) -> bool:
     """The live view's first frame is on the pane (title, table header, row count)."""
     return "bpftop-otel" in text and "Name" in text and "rows " in text
+
+
+# -- a baseline checkout ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def checkout(ref_or_dir: str, repo: Path) -> Iterator[Path]:
+    """A directory holding ``ref_or_dir``'s otel_bpf: the directory itself, or a temporary
+    worktree of the commit, removed afterwards."""
+    if Path(ref_or_dir).is_dir():
+        path = Path(ref_or_dir).resolve()
+        if not (path / "otel_bpf" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline {path}: not an otel-bpf checkout")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="otel-bpf-baseline-") as tmp:
+        path = Path(tmp) / "checkout"
+        git = ["git", "-C", str(repo), "worktree"]
+        added = subprocess.run(
+            [*git, "add", "--detach", str(path), ref_or_dir], capture_output=True, text=True
+        )
+        if added.returncode != 0:
+            raise SystemExit(f"--baseline {ref_or_dir}: {added.stderr.strip()}")
+        try:
+            yield path
+        finally:
+            subprocess.run([*git, "remove", "--force", str(path)], capture_output=True)
+
+
+def span(values: list[float], digits: int) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}" if low == high else f"{low:.{digits}f}-{high:.{digits}f}"

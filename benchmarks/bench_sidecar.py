@@ -25,14 +25,10 @@ beside the figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import bench_process as bp
-from _bench import Rotel, load_average, loaded_filters, machine
+from _bench import Rotel, checkout, load_average, loaded_filters, machine, span
 
 RELEASE_0_1_0 = "828abe8"
 """The commit of release 0.1.0."""
@@ -63,41 +59,12 @@ def parse(name: str) -> tuple[str, bool, int]:
         ) from None
 
 
-@contextlib.contextmanager
-def checkout(ref_or_dir: str, repo: Path) -> Iterator[Path]:
-    """A directory holding ``ref_or_dir``'s otel_bpf: the directory itself, or a temporary
-    worktree of the commit, removed afterwards."""
-    if Path(ref_or_dir).is_dir():
-        path = Path(ref_or_dir).resolve()
-        if not (path / "otel_bpf" / "__init__.py").is_file():
-            raise SystemExit(f"--baseline {path}: not an otel-bpf checkout")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="otel-bpf-baseline-") as tmp:
-        path = Path(tmp) / "checkout"
-        git = ["git", "-C", str(repo), "worktree"]
-        added = subprocess.run(
-            [*git, "add", "--detach", str(path), ref_or_dir], capture_output=True, text=True
-        )
-        if added.returncode != 0:
-            raise SystemExit(f"--baseline {ref_or_dir}: {added.stderr.strip()}")
-        try:
-            yield path
-        finally:
-            subprocess.run([*git, "remove", "--force", str(path)], capture_output=True)
-
-
 def run_one(mode: str, rotel: Rotel, settle: float, seconds: float, code: Path | None) -> bp.Result:
     bp.settings["code"] = code
     common = ["--interval", "1"]
     if mode == "export":
         return bp.run_headless(common + bp.otlp_grpc_flags(rotel, 10), settle, seconds)
     return bp.run_live(common + ["--live"], settle, seconds)
-
-
-def span(values: list[float], digits: int) -> str:
-    low, high = min(values), max(values)
-    return f"{low:.{digits}f}" if low == high else f"{low:.{digits}f}-{high:.{digits}f}"
 
 
 def main() -> None:

@@ -89,6 +89,43 @@ def test_merge_gives_per_cpu_counters_that_sum_to_the_totals() -> None:
     assert first.per_cpu[2] == CpuCounters(3, 0, 0, 1)  # the old record is left alone
 
 
+def test_per_cpu_counters_stay_with_their_program_around_left_out_rows() -> None:
+    # Rows left out (the source's own program, id 7) are cut from every CPU's column; the
+    # others keep their own counters, also when a new program joins the pass.
+    m = merger()
+    rows: list[Row] = [
+        (5, 50, [(1, 10, 0), (0, 0, 0), (0, 0, 0)]),
+        (7, 70, [(9, 99, 9)] * 3),
+        (9, 90, [(0, 0, 0), (0, 0, 0), (2, 20, 0)]),
+    ]
+    records, _ = m.merge(pack(rows), False, frozenset({7}), cpus=CPUS)
+    assert [r.id for r in records] == [5, 9]
+    assert records[0].per_cpu == (
+        CpuCounters(0, 10, 1, 0),
+        *(CpuCounters(c, 0, 0, 0) for c in (1, 3)),
+    )
+    assert records[1].per_cpu is not None and records[1].per_cpu[2] == CpuCounters(3, 20, 2, 0)
+
+    # Program 9 runs on CPU 1, program 6 appears: 5 is kept, 9 and 6 get their own split.
+    rows[2] = (9, 90, [(0, 0, 0), (5, 50, 0), (2, 20, 0)])
+    rows.insert(1, (6, 60, [(0, 0, 0), (0, 0, 0), (3, 33, 0)]))
+    after, _ = m.merge(pack(rows), False, frozenset({7}), cpus=CPUS)
+    assert [r.id for r in after] == [5, 6, 9]
+    assert after[0] is records[0]
+    assert after[1].per_cpu == (
+        CpuCounters(0, 0, 0, 0),
+        CpuCounters(1, 0, 0, 0),
+        CpuCounters(3, 33, 3, 0),
+    )
+    assert after[2].per_cpu == (
+        CpuCounters(0, 0, 0, 0),
+        CpuCounters(1, 50, 5, 0),
+        CpuCounters(3, 20, 2, 0),
+    )
+    for r in after:
+        assert r.per_cpu is not None and sum(c.run_cnt for c in r.per_cpu) == r.run_cnt
+
+
 def test_switching_per_cpu_off_and_on() -> None:
     m = merger()
     rows: list[Row] = [(5, 50, [(1, 10, 0), (2, 20, 0), (0, 0, 0)])]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from itertools import islice
-from operator import lt
+from functools import partial
+from itertools import compress, islice, repeat
+from operator import attrgetter, is_, is_not, lt, or_
 from typing import Any
 
 from otel_bpf.kernel.errors import BpfError, BpfNotFoundError
@@ -172,22 +173,32 @@ def _with_per_cpu(
 ) -> list[ProgramRecord]:
     """``records`` with their per-CPU counters.  A record update_counters kept as it was
     (its totals did not move) keeps its per-CPU tuple too, once it has one: a CPU's counters
-    only grow, so equal sums mean equal parts."""
-    left_out = set(dropped)
-    rows = (row for row in range(len(columns)) if row not in left_out)
-    per_cpu: list[tuple[CpuCounters, ...] | None] = []
-    for record, base, row in zip(records, bases, rows, strict=True):
-        if record is base and record.per_cpu is not None:
-            per_cpu.append(None)  # kept
-            continue
-        block = columns.per_cpu(row)
-        per_cpu.append(
-            tuple(
-                CpuCounters(cpu, block[i + 1], block[i], block[i + 2])
-                for cpu, i in zip(cpus, range(0, 3 * len(cpus), 3), strict=True)
-            )
+    only grow, so equal sums mean equal parts.  Only the others (a copy update_counters just
+    made, which still holds its base's tuple, or a base seen for the first time, which has
+    none) get new tuples.  Both the scan and the building run by column in C: per program,
+    Python does no more than pick the tuple or None."""
+    fresh = map(is_not, records, bases)
+    without = map(is_, map(_PER_CPU, records), repeat(None))
+    wanted = list(map(or_, fresh, without))
+    if not any(wanted):
+        return records
+    per_cpu_columns = []
+    for index, cpu in enumerate(cpus):
+        runs, times, misses = columns.cpu_column(index)
+        for row in reversed(dropped):  # ascending rows: delete from the end
+            del runs[row], times[row], misses[row]
+        picked = zip(
+            repeat(cpu), compress(times, wanted), compress(runs, wanted), compress(misses, wanted)
         )
+        # tuple.__new__ straight from C: CpuCounters' own __new__ is a Python function.
+        per_cpu_columns.append(map(_cpu_counters, picked))
+    built = zip(*per_cpu_columns, strict=True)
+    per_cpu = [next(built) if w else None for w in wanted]
     return with_per_cpu(records, bases, per_cpu)
+
+
+_PER_CPU = attrgetter("per_cpu")
+_cpu_counters = partial(tuple.__new__, CpuCounters)
 
 
 def _by_id(record: ProgramRecord) -> int:

@@ -112,6 +112,18 @@ class PassColumns:
         start = (row * (_WORDS + 3 * self.ncpus)) + _WORDS
         return self._words[start : start + 3 * self.ncpus].tolist()
 
+    def cpu_column(self, index: int) -> tuple[list[int], list[int], list[int]]:
+        """The ``index``-th CPU of every row's per-CPU block, as three columns: run counts,
+        run times (ns) and recursion misses, one entry per row."""
+        stride = _WORDS + 3 * self.ncpus
+        start = _WORDS + 3 * index
+        words = self._words
+        return (
+            words[start::stride].tolist(),
+            words[start + 1 :: stride].tolist(),
+            words[start + 2 :: stride].tolist(),
+        )
+
     def __len__(self) -> int:
         return len(self.ids)
 
