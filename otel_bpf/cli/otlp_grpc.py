@@ -5,7 +5,9 @@ The SDK's gRPC exporter (1.45.2) splits one export into requests of at most
 retries, so a collector that accepts connections and never answers holds one export for
 as many timeouts as there are batches (about 5.5 points per program: six at 1,000
 programs).  :class:`BoundedGrpcMetricExporter` gives one export one deadline for all its
-batches and retries, and stops at the first batch that fails.
+batches and retries, and stops at the first batch that fails.  It also encodes each
+attribute set once for all exports (:class:`~otel_bpf.cli.otlp_encode.MetricsEncoder`)
+instead of on every export.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetricExporter,
 )
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 
 from otel_bpf.cli.config import REPLY_MAX_BYTES
+from otel_bpf.cli.otlp_encode import MetricsEncoder
 
 GRPC_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", REPLY_MAX_BYTES),)
 """Replies are bounded as HTTP replies are (see otlp_http)."""
@@ -40,6 +46,7 @@ class BoundedGrpcMetricExporter(GrpcMetricExporter):
         super().__init__(*args, **kwargs)
         self._budget: float = self._timeout
         self._deadline: float | None = None
+        self.encoder = MetricsEncoder()
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -58,6 +65,10 @@ class BoundedGrpcMetricExporter(GrpcMetricExporter):
         finally:
             self._deadline = None
             self._timeout = self._budget
+            self.encoder.end_export()
+
+    def _translate_data(self, data: MetricsData) -> ExportMetricsServiceRequest:
+        return self.encoder.encode(data)
 
     def _export_within_deadline(self, data: MetricsData) -> MetricExportResult:
         assert self._deadline is not None
