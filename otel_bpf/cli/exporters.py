@@ -175,11 +175,8 @@ def _grpc_exporter(otlp: OtlpSettings) -> MetricExporter:
 
 def _http_exporter(otlp: OtlpSettings) -> MetricExporter:
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpMetricExporter,
-    )
 
-    from otel_bpf.cli.otlp_http import BoundedReplySession
+    from otel_bpf.cli.otlp_http import BoundedReplySession, HttpMetricExporter
 
     compression = {
         "gzip": HttpCompression.Gzip,

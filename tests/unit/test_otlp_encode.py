@@ -4,10 +4,15 @@ what it does not handle to the SDK's encoder."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.sdk.metrics import Exemplar, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -16,6 +21,7 @@ from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
     Metric,
+    MetricExportResult,
     MetricsData,
     NumberDataPoint,
     ResourceMetrics,
@@ -172,3 +178,46 @@ def test_what_it_does_not_handle_goes_to_the_sdk_encoder(odd: Metric) -> None:
     # (An attribute of another type: the SDK's encoder logs it and leaves it out.)
     assert encoder.encode(md) == encode_metrics(md)
     assert encoder.fallbacks == 1
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        assert length < 1 << 20
+        type(self).bodies.append(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_http_exporter_sends_what_the_sdk_encoder_builds() -> None:
+    from otel_bpf.cli.otlp_http import BoundedReplySession, HttpMetricExporter
+
+    _Collector.bodies = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    exporter = HttpMetricExporter(
+        endpoint=f"http://127.0.0.1:{server.server_port}/v1/metrics",
+        timeout=5,
+        session=BoundedReplySession(),
+    )
+    try:
+        md = data(sum_metric("runs", [number(a, i) for i, a in enumerate(ATTRS)]))
+        for _ in range(2):
+            assert exporter.export(md) is MetricExportResult.SUCCESS
+        assert len(_Collector.bodies) == 2
+        for body in _Collector.bodies:
+            assert ExportMetricsServiceRequest.FromString(body) == encode_metrics(md)
+        assert exporter.encoder.fallbacks == 0 and len(exporter.encoder._cache) == len(ATTRS)
+    finally:
+        exporter.shutdown()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -133,10 +133,29 @@ def test_the_grpc_exporter_internals_the_export_deadline_relies_on_are_there() -
             f"opentelemetry-exporter-otlp-proto-grpc {exporter_version}: "
             "_max_export_batch_size moved"
         )
-        for method in ("_export", "_split_metrics_data"):
+        for method in ("_export", "_split_metrics_data", "_translate_data"):
             assert callable(getattr(exporter, method, None)), (
                 f"opentelemetry-exporter-otlp-proto-grpc {exporter_version}: {method}() moved"
             )
+    finally:
+        exporter.shutdown()
+
+
+def test_the_http_exporter_internals_the_encoder_relies_on_are_there() -> None:
+    """otel_bpf.cli.otlp_http's exporter replaces the OTLP/HTTP exporter's ``export`` around
+    our encoder and calls its private ``_export_batch``."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    exporter_version = version("opentelemetry-exporter-otlp-proto-http")
+    exporter = OTLPMetricExporter(endpoint="http://127.0.0.1:9/v1/metrics", timeout=3)
+    try:
+        for name in ("_shutdown", "_max_export_batch_size"):
+            assert hasattr(exporter, name), (
+                f"opentelemetry-exporter-otlp-proto-http {exporter_version}: {name} moved"
+            )
+        assert callable(getattr(exporter, "_export_batch", None)), (
+            f"opentelemetry-exporter-otlp-proto-http {exporter_version}: _export_batch() moved"
+        )
     finally:
         exporter.shutdown()
 
