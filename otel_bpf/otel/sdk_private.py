@@ -7,9 +7,10 @@ private attributes, all of them read here, defensively: a layout this module doe
 recognise gives "unknown" (None, False), never an exception in a collection.
 ``tests/unit/test_sdk_private.py`` checks each attribute against the installed SDK and names
 its version when one is gone; pyproject.toml states the SDK versions tested
-(:data:`TESTED_SDK_RANGE`).  The one other reliance on a private layout is
-:mod:`otel_bpf.cli.otlp_grpc`, a subclass of the OTLP/gRPC exporter that gives one export one
-deadline; the same test module checks the exporter attributes it uses.
+(:data:`TESTED_SDK_RANGE`).  The other reliances on a private layout are the CLI's exporter
+subclasses: :mod:`otel_bpf.cli.otlp_grpc` (one deadline per export, and our encoder through
+``_translate_data``) and :mod:`otel_bpf.cli.otlp_http` (our encoder around ``_export_batch``);
+the same test module checks the exporter attributes they use.
 """
 
 from __future__ import annotations
