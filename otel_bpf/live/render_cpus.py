@@ -145,6 +145,11 @@ def format_rows(rows: Sequence[CpuRow], width: int) -> list[str]:
     return lines
 
 
+def _longest_fitting(texts: Sequence[str], width: int) -> str:
+    """The first of ``texts`` (longest first) that fits ``width``, else the last."""
+    return next((t for t in texts if len(t) <= width), texts[-1])
+
+
 def cpu_section(sample: ProgramSample, width: int, max_lines: int) -> list[Line]:
     """The per-CPU split of ``sample``'s last period in at most ``max_lines`` lines of
     exactly ``width`` columns: a title with the imbalance, a line saying how CPUs are
@@ -161,13 +166,18 @@ def cpu_section(sample: ProgramSample, width: int, max_lines: int) -> list[Line]
         )
         return [Line(fit(text, width), Style.TITLE)]
     imbalance = sample.cpu_imbalance
-    title = "Per CPU, last period: "
     if imbalance is None:
-        title += "no runs"
+        titles = ["Per CPU, last period: no runs", "Per CPU: no runs"]
     else:
-        top = max(_share(c) for c in cpus)
-        title += f"imbalance {imbalance:.2f} (busiest/mean share), bars full at {_percent(top)}"
-    lines = [Line(fit(title, width), Style.TITLE)]
+        top = _percent(max(_share(c) for c in cpus))
+        titles = [
+            f"Per CPU, last period: imbalance {imbalance:.2f} (busiest/mean share),"
+            f" bars full at {top}",
+            f"Per CPU: imbalance {imbalance:.2f}, bars full at {top}",
+            f"Per CPU: imbalance {imbalance:.2f}",
+            f"imbalance {imbalance:.2f}",
+        ]
+    lines = [Line(fit(_longest_fitting(titles, width), width), Style.TITLE)]
     if max_lines == 1:
         return lines
     rows, size = cpu_rows(cpus, max_lines - 1)
@@ -176,10 +186,12 @@ def cpu_section(sample: ProgramSample, width: int, max_lines: int) -> list[Line]
         rows, size = cpu_rows(cpus, max_lines - 2)
         last = len(cpus) % size
         sizes = f"{size}" if not last else f"{size} (the last of {last})"
-        note = (
-            f"{len(cpus)} CPUs in {len(rows)} groups of {sizes}: mean share, summed runs/s,"
-            " mean runtime and busiest CPU of each"
-        )
-        lines.append(Line(fit(note, width), Style.DIM))
+        groups = f"{len(cpus)} CPUs in {len(rows)} groups of {sizes}"
+        notes = [
+            f"{groups}: mean share, summed runs/s, mean runtime and busiest CPU of each",
+            groups,
+            f"{len(cpus)} CPUs in groups of {size}",
+        ]
+        lines.append(Line(fit(_longest_fitting(notes, width), width), Style.DIM))
     lines.extend(Line(fit(text, width)) for text in format_rows(rows, width))
     return lines
