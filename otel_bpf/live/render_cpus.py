@@ -165,33 +165,35 @@ def cpu_section(sample: ProgramSample, width: int, max_lines: int) -> list[Line]
             else "Per CPU: not read for this program"
         )
         return [Line(fit(text, width), Style.TITLE)]
+    rows: list[CpuRow] = []
+    notes: list[str] = []
+    if max_lines >= 2:
+        rows, size = cpu_rows(cpus, max_lines - 1)
+        if size > 1 and max_lines >= 3:
+            # Room for the line saying how they are grouped: fit the rows into one line less.
+            rows, size = cpu_rows(cpus, max_lines - 2)
+            last = len(cpus) % size
+            sizes = f"{size}" if not last else f"{size} (the last of {last})"
+            groups = f"{len(cpus)} CPUs in {len(rows)} groups of {sizes}"
+            notes = [
+                f"{groups}: mean share, summed runs/s, mean runtime and busiest CPU of each",
+                groups,
+                f"{len(cpus)} CPUs in groups of {size}",
+            ]
     imbalance = sample.cpu_imbalance
     if imbalance is None:
         titles = ["Per CPU, last period: no runs", "Per CPU: no runs"]
     else:
-        top = _percent(max(_share(c) for c in cpus))
+        # The bars' scale: the largest share of a row (a group's is its mean).
+        full = f", bars full at {_percent(max(r.share for r in rows))}" if rows else ""
         titles = [
-            f"Per CPU, last period: imbalance {imbalance:.2f} (busiest/mean share),"
-            f" bars full at {top}",
-            f"Per CPU: imbalance {imbalance:.2f}, bars full at {top}",
+            f"Per CPU, last period: imbalance {imbalance:.2f} (busiest/mean share){full}",
+            f"Per CPU: imbalance {imbalance:.2f}{full}",
             f"Per CPU: imbalance {imbalance:.2f}",
             f"imbalance {imbalance:.2f}",
         ]
     lines = [Line(fit(_longest_fitting(titles, width), width), Style.TITLE)]
-    if max_lines == 1:
-        return lines
-    rows, size = cpu_rows(cpus, max_lines - 1)
-    if size > 1 and max_lines >= 3:
-        # Room for the line saying how they are grouped: fit the rows into one line less.
-        rows, size = cpu_rows(cpus, max_lines - 2)
-        last = len(cpus) % size
-        sizes = f"{size}" if not last else f"{size} (the last of {last})"
-        groups = f"{len(cpus)} CPUs in {len(rows)} groups of {sizes}"
-        notes = [
-            f"{groups}: mean share, summed runs/s, mean runtime and busiest CPU of each",
-            groups,
-            f"{len(cpus)} CPUs in groups of {size}",
-        ]
+    if notes:
         lines.append(Line(fit(_longest_fitting(notes, width), width), Style.DIM))
     lines.extend(Line(fit(text, width)) for text in format_rows(rows, width))
     return lines

@@ -134,6 +134,8 @@ def test_many_cpus_are_grouped_into_the_rows_there_are(cpus: int, height: int, h
     (busy,) = [r for r in rows if f"busiest {hot} " in r]
     assert f"busiest {hot} 0.015%" in busy
     assert busy.split()[2:6] == [fmt_percent(0.015 / size) + "%", "500/s", "300", "ns"]
+    # The bars scale to the largest share of a row: the group's mean.
+    assert f"bars full at {fmt_percent(0.015 / size)}%" in body
     assert all(r.split()[2:4] == ["0%", "0/s"] for r in rows if r != busy)
     assert "imbalance" in body and "Avg runtime (ns)  now" in body
 
