@@ -29,7 +29,14 @@ from otel_bpf.live.keys import KeyDecoder, KeyEvent
 from otel_bpf.live.options import LiveOptions
 from otel_bpf.live.output import hand_off, same_terminal
 from otel_bpf.live.screen import render_screen
-from otel_bpf.live.state import Action, RowIds, ViewState, apply_key, visible_rows
+from otel_bpf.live.state import (
+    Action,
+    RowIds,
+    ViewState,
+    apply_key,
+    table_columns,
+    visible_rows,
+)
 from otel_bpf.live.terminal import Terminal, TerminalUnavailable, check_terminal, compose_frame
 
 if TYPE_CHECKING:
@@ -101,6 +108,7 @@ class LiveView:
             kernel=self.kernel,
             interval=self.sampler.interval,
             now=time.time(),
+            per_cpu=self.sampler.options.per_cpu,
         )
 
     def draw(self) -> None:
@@ -139,12 +147,13 @@ class LiveView:
         programs = snap.programs if snap else ()
         ids: RowIds | None = None
         basis: tuple[object, ...] = ()
+        columns = table_columns(self.sampler.options.per_cpu)
         for key in keys:
             now = (self.state.filter_text, self.state.sort_column, self.state.sort_desc)
             if ids is None or now != basis:
                 ids = RowIds(s.id for s in visible_rows(programs, self.state))
                 basis = now
-            self.state, action = apply_key(self.state, key, ids, self.page)
+            self.state, action = apply_key(self.state, key, ids, self.page, columns)
             if action is Action.QUIT:
                 return True
             if action is Action.REDRAW:

@@ -27,6 +27,9 @@ class RenderContext:
     interval: float = 1.0
     now: float = 0.0
     """Wall-clock time of the frame (for ages)."""
+    per_cpu: bool = False
+    """The sampler reads per-CPU counters: the detail view shows the per-CPU split and the
+    table offers the Busiest CPU % column."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.history, ChartHistory):

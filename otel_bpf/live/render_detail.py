@@ -1,4 +1,5 @@
-"""The detail view of one program: its facts and three charts over the history window."""
+"""The detail view of one program: its facts, its per-CPU split (with per-CPU counters) and
+three charts over the history window."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from otel_bpf.live.charts import chart
 from otel_bpf.live.context import RenderContext, wrap_items
 from otel_bpf.live.format import fmt_age, fmt_bytes, fmt_int, fmt_time
 from otel_bpf.live.history import ChartHistory
+from otel_bpf.live.render_cpus import cpu_section
 from otel_bpf.live.render_table import footer_lines
 from otel_bpf.live.sanitize import fit, sanitize
 from otel_bpf.live.state import ViewState, display_name
@@ -21,6 +23,13 @@ CHARTS: tuple[tuple[str, str, str], ...] = (
 """Title, ProgramSample attribute and value kind of each chart."""
 
 MAX_MAP_LINES = 4
+
+
+def cpu_lines_allowed(room: int, cpus: int) -> int:
+    """Lines for the per-CPU split out of the ``room`` left under the facts: one per CPU
+    plus the title when that is at most half the room, else half the room (the CPUs are
+    then grouped); the charts get the rest."""
+    return min(cpus + 1, max(room // 2, 0))
 
 
 def last_seen(history: ChartHistory, prog_id: int) -> tuple[ProgramSample, float] | None:
@@ -119,6 +128,11 @@ def render_detail(ctx: RenderContext, state: ViewState) -> list[Line]:
         else:
             lines.append(Line(fit(f"Program {prog_id} ({name})", width), Style.TITLE))
         lines.extend(Line(fit(t, width)) for t in info_lines(sample.program, ctx.now, width))
+        if ctx.per_cpu:
+            allowed = cpu_lines_allowed(
+                height - len(lines) - len(foot), len(sample.program.per_cpu or ())
+            )
+            lines.extend(cpu_section(sample, width, allowed))
     room = height - len(lines) - len(foot)
     chart_height = room // len(CHARTS)
     if prog_id is not None and chart_height >= 2:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
 from otel_bpf.live.context import RenderContext, wrap_items
-from otel_bpf.live.format import fmt_interval, fmt_ns, fmt_percent, fmt_rate
+from otel_bpf.live.format import UNKNOWN, fmt_interval, fmt_ns, fmt_percent, fmt_rate
 from otel_bpf.live.options import Glyphs
 from otel_bpf.live.sanitize import display_width, fit, sanitize
 from otel_bpf.live.state import (
     COLUMNS,
+    PLAIN_COLUMNS,
     Column,
     Mode,
     ViewState,
+    busiest_cpu,
     display_name,
     process_text,
     reconcile,
+    table_columns,
     visible_rows,
 )
 from otel_bpf.live.terminal import Line, Style
@@ -33,6 +36,7 @@ LABELS: dict[Column, tuple[str, ...]] = {
     Column.TOTAL_AVG: ("Total Avg Runtime (ns)", "Total Avg (ns)", "Tot ns"),
     Column.EVENTS: ("Events/sec", "Ev/s"),
     Column.CPU: ("CPU %",),
+    Column.MAX_CPU: ("Busiest CPU %", "MaxCPU%"),
     Column.PROCESS: ("Process",),
 }
 """Header labels, longest first; shorter ones are used when the terminal is narrow."""
@@ -45,6 +49,7 @@ SHORT_NAMES: dict[Column, str] = {
     Column.TOTAL_AVG: "Total Avg Runtime",
     Column.EVENTS: "Events/sec",
     Column.CPU: "CPU %",
+    Column.MAX_CPU: "Busiest CPU %",
     Column.PROCESS: "Process",
 }
 """Column names in the status line (``sort: CPU % desc``)."""
@@ -54,6 +59,7 @@ DROP_ORDER: tuple[Column, ...] = (
     Column.TYPE,
     Column.PROCESS,
     Column.PERIOD_AVG,
+    Column.MAX_CPU,
     Column.EVENTS,
 )
 """On a narrow terminal these columns go first, in this order (ID, Name, CPU % stay)."""
@@ -92,11 +98,37 @@ def cell_text(sample: ProgramSample, column: Column) -> str:
         return fmt_ns(sample.total_avg_runtime_ns)
     if column is Column.EVENTS:
         return fmt_rate(sample.events_per_sec)
+    if column is Column.MAX_CPU:
+        return max_cpu_text(sample)
     return fmt_percent(sample.cpu_percent)
+
+
+def max_cpu_text(sample: ProgramSample) -> str:
+    """The busiest CPU's share of its time over the period and its number: ``37.00%@1``;
+    ``0`` when the program ran nowhere, ``-`` before the first full period."""
+    top = busiest_cpu(sample)
+    if top is None:
+        return UNKNOWN
+    if not top.cpu_utilization:
+        return "0"
+    return f"{fmt_percent(top.cpu_utilization * 100)}%@{top.cpu}"
+
+
+def widest_max_cpu(rows: Iterable[ProgramSample]) -> int:
+    """The widest :func:`max_cpu_text` of ``rows``, formatting only a few shares per
+    number of digits of the busiest CPU (:func:`widths.widest`, exact)."""
+    by_digits: dict[int, list[float]] = {}
+    for sample in rows:
+        top = busiest_cpu(sample)
+        if top is not None and top.cpu_utilization:
+            by_digits.setdefault(len(str(top.cpu)), []).append(top.cpu_utilization * 100)
+    return max((widest(v, "percent") + 2 + d for d, v in by_digits.items()), default=1)
 
 
 TEXT_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if not c.numeric)
 """The columns whose text comes from the program record (id, type, name, process)."""
+
+_MAX_CPU_AT = COLUMNS.index(Column.MAX_CPU)
 
 FIGURES: tuple[tuple[Column, str, str], ...] = (
     (Column.PERIOD_AVG, "period_avg_runtime_ns", "ns"),
@@ -166,6 +198,7 @@ class CellCache:
                 cells[i] = text
             for i, get, kind in _FIGURE_AT:
                 cells[i] = _FORMAT[kind](get(sample))
+            cells[_MAX_CPU_AT] = max_cpu_text(sample)
             self._rows[sample.id] = cells
         return cells
 
@@ -183,6 +216,7 @@ class CellCache:
                 out[i] = max(t[k] for t in text)
             for i, get, kind in _FIGURE_AT:
                 out[i] = widest(map(get, rows), kind)
+            out[_MAX_CPU_AT] = widest_max_cpu(rows)
         self._widths_of, self._widths = (snapshot, key), out
         return out
 
@@ -210,9 +244,16 @@ def header_label(column: Column, tier: int, state: ViewState, glyphs: Glyphs) ->
     return label
 
 
-def layout(content_widths: Sequence[int], width: int, state: ViewState, glyphs: Glyphs) -> Layout:
+def layout(
+    content_widths: Sequence[int],
+    width: int,
+    state: ViewState,
+    glyphs: Glyphs,
+    offered: Sequence[Column] = PLAIN_COLUMNS,
+) -> Layout:
     """Choose columns and widths for ``width`` terminal columns, given the display width of
-    each column's widest cell (in :data:`COLUMNS` order).
+    each column's widest cell (in :data:`COLUMNS` order), among the ``offered`` columns
+    (:func:`~otel_bpf.live.state.table_columns`).
 
     Columns are dropped in :data:`DROP_ORDER` until the rest fit with their shortest
     labels and the text columns at their minimum widths.  Within that set the longest
@@ -223,7 +264,9 @@ def layout(content_widths: Sequence[int], width: int, state: ViewState, glyphs: 
     usable = width - len(MARKER)
     gaps = len(GAP)
     for dropped in range(len(DROP_ORDER) + 1):
-        cols = tuple(c for c in COLUMNS if c not in DROP_ORDER[:dropped])
+        if 0 < dropped < len(DROP_ORDER) and DROP_ORDER[dropped - 1] not in offered:
+            continue  # the same columns as the step before
+        cols = tuple(c for c in offered if c not in DROP_ORDER[:dropped])
         tiers = []
         for tier in range(3):
             labels = tuple(header_label(c, tier, state, glyphs) for c in cols)
@@ -316,8 +359,9 @@ def header_lines(ctx: RenderContext, state: ViewState, shown: int) -> list[Line]
     return lines
 
 
-def footer_items(mode: Mode) -> list[str]:
-    """The keys of a screen, as the footer lists them."""
+def footer_items(mode: Mode, per_cpu: bool = False) -> list[str]:
+    """The keys of a screen, as the footer lists them (``per_cpu``: the table offers the
+    Busiest CPU % column)."""
     if mode is Mode.FILTER:
         return [
             "type: filter name/type/process",
@@ -348,14 +392,16 @@ def footer_items(mode: Mode) -> list[str]:
         "Enter: detail",
         "f: filter",
         "s: sort",
-        "c/e/r/t/i/n/p: sort cpu/events/run/total/id/name/proc",
+        "c/e/r/t/i/n/p/m: sort cpu/events/run/total/id/name/proc/maxcpu"
+        if per_cpu
+        else "c/e/r/t/i/n/p: sort cpu/events/run/total/id/name/proc",
         "?: help",
     ]
 
 
-def footer_lines(mode: Mode, width: int, max_lines: int = 3) -> list[Line]:
+def footer_lines(mode: Mode, width: int, max_lines: int = 3, per_cpu: bool = False) -> list[Line]:
     """The footer: the current screen's keys, wrapped."""
-    lines = wrap_items(footer_items(mode), width)[:max_lines]
+    lines = wrap_items(footer_items(mode, per_cpu), width)[:max_lines]
     return [Line(fit(text, width), Style.DIM) for text in lines]
 
 
@@ -365,7 +411,7 @@ def render_table(ctx: RenderContext, state: ViewState) -> tuple[list[Line], View
     samples = ctx.snapshot.programs if ctx.snapshot else ()
     rows = visible_rows(samples, state)
     head = header_lines(ctx, state, len(rows))
-    foot = footer_lines(state.mode, width)
+    foot = footer_lines(state.mode, width, per_cpu=ctx.per_cpu)
     page = max(height - len(head) - len(foot) - 2, 1)  # column header + position line
     ids = [s.id for s in rows]
     state = reconcile(state, ids, page)
@@ -373,7 +419,7 @@ def render_table(ctx: RenderContext, state: ViewState) -> tuple[list[Line], View
     content = (
         _cache.widths(snap, rows, state.filter_text) if snap is not None else [1] * len(COLUMNS)
     )
-    lay = layout(content, width, state, ctx.glyphs)
+    lay = layout(content, width, state, ctx.glyphs, table_columns(ctx.per_cpu))
     shown_at = [COLUMN_INDEX[c] for c in lay.columns]
     lines = list(head)
     header = " " * len(MARKER) + format_row(lay.labels, lay)

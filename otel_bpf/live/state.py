@@ -17,7 +17,7 @@ from typing import overload
 from otel_bpf.live.keys import Key, KeyEvent
 from otel_bpf.live.sanitize import sanitize
 from otel_bpf.records import ProgramRecord
-from otel_bpf.snapshot import ProgramSample
+from otel_bpf.snapshot import CpuSample, ProgramSample
 
 
 class Mode(enum.Enum):
@@ -42,15 +42,36 @@ class Column(enum.Enum):
     TOTAL_AVG = "total_avg"
     EVENTS = "events"
     CPU = "cpu"
+    MAX_CPU = "max_cpu"
+    """The busiest CPU's share of its time and its number (with per-CPU figures only)."""
     PROCESS = "process"
 
     @property
     def numeric(self) -> bool:
         """Right-aligned, sorted numerically, descending first."""
-        return self in (Column.PERIOD_AVG, Column.TOTAL_AVG, Column.EVENTS, Column.CPU)
+        return self in (
+            Column.PERIOD_AVG,
+            Column.TOTAL_AVG,
+            Column.EVENTS,
+            Column.CPU,
+            Column.MAX_CPU,
+        )
 
 
 COLUMNS: tuple[Column, ...] = tuple(Column)
+"""Every column, in display order (cells are kept in this order)."""
+
+PER_CPU_COLUMNS: frozenset[Column] = frozenset({Column.MAX_CPU})
+"""Columns offered only when the sampler reads per-CPU counters."""
+
+PLAIN_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c not in PER_CPU_COLUMNS)
+
+
+def table_columns(per_cpu: bool) -> tuple[Column, ...]:
+    """The columns the table offers (to show, to sort by): those needing per-CPU figures
+    only when the sampler reads them."""
+    return COLUMNS if per_cpu else PLAIN_COLUMNS
+
 
 DIRECT_SORT_KEYS: dict[str, Column] = {
     "c": Column.CPU,
@@ -60,8 +81,10 @@ DIRECT_SORT_KEYS: dict[str, Column] = {
     "i": Column.ID,
     "n": Column.NAME,
     "p": Column.PROCESS,
+    "m": Column.MAX_CPU,
 }
-"""Keys that sort by a column at once (pressing the same key again flips the direction)."""
+"""Keys that sort by a column at once (pressing the same key again flips the direction);
+a key whose column the table does not offer does nothing."""
 
 
 def display_name(program: ProgramRecord) -> str:
@@ -93,7 +116,34 @@ def sort_value(sample: ProgramSample, column: Column) -> float | str | None:
         return sample.total_avg_runtime_ns
     if column is Column.EVENTS:
         return sample.events_per_sec
+    if column is Column.MAX_CPU:
+        return max_cpu_share(sample)
     return sample.cpu_percent
+
+
+_SHARE = attrgetter("cpu_utilization")
+
+
+def busiest_cpu(sample: ProgramSample) -> CpuSample | None:
+    """The CPU where the program took the largest share of the CPU's time over the last
+    period (the lowest-numbered of equals); None without per-CPU figures for the period."""
+    cpus = sample.per_cpu
+    if not cpus or cpus[0].cpu_utilization is None:
+        return None
+    # A period's shares are all known or all unknown (snapshot.derive_per_cpu).
+    return max(cpus, key=_SHARE)
+
+
+def max_cpu_share(sample: ProgramSample) -> float | None:
+    """The busiest CPU's share of its time over the last period (0..1), or None.
+
+    Computed by C-level ``max`` over the shares: sorting by it runs on every frame, for
+    every program and possible CPU."""
+    cpus = sample.per_cpu
+    if not cpus or cpus[0].cpu_utilization is None:
+        return None
+    share: float = max(map(_SHARE, cpus))  # all known, see busiest_cpu
+    return share
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +201,7 @@ _FIGURE_KEYS: dict[Column, Callable[[ProgramSample], float | None]] = {
     Column.TOTAL_AVG: attrgetter("total_avg_runtime_ns"),
     Column.EVENTS: attrgetter("events_per_sec"),
     Column.CPU: attrgetter("cpu_percent"),
+    Column.MAX_CPU: max_cpu_share,
 }
 """:func:`sort_value` of the number columns, as C-level getters: every frame sorts every
 program."""
@@ -258,9 +309,14 @@ def _navigate(state: ViewState, key: KeyEvent, ids: Sequence[int], page: int) ->
 
 
 def apply_key(
-    state: ViewState, key: KeyEvent, ids: Sequence[int], page: int
+    state: ViewState,
+    key: KeyEvent,
+    ids: Sequence[int],
+    page: int,
+    columns: Sequence[Column] = PLAIN_COLUMNS,
 ) -> tuple[ViewState, Action]:
-    """The state after ``key``, given the table's current row ids and page height."""
+    """The state after ``key``, given the table's current row ids and page height, and the
+    columns it offers (:func:`table_columns`)."""
     if key is Key.CTRL_C:
         return state, Action.QUIT
     if key is Key.CTRL_L:
@@ -279,11 +335,18 @@ def apply_key(
             return replace(state, mode=Mode.TABLE), Action.NONE
         return state, Action.NONE
     if mode is Mode.SORT:
-        return _sort_key(state, key, ids, page), Action.NONE
-    return _table_key(state, key, ids, page), Action.NONE
+        return _sort_key(state, key, ids, page, columns), Action.NONE
+    return _table_key(state, key, ids, page, columns), Action.NONE
 
 
-def _table_key(state: ViewState, key: KeyEvent, ids: Sequence[int], page: int) -> ViewState:
+def _direct_sort(key: KeyEvent, columns: Sequence[Column]) -> Column | None:
+    column = DIRECT_SORT_KEYS.get(key) if isinstance(key, str) else None
+    return column if column in columns else None
+
+
+def _table_key(
+    state: ViewState, key: KeyEvent, ids: Sequence[int], page: int, columns: Sequence[Column]
+) -> ViewState:
     moved = _navigate(state, key, ids, page)
     if moved is not None:
         return moved
@@ -297,8 +360,9 @@ def _table_key(state: ViewState, key: KeyEvent, ids: Sequence[int], page: int) -
         return replace(state, mode=Mode.SORT, sort_cursor=state.sort_column)
     if key is Key.ESCAPE:
         return replace(state, filter_text="")
-    if isinstance(key, str) and key in DIRECT_SORT_KEYS:
-        return sort_by(state, DIRECT_SORT_KEYS[key])
+    direct = _direct_sort(key, columns)
+    if direct is not None:
+        return sort_by(state, direct)
     return state
 
 
@@ -315,12 +379,16 @@ def _filter_key(state: ViewState, key: KeyEvent, ids: Sequence[int], page: int) 
     return moved if moved is not None else state
 
 
-def _sort_key(state: ViewState, key: KeyEvent, ids: Sequence[int], page: int) -> ViewState:
-    cursor = COLUMNS.index(state.sort_cursor)
-    if key in (Key.LEFT, "h"):
-        return replace(state, sort_cursor=COLUMNS[(cursor - 1) % len(COLUMNS)])
-    if key in (Key.RIGHT, "l"):
-        return replace(state, sort_cursor=COLUMNS[(cursor + 1) % len(COLUMNS)])
+def _sort_key(
+    state: ViewState, key: KeyEvent, ids: Sequence[int], page: int, columns: Sequence[Column]
+) -> ViewState:
+    if key in (Key.LEFT, "h", Key.RIGHT, "l"):
+        step = -1 if key in (Key.LEFT, "h") else 1
+        if state.sort_cursor in columns:
+            cursor = columns.index(state.sort_cursor)
+        else:  # a column the table no longer offers: start from the first one
+            cursor, step = 0, 0
+        return replace(state, sort_cursor=columns[(cursor + step) % len(columns)])
     if key in (Key.UP, "k"):
         return sort_by(state, state.sort_cursor, desc=False)
     if key in (Key.DOWN, "j"):
@@ -331,7 +399,8 @@ def _sort_key(state: ViewState, key: KeyEvent, ids: Sequence[int], page: int) ->
         return replace(state, sort_column=Column.CPU, sort_desc=True, sort_cursor=Column.CPU)
     if key in (Key.ESCAPE, "s"):
         return replace(state, mode=Mode.TABLE)
-    if isinstance(key, str) and key in DIRECT_SORT_KEYS:
-        return sort_by(state, DIRECT_SORT_KEYS[key])
+    direct = _direct_sort(key, columns)
+    if direct is not None:
+        return sort_by(state, direct)
     moved = _navigate(state, key, ids, page)
     return moved if moved is not None else state

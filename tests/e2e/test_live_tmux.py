@@ -15,11 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from peers import children_of, cli_command, cli_env, wait_until
@@ -401,3 +403,97 @@ def test_dumb_or_missing_terminal_gets_a_clear_message(start: Callable[..., Pane
     )
     assert out.returncode != 0
     assert "not a tty" in out.stderr and "Traceback" not in out.stderr
+
+
+def _kernel_helpers() -> Any:
+    """The kernel tests' program loaders (tests/kernel/kernel_progs.py)."""
+    folder = str(Path(__file__).resolve().parents[1] / "kernel")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import kernel_progs
+
+    return kernel_progs
+
+
+class PinnedSender:
+    """A thread that keeps a socket filter running on one CPU: it sends datagrams to the
+    filtered loopback socket from that CPU (loopback delivers them in the softirq of the
+    sending CPU, so that is where the filter runs) until stopped; :meth:`move` changes CPU."""
+
+    def __init__(self, counting: Any, cpu: int) -> None:
+        self.counting = counting
+        self.cpu = cpu
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="pinned sender", daemon=True)
+
+    def _run(self) -> None:
+        pinned = -1
+        try:
+            while not self.stop.is_set():
+                if pinned != self.cpu:
+                    pinned = self.cpu
+                    os.sched_setaffinity(0, {pinned})  # pid 0: this thread only
+                self.counting.send(10)
+                time.sleep(0.02)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.failure = exc
+
+    def move(self, cpu: int) -> None:
+        self.cpu = cpu
+
+    def __enter__(self) -> PinnedSender:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def cpu_runs(text: str, cpu: int) -> float | None:
+    """Runs/s of ``cpu`` in the detail view's per-CPU split (None: no such row)."""
+    m = re.search(rf"^cpu {cpu} +\S+% +([\d.,]+)/s", text, re.MULTILINE)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def test_per_cpu_split_follows_a_pinned_sender(start: Callable[..., Pane]) -> None:
+    kernel_progs = _kernel_helpers()
+    online = sorted(os.sched_getaffinity(0))
+    assert len(online) >= 2, "the per-CPU split needs two CPUs to move the sender between"
+    a, b = online[0], online[1]
+    interval = 0.5
+    with (
+        kernel_progs.counting_filter("otel_t_livecpu") as counting,
+        PinnedSender(counting, a) as sender,
+    ):
+        pane = start(live_args("--per-cpu"))
+        pane.wait(table_shown, 30, "the table")
+        pane.keys("f")
+        pane.literal("otel_t_livecpu")
+        pane.keys("Enter")
+        pane.wait(lambda t: "filter: otel_t_livecpu (1 of" in t, 3, "our program alone")
+        pane.keys("Home", "Enter")
+        text = pane.wait(
+            lambda t: (cpu_runs(t, a) or 0) > 0 and cpu_runs(t, b) == 0,
+            4 * interval + 2,
+            f"the runs on cpu {a} and none on cpu {b}",
+        )
+        assert f"Program {counting.prog_id} (otel_t_livecpu)" in text, text
+        assert "imbalance" in text, text
+        moved = time.monotonic()
+        sender.move(b)
+        # The period the sender moved in has runs on both; the next one only on b.
+        text = pane.wait(
+            lambda t: (cpu_runs(t, b) or 0) > 0 and cpu_runs(t, a) == 0,
+            3 * interval + 1.5,
+            f"the runs to move to cpu {b}",
+        )
+        followed = time.monotonic() - moved
+        print(f"the split followed the sender in {followed:.2f} s\n{text}")
+        assert sender.failure is None, sender.failure
+        pane.keys("Escape")
+        text = pane.wait(lambda t: f"%@{b}" in t, 2, "the busiest CPU in the table")
+        pane.keys("q")
+        assert pane.exit_status() == 0, pane.capture()
+    assert sender.failure is None, sender.failure

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from otel_bpf.records import MapRecord, Owner, ProgramRecord, StatsState
+from otel_bpf.records import CpuCounters, MapRecord, Owner, ProgramRecord, StatsState
 from otel_bpf.snapshot import Snapshot, build_snapshot
 
 STATS_ON = StatsState(ours=True, sysctl=False, others=False)
@@ -20,8 +20,15 @@ def program(
     run_cnt: int = 0,
     owners: tuple[Owner, ...] | None = (),
     maps: tuple[MapRecord, ...] | None = None,
+    per_cpu: Sequence[tuple[int, int]] | None = None,
 ) -> ProgramRecord:
-    """A program reading with plausible fixed facts."""
+    """A program reading with plausible fixed facts; ``per_cpu`` gives ``(run_cnt,
+    run_time_ns)`` on each CPU from 0 (the totals are then their sums)."""
+    cpus = None
+    if per_cpu is not None:
+        cpus = tuple(CpuCounters(i, ns, cnt, 0) for i, (cnt, ns) in enumerate(per_cpu))
+        run_cnt = sum(c.run_cnt for c in cpus)
+        run_time_ns = sum(c.run_time_ns for c in cpus)
     return ProgramRecord(
         id=prog_id,
         type=type,
@@ -41,6 +48,7 @@ def program(
         memlock_bytes=4096,
         owners=owners,
         maps=maps,
+        per_cpu=cpus,
     )
 
 
@@ -69,4 +77,23 @@ def steady(count: int, passes: int = 2) -> list[Snapshot]:
         [program(i, run_time_ns=1000 * i * p, run_cnt=10 * i * p) for i in range(1, count + 1)]
         for p in range(1, passes + 1)
     ]
+    return snapshots(readings)
+
+
+def per_cpu_history(
+    cpus: int = 2, passes: int = 3, hot: int = 1, name: str = "otel_pc_hot"
+) -> list[Snapshot]:
+    """Three programs with per-CPU counters on ``cpus`` CPUs, ``passes`` passes 1 s apart:
+    10 (``name``) runs 500 times a second at 300 ns a run on CPU ``hot`` only, 11
+    ``otel_pc_even`` 10 times a second at 100 ns on every CPU, 12 ``otel_pc_idle`` never."""
+    readings = []
+    for p in range(passes):
+        hot_split = [(500 * p, 150_000 * p) if c == hot else (0, 0) for c in range(cpus)]
+        readings.append(
+            [
+                program(10, name, type="socket_filter", per_cpu=hot_split),
+                program(11, "otel_pc_even", per_cpu=[(10 * p, 1_000 * p)] * cpus),
+                program(12, "otel_pc_idle", per_cpu=[(0, 0)] * cpus),
+            ]
+        )
     return snapshots(readings)

@@ -58,7 +58,10 @@ def test_cached_cells_equal_freshly_formatted_ones(passes: list[list[tuple]]) ->
     for snap in snapshots(readings):
         fresh = {s.id: [cell_text(s, c) for c in COLUMNS] for s in snap.programs}
         assert {s.id: cache.row(snap, s) for s in snap.programs} == fresh
-        widest = [max((display_width(v[i]) for v in fresh.values()), default=1) for i in range(8)]
+        widest = [
+            max((display_width(v[i]) for v in fresh.values()), default=1)
+            for i in range(len(COLUMNS))
+        ]
         assert cache.widths(snap, snap.programs, "") == widest
 
 

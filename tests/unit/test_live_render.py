@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from live_samples import STATS_ON, program, snapshots, steady
+from live_samples import STATS_ON, per_cpu_history, program, snapshots, steady
 
 from otel_bpf.live import charts
 from otel_bpf.live.context import RenderContext
@@ -15,7 +15,7 @@ from otel_bpf.live.format import fmt_bytes, fmt_ns, fmt_percent, fmt_rate, scale
 from otel_bpf.live.options import Glyphs, LiveOptions
 from otel_bpf.live.render_table import DROP_ORDER, LABELS
 from otel_bpf.live.screen import render_screen
-from otel_bpf.live.state import Column, Mode, ViewState
+from otel_bpf.live.state import Column, Mode, ViewState, table_columns
 from otel_bpf.live.terminal import Line, Style
 from otel_bpf.records import MapRecord, Owner, StatsState
 from otel_bpf.snapshot import Snapshot
@@ -66,6 +66,7 @@ def render(
     height: int = 24,
     state: ViewState | None = None,
     glyphs: Glyphs = Glyphs.ASCII,
+    per_cpu: bool = False,
 ) -> tuple[list[Line], ViewState, int]:
     ctx = RenderContext(
         snapshot=history[-1] if history else None,
@@ -77,6 +78,7 @@ def render(
         kernel="6.18.0",
         interval=1.0,
         now=history[-1].wall_time if history else 0.0,
+        per_cpu=per_cpu,
     )
     return render_screen(ctx, state or ViewState())
 
@@ -105,32 +107,41 @@ def test_table_fits_every_width_exactly(width: int) -> None:
     assert "rows 1-4 of 4" in "\n".join(texts(lines))
 
 
-def test_wide_table_has_every_column_with_full_labels() -> None:
-    lines, _, _ = render(demo_history(), 200)
+@pytest.mark.parametrize("per_cpu", [False, True])
+def test_wide_table_has_every_column_with_full_labels(per_cpu: bool) -> None:
+    lines, _, _ = render(demo_history(), 200, per_cpu=per_cpu)
     header = column_header(lines)
-    for column in Column:
+    offered = table_columns(per_cpu)
+    for column in offered:
         assert LABELS[column][0] in header
     # Columns in the order.
-    positions = [header.index(LABELS[c][0]) for c in Column]
+    positions = [header.index(LABELS[c][0]) for c in offered]
     assert positions == sorted(positions)
     assert "CPU % v" in header  # the sort marker
+    # The busiest CPU's column only with per-CPU figures.
+    assert ("Busiest CPU %" in header) is per_cpu
 
 
-def test_narrow_terminals_drop_the_least_important_columns_first() -> None:
+@pytest.mark.parametrize("per_cpu", [False, True])
+def test_narrow_terminals_drop_the_least_important_columns_first(per_cpu: bool) -> None:
     seen: list[set[Column]] = []
+    history = per_cpu_history() if per_cpu else demo_history()
     for width in (200, 120, 100, 80, 70, 60, 50, 40, 30):
-        header = column_header(render(demo_history(), width)[0])
+        lines = render(history, width, per_cpu=per_cpu)[0]
+        assert all(len(t) == width for t in texts(lines))
+        header = column_header(lines)
         present = {c for c in Column if any(label in header for label in LABELS[c])}
         seen.append(present)
         assert {Column.ID, Column.NAME, Column.CPU} <= present, width
     # Once dropped, a column never comes back at a smaller width, and the order is the
     # documented one.
+    order = [c for c in DROP_ORDER if c in table_columns(per_cpu)]
     dropped_order: list[Column] = []
     for present in seen:
-        for column in DROP_ORDER:
+        for column in order:
             if column not in present and column not in dropped_order:
                 dropped_order.append(column)
-    assert dropped_order == list(DROP_ORDER[: len(dropped_order)])
+    assert dropped_order == order[: len(dropped_order)]
     assert len(dropped_order) >= 3
     assert Column.TOTAL_AVG not in seen[-1] and Column.TOTAL_AVG in seen[0]
 

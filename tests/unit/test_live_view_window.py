@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 from live_samples import steady
 
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.live.app import LiveView
 from otel_bpf.live.options import LiveOptions
 from otel_bpf.live.render_detail import render_detail
@@ -16,6 +17,7 @@ class ShortSampler:
     """What :class:`LiveView` reads of a sampler that keeps only its last 4 snapshots."""
 
     interval = 1.0
+    options = SourceOptions()
 
     def __init__(self) -> None:
         self.history: tuple[Snapshot, ...] = ()
