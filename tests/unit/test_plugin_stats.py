@@ -18,6 +18,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
+from otel_bpf.kernel.source import SourceOptions
+from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.plugin import BpfMetricsPlugin
 from otel_bpf.otel.sdk_private import reader_export_interval
 from otel_bpf.records import ProgramRecord, StatsState
@@ -183,6 +185,20 @@ def test_bad_arguments() -> None:
         BpfMetricsPlugin(collection_interval=0)
     with pytest.raises(ValueError, match="idle_collections"):
         BpfMetricsPlugin(idle_collections=0)
+
+
+def test_per_cpu_metrics_need_a_sampler_that_reads_per_cpu_counters() -> None:
+    # A given sampler that reads totals only would leave the per-CPU instruments silent.
+    plain = fake_sampler(Holder())
+    with pytest.raises(ValueError, match=r"per_cpu=True.*iterator"):
+        BpfMetricsPlugin(options=MetricsOptions(per_cpu=True), sampler=plain)
+    per_cpu = Sampler(
+        source=CallSource(lambda: Result([prog()])), options=SourceOptions(per_cpu=True)
+    )
+    BpfMetricsPlugin(options=MetricsOptions(per_cpu=True), sampler=per_cpu)
+    # Its own sampler is opened for per-CPU counters.
+    assert BpfMetricsPlugin(options=MetricsOptions(per_cpu=True)).sampler.options.per_cpu
+    assert not BpfMetricsPlugin().sampler.options.per_cpu
 
 
 async def test_a_start_up_failure_is_raised_as_itself_and_holds_nothing() -> None:
