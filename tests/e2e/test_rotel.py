@@ -96,6 +96,13 @@ def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str, vi
         assert set(DERIVED_GAUGES) <= received, f"missing {set(DERIVED_GAUGES) - received}"
     else:
         assert not set(DERIVED_GAUGES) & received
+    # No per-CPU series without --per-cpu.
+    assert not [
+        p
+        for p in points
+        if p.metric.startswith("bpf.program.cpu.") and "utilization" not in p.metric
+    ]
+    assert not [p for p in points if "cpu.logical_number" in p.attributes]
     contract = CONTRACT | MISSES | DERIVED_GAUGES
     for p in points:
         if p.metric in contract:
