@@ -201,6 +201,31 @@ def test_per_cpu_metrics_need_a_sampler_that_reads_per_cpu_counters() -> None:
     assert not BpfMetricsPlugin().sampler.options.per_cpu
 
 
+async def test_per_cpu_without_the_iterator_fails_at_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A kernel where the iterator path cannot be loaded: the own sampler's open_source("auto")
+    # would fall back to the syscall path, which cannot read per-CPU counters.
+    import errno
+
+    from otel_bpf.kernel import open_source
+    from otel_bpf.kernel.errors import BpfUnsupportedError
+    from otel_bpf.kernel.iterator.selfcheck import IteratorUnavailableError
+
+    def unavailable(*args: object, **kwargs: object) -> object:
+        raise IteratorUnavailableError(errno.EINVAL, "no iter/bpf_prog on this kernel")
+
+    monkeypatch.setattr(open_source, "open_iterator_source", unavailable)
+    holder = Holder()
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(mp, options=MetricsOptions(per_cpu=True), stats_holder=holder)
+    with pytest.raises(BpfUnsupportedError, match="iterator sampling path"):
+        async with plugin:
+            pass
+    assert holder.count == 0
+    mp.shutdown()
+
+
 async def test_a_start_up_failure_is_raised_as_itself_and_holds_nothing() -> None:
     holder = Holder()
 
