@@ -676,7 +676,7 @@ def test_per_cpu_by_name_type_sums_per_cpu_and_stays_monotonic_when_a_program_un
     mp.shutdown()
 
 
-@pytest.mark.parametrize(("programs", "cpus"), [(1000, 2), (700, 8)])
+@pytest.mark.parametrize(("programs", "cpus"), [(1200, 2), (700, 8)])
 def test_per_cpu_series_never_overflow_the_cardinality_limit(programs: int, cpus: int) -> None:
     """Programs x CPUs series per instrument, beyond the SDK's default limit of 2000: the
     limit is sized from the series each callback reports, so none is folded into overflow."""
