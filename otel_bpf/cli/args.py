@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-cpu",
         action="store_true",
         help="read each program's counters on every possible CPU (the `per_cpu` key of "
-        "--json); needs the iterator sampling path (default: off)",
+        "--json, and the bpf.program.cpu.* counters with cpu.logical_number when exporting: "
+        "one series per program per CPU); needs the iterator sampling path (default: off)",
     )
     mode.add_argument(
         "--owners",

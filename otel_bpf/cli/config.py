@@ -91,7 +91,8 @@ class Config:
     derived_gauges: bool = False
     """``--derived-gauges``: export the period gauges besides the counters."""
     per_cpu: bool = False
-    """``--per-cpu``: read per-CPU counters (the iterator path only)."""
+    """``--per-cpu``: read per-CPU counters (the iterator path only), for ``--json`` and the
+    exported per-CPU counters."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:

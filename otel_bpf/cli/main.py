@@ -152,6 +152,8 @@ def _metrics_options(config: Config) -> MetricsOptions:
         names=config.names,
         owners=config.owner_names,
         derived_gauges=config.derived_gauges,
+        # --per-cpu is for every consumer of the run: --json, and the exporters.
+        per_cpu=config.per_cpu,
     )
 
 

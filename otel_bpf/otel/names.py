@@ -35,6 +35,8 @@ MAP_NAME = "bpf.map.name"
 MAP_TYPE = "bpf.map.type"
 PROCESS_PID = "process.pid"
 PROCESS_EXECUTABLE_NAME = "process.executable.name"
+CPU_LOGICAL_NUMBER = "cpu.logical_number"
+"""The semantic conventions' CPU attribute (int, 0..n-1), on the per-CPU series."""
 
 # Resource attribute of a bpftop-otel run: how it reads the programs ("iterator" or
 # "syscall"), so a dashboard can tell which path produced the figures.
@@ -128,6 +130,31 @@ PROGRAM_OWNER = MetricName(
     "1 for each process that holds the program (its fd or a link to it).",
 )
 
+# Per-CPU counters (``per_cpu``): the totals above split by ``cpu.logical_number``.  Names of
+# their own, not the totals with one more attribute: a query that sums a metric over its
+# attributes would then count every run twice.
+CPU_RUN_TIME = MetricName(
+    "bpf.program.cpu.run.time",
+    "counter",
+    "s",
+    "Time the kernel spent running the program on the CPU since it was loaded "
+    "(while stats were on).",
+)
+CPU_RUNS = MetricName(
+    "bpf.program.cpu.runs",
+    "counter",
+    "{run}",
+    "Times the program ran on the CPU since it was loaded (counted while stats were on).",
+)
+CPU_RECURSION_MISSES = MetricName(
+    "bpf.program.cpu.recursion.misses",
+    "counter",
+    "{miss}",
+    "Runs the kernel skipped on the CPU because the program was already running there.",
+)
+"""Like :data:`RECURSION_MISSES`, only for the program types whose misses the kernel can
+count."""
+
 ALWAYS: tuple[MetricName, ...] = (
     RUN_TIME,
     RUNS,
@@ -144,7 +171,12 @@ OPT_IN: tuple[MetricName, ...] = (
     VERIFIER_INSTRUCTIONS,
     MAP_MEMORY_USAGE,
     PROGRAM_OWNER,
+    CPU_RUN_TIME,
+    CPU_RUNS,
+    CPU_RECURSION_MISSES,
 )
+PER_CPU: tuple[MetricName, ...] = (CPU_RUN_TIME, CPU_RUNS, CPU_RECURSION_MISSES)
+"""The per-CPU counters (one series per program per possible CPU)."""
 ALL: tuple[MetricName, ...] = ALWAYS + OPT_IN
 
 METER_NAME = "otel_bpf"

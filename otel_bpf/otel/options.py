@@ -98,6 +98,11 @@ class MetricsOptions:
     """Export ``bpf.program.run.time.average``, ``bpf.program.run.rate`` and
     ``bpf.program.cpu.utilization`` (figures over a period; a backend derives the same from
     the counters with ``rate()``)."""
+    per_cpu: bool = False
+    """Export ``bpf.program.cpu.run.time``, ``bpf.program.cpu.runs`` and
+    ``bpf.program.cpu.recursion.misses``: each program's counters on every possible CPU,
+    with ``cpu.logical_number``.  One series per program per CPU per instrument; only the
+    iterator sampling path reads them (the syscall path refuses)."""
     grace_passes: int = 3
     """``by_name_type``: sampler passes an aggregate series outlives its last program, so a
     program reloaded within that time continues the same monotonic series."""
@@ -140,8 +145,9 @@ class MetricsOptions:
 
     @property
     def source_options(self) -> SourceOptions:
-        """What a pass must read for these metrics: owners and maps only when needed."""
-        return SourceOptions(owners=self.needs_owners, maps=self.needs_maps)
+        """What a pass must read for these metrics: owners, maps and per-CPU counters only
+        when needed."""
+        return SourceOptions(owners=self.needs_owners, maps=self.needs_maps, per_cpu=self.per_cpu)
 
     def matches(self, program: ProgramRecord) -> bool:
         """Whether ``program`` passes the type, name and owner filters."""

@@ -113,6 +113,10 @@ class BpfMetricsPlugin:
     take each pass when a reader collects (at most one per ``interval``) instead of running
     the sampler's loop; by default when the plugin owns its sampler and
     :func:`passes_on_collection` allows it.  A given ``sampler`` must then not be running.
+    With ``options.per_cpu`` the own sampler reads per-CPU counters, which only the iterator
+    sampling path can: where the kernel does not allow it, :meth:`run` raises
+    :class:`otel_bpf.kernel.errors.BpfUnsupportedError` naming the iterator path; a given
+    ``sampler`` must read them too (``SourceOptions(per_cpu=True)``), else ValueError.
 
     Errors at start (missing privileges: :class:`otel_bpf.kernel.errors.BpfPermissionError`)
     propagate from :meth:`run` / ``async with``.
@@ -149,6 +153,12 @@ class BpfMetricsPlugin:
             history=FED_HISTORY,
             options=self.options.source_options,
         )
+        if self.options.per_cpu and not self._sampler.options.per_cpu:
+            # The per-CPU instruments would stay silent: say so now rather than export nothing.
+            raise ValueError(
+                "MetricsOptions(per_cpu=True) needs a sampler that reads per-CPU counters "
+                "(SourceOptions(per_cpu=True), the iterator sampling path)"
+            )
         if collection_interval is not None and not collection_interval > 0:
             raise ValueError("collection_interval must be > 0 seconds")
         if idle_collections < 1:

@@ -10,7 +10,7 @@ continues it.  Memory is bounded by the programs loaded now plus the series in g
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from otel_bpf.figures import same_program
@@ -60,21 +60,37 @@ def program_attributes(program: ProgramRecord, options: MetricsOptions) -> dict[
 _SeriesKey = tuple[tuple[str, str | int], ...]
 
 
+CpuTotals = tuple[int, int, int, int]
+"""``(cpu, run_time_ns, run_cnt, recursion_misses)``, the order of ``CpuCounters``."""
+
+
 @dataclass(slots=True)
 class _Totals:
     load_time: float = 0.0
     run_time_ns: int = 0
     run_cnt: int = 0
     recursion_misses: int = 0
+    per_cpu: dict[int, tuple[int, int, int]] | None = None
+    """cpu -> (run_time_ns, run_cnt, recursion_misses), with per-CPU counters."""
 
     def add(self, other: _Totals) -> None:
         self.run_time_ns += other.run_time_ns
         self.run_cnt += other.run_cnt
         self.recursion_misses += other.recursion_misses
+        if other.per_cpu:
+            # A new dict of new tuples: an offset never shares state with a live reading.
+            mine = dict(self.per_cpu or {})
+            for cpu, (t, n, m) in other.per_cpu.items():
+                had = mine.get(cpu, (0, 0, 0))
+                mine[cpu] = (had[0] + t, had[1] + n, had[2] + m)
+            self.per_cpu = mine
 
 
-def _totals(p: ProgramRecord) -> _Totals:
-    return _Totals(p.load_time, p.run_time_ns, p.run_cnt, p.recursion_misses or 0)
+def _totals(p: ProgramRecord, per_cpu: bool) -> _Totals:
+    cpus = None
+    if per_cpu and p.per_cpu is not None:
+        cpus = {c.cpu: (c.run_time_ns, c.run_cnt, c.recursion_misses) for c in p.per_cpu}
+    return _Totals(p.load_time, p.run_time_ns, p.run_cnt, p.recursion_misses or 0, cpus)
 
 
 @dataclass(slots=True)
@@ -157,7 +173,7 @@ class SeriesTable:
                 agg = self._aggregates[key] = _Aggregate(attributes=attrs)
             if exports_misses(p):
                 agg.has_misses = True
-            seen.setdefault(key, {})[p.id] = _totals(p)
+            seen.setdefault(key, {})[p.id] = _totals(p, opts.per_cpu)
         for key in list(self._aggregates):
             agg = self._aggregates[key]
             now = seen.get(key, {})
@@ -237,6 +253,8 @@ class SeriesTable:
             points[names.RUNS.name].append((p.run_cnt, attrs))
             if p.recursion_misses is not None and exports_misses(p):
                 points[names.RECURSION_MISSES.name].append((p.recursion_misses, attrs))
+            if opts.per_cpu and p.per_cpu is not None:
+                _per_cpu_points(attrs, p.per_cpu, exports_misses(p), points)
             if opts.derived_gauges:
                 if s.period_avg_runtime_ns is not None:
                     avg = s.period_avg_runtime_ns / 1e9
@@ -268,6 +286,9 @@ class SeriesTable:
             points[names.RUNS.name].append((total.run_cnt, attrs))
             if agg.has_misses:
                 points[names.RECURSION_MISSES.name].append((total.recursion_misses, attrs))
+            if opts.per_cpu and total.per_cpu:
+                cpus = ((cpu, *v) for cpu, v in sorted(total.per_cpu.items()))
+                _per_cpu_points(attrs, cpus, agg.has_misses, points)
             members = groups.get(key, [])
             if not members:
                 continue
@@ -286,6 +307,26 @@ class SeriesTable:
                 known = [n for n in insns if n is not None]
                 if known:
                     points[names.VERIFIER_INSTRUCTIONS.name].append((max(known), attrs))
+
+
+def _per_cpu_points(
+    attrs: Attributes,
+    cpus: Iterable[CpuTotals],
+    misses: bool,
+    points: dict[str, list[Point]],
+) -> None:
+    """One point per CPU of each per-CPU counter: the series' attributes plus
+    ``cpu.logical_number`` (one attribute dict per CPU, shared by the instruments)."""
+    run_time = points[names.CPU_RUN_TIME.name]
+    runs = points[names.CPU_RUNS.name]
+    missed = points[names.CPU_RECURSION_MISSES.name]
+    for cpu, run_time_ns, run_cnt, recursion_misses in cpus:
+        cpu_attrs = dict(attrs)
+        cpu_attrs[names.CPU_LOGICAL_NUMBER] = cpu
+        run_time.append((run_time_ns / 1e9, cpu_attrs))
+        runs.append((run_cnt, cpu_attrs))
+        if misses:
+            missed.append((recursion_misses, cpu_attrs))
 
 
 def _aggregate_gauges(

@@ -101,6 +101,9 @@ def test_prometheus_scrapes_the_demo_series(tmp_path: Path) -> None:
             for gauge in GAUGES:
                 assert not prom.query(f"{gauge}{{{DEMO}}}"), gauge
             assert not prom.query(f"bpf_program_recursion_misses_total{{{DEMO}}}")
+            # Nor per-CPU series without --per-cpu.
+            assert not prom.query('{__name__=~"bpf_program_cpu_.*_total"}')
+            assert not prom.query("{cpu_logical_number!=''}")
             series = prom.query(f"bpf_program_runs_total{{{DEMO}}}")
             types = {
                 r["metric"]["bpf_program_name"]: r["metric"]["bpf_program_type"] for r in series

@@ -17,6 +17,7 @@ from peers import Cli, DataPoint, Rotel, cli_env, free_port, wait_until
 
 from otel_bpf.demo import PROGRAM_NAMES
 from otel_bpf.kernel.prog_types import RECURSION_CHECKED_TYPES
+from otel_bpf.otel.names import PER_CPU
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -96,6 +97,9 @@ def test_exports_the_metrics_contract_to_rotel(tmp_path: Path, protocol: str, vi
         assert set(DERIVED_GAUGES) <= received, f"missing {set(DERIVED_GAUGES) - received}"
     else:
         assert not set(DERIVED_GAUGES) & received
+    # No per-CPU series without --per-cpu.
+    assert not received & {m.name for m in PER_CPU}
+    assert not [p for p in points if "cpu.logical_number" in p.attributes]
     contract = CONTRACT | MISSES | DERIVED_GAUGES
     for p in points:
         if p.metric in contract:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+from kernel_progs import many_loaded, prog_id_of_fd
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -24,6 +25,7 @@ from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.syscall import close
+from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
@@ -195,3 +197,37 @@ def test_5000_programs_loaded_at_once_each_keep_their_own_series(
         assert not missing, f"{metric.name}: {len(missing)} of {AT_ONCE} programs missing"
     raised = [r.getMessage() for r in caplog.records if "cardinality limit" in r.getMessage()]
     assert raised and "raised to" in raised[0], raised
+
+
+PER_CPU_PROGRAMS = 1200
+
+
+def test_1200_programs_per_cpu_each_keep_their_own_series() -> None:
+    """Per-CPU counters: programs x possible CPUs series per instrument (2,400 and more at
+    1,200 programs on two CPUs, above the SDK's default limit of 2000), none folded into
+    overflow."""
+    prefix = f"oq{os.getpid() % 1000}_"
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    options = MetricsOptions(per_cpu=True)
+    sampler = Sampler(history=2, options=options.source_options)
+    create_instruments(mp, lambda: sampler.history, options)
+    try:
+        with many_loaded(PER_CPU_PROGRAMS, prefix) as fds:
+            ids = {prog_id_of_fd(fd) for fd in fds}
+            sampler.sample_once()
+            got = collect(reader)
+    finally:
+        sampler.close()
+        mp.shutdown()
+    cpus = possible_cpus()
+    for metric in got.values():
+        for point in metric.data.data_points:
+            assert "otel.metric.overflow" not in point.attributes, metric.name
+    for metric in (names.CPU_RUNS, names.CPU_RUN_TIME):
+        ours = {
+            (p.attributes[names.PROGRAM_ID], p.attributes[names.CPU_LOGICAL_NUMBER])
+            for p in got[metric.name].data.data_points
+            if p.attributes[names.PROGRAM_ID] in ids
+        }
+        assert ours == {(i, c) for i in ids for c in cpus}, metric.name

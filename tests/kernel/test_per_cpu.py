@@ -14,12 +14,17 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from kernel_progs import CountingFilter, bpftool_json, counting_filter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from otel_bpf import BpfMetricsPlugin, MetricsOptions
 from otel_bpf.kernel.errors import BpfUnsupportedError
 from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import program_info
@@ -28,6 +33,8 @@ from otel_bpf.kernel.programs import SyscallSource
 from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.kernel.stats import stats_enabled
 from otel_bpf.kernel.system import possible_cpus
+from otel_bpf.otel import names
+from otel_bpf.otel.instrumentor import BpfProgramsInstrumentor
 from otel_bpf.records import ProgramRecord
 
 pytestmark = pytest.mark.kernel
@@ -224,3 +231,101 @@ def test_json_per_cpu_with_the_syscall_path_is_a_usage_error() -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.splitlines()
     assert "--per-cpu" in line and "iterator" in line
+
+
+# -- the OpenTelemetry per-CPU counters (MetricsOptions(per_cpu=True)) --------------------
+
+
+def per_cpu_points(reader: InMemoryMetricReader, prog_id: int) -> dict[str, dict[Any, float]]:
+    """One collection: metric name -> {cpu.logical_number (None for a total): value} of
+    ``prog_id``'s series."""
+    data = reader.get_metrics_data()
+    out: dict[str, dict[Any, float]] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    if p.attributes.get(names.PROGRAM_ID) == prog_id:
+                        cpu = p.attributes.get(names.CPU_LOGICAL_NUMBER)
+                        out.setdefault(m.name, {})[cpu] = p.value
+    return out
+
+
+def collect_until_runs(
+    reader: InMemoryMetricReader, prog_id: int, runs: int
+) -> dict[str, dict[Any, float]]:
+    """Collect until the program's total runs reach ``runs`` (a collection sooner than the
+    plugin's interval after the last pass exports that pass again)."""
+    deadline = time.monotonic() + 5
+    while True:
+        got = per_cpu_points(reader, prog_id)
+        if got.get(names.RUNS.name, {}).get(None) == runs or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_plugin_per_cpu_counters_follow_the_sender(two_cpus: tuple[int, int]) -> None:
+    a, b = two_cpus
+    reader, plain_reader = InMemoryMetricReader(), InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    plain_mp = MeterProvider(metric_readers=[plain_reader], shutdown_on_exit=False)
+    with counting_filter("otel_t_percpu") as f:
+        only_ours = MetricsOptions(names=("otel_t_percpu",))
+        plugin = BpfMetricsPlugin(mp, interval=0.1, options=replace(only_ours, per_cpu=True))
+        try:
+            with anyio.fail_after(30):
+                async with plugin, BpfMetricsPlugin(plain_mp, interval=0.1, options=only_ours):
+                    # Headless counters: each collection takes the pass, per-CPU ones too.
+                    assert plugin.samples_on_collection
+                    assert plugin.sampling_path == "iterator"
+                    send_on(f, a, 300)
+                    got = collect_until_runs(reader, f.prog_id, 300)
+                    cpus = possible_cpus()
+                    for metric in (names.CPU_RUNS.name, names.CPU_RUN_TIME.name):
+                        assert sorted(got[metric]) == cpus, metric
+                    assert got[names.CPU_RUNS.name][a] == 300
+                    assert all(got[names.CPU_RUNS.name][c] == 0 for c in cpus if c != a)
+                    assert got[names.CPU_RUN_TIME.name][a] == got[names.RUN_TIME.name][None] > 0
+                    # A socket filter cannot miss a run: no per-CPU misses, as no total.
+                    assert names.CPU_RECURSION_MISSES.name not in got
+
+                    # The sender moves: the next pass has the new runs on the other CPU.
+                    send_on(f, b, 200)
+                    got = collect_until_runs(reader, f.prog_id, 500)
+                    assert got[names.CPU_RUNS.name][a] == 300
+                    assert got[names.CPU_RUNS.name][b] == 200
+                    assert sum(got[names.CPU_RUNS.name].values()) == got[names.RUNS.name][None]
+                    assert sum(got[names.CPU_RUN_TIME.name].values()) == pytest.approx(
+                        got[names.RUN_TIME.name][None], rel=1e-9
+                    )
+
+                    # Without the option: the same program, no per-CPU series at all.
+                    plain = collect_until_runs(plain_reader, f.prog_id, 500)
+                    assert set(plain) == {names.RUN_TIME.name, names.RUNS.name}
+                    assert set(plain[names.RUNS.name]) == {None}
+        finally:
+            mp.shutdown()
+            plain_mp.shutdown()
+
+
+def test_instrumentor_per_cpu_counters(two_cpus: tuple[int, int]) -> None:
+    a, _ = two_cpus
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    # BaseInstrumentor is a singleton: a fresh one for this test.
+    BpfProgramsInstrumentor._instance = None
+    instrumentor = BpfProgramsInstrumentor()
+    with counting_filter("otel_t_percpu") as f:
+        try:
+            options = MetricsOptions(names=("otel_t_percpu",), per_cpu=True)
+            instrumentor.instrument(meter_provider=mp, options=options, min_interval=0.0)
+            assert instrumentor.sampling_path == "iterator"
+            send_on(f, a, 120)
+            got = collect_until_runs(reader, f.prog_id, 120)
+            assert got[names.CPU_RUNS.name][a] == 120
+            assert sum(got[names.CPU_RUNS.name].values()) == 120
+        finally:
+            instrumentor.uninstrument()
+            BpfProgramsInstrumentor._instance = None
+            mp.shutdown()

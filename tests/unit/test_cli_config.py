@@ -188,6 +188,14 @@ def test_derived_gauges_flag_reaches_the_metrics_options() -> None:
     assert c.derived_gauges and _metrics_options(c).derived_gauges
 
 
+def test_per_cpu_flag_reaches_the_metrics_options() -> None:
+    from otel_bpf.cli.main import _metrics_options
+
+    assert not cfg([]).per_cpu and not _metrics_options(cfg([])).per_cpu
+    c = cfg(["--per-cpu"])
+    assert c.per_cpu and _metrics_options(c).per_cpu
+
+
 def test_key_value_parsing() -> None:
     assert parse_key_values("a=1, b = x%20y ,,c=", "V") == {"a": "1", "b": "x y", "c": ""}
     assert parse_headers("Authorization=Bearer%20t,X-Tenant=7", "H") == {

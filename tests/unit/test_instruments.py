@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from otel_bpf.otel import names
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.series import SeriesTable
-from otel_bpf.records import MapRecord, Owner, ProgramRecord, StatsState
+from otel_bpf.records import CpuCounters, MapRecord, Owner, ProgramRecord, StatsState
 from otel_bpf.snapshot import Snapshot, build_snapshot
 
 ON = StatsState(ours=True, sysctl=False, others=False)
@@ -561,4 +562,134 @@ def test_program_count_of_a_type_drops_to_zero() -> None:
         ((names.PROGRAM_TYPE, "socket_filter"),): 1,
         ((names.PROGRAM_TYPE, "xdp"),): 0,
     }
+    mp.shutdown()
+
+
+# -- per-CPU counters (MetricsOptions(per_cpu=True)) --------------------------------------
+
+
+def cpu_prog(pid: int, cpus: dict[int, tuple[int, int, int]], **kw: Any) -> ProgramRecord:
+    """``prog()`` with per-CPU counters: cpu -> (run_cnt, run_time_ns, recursion_misses),
+    the totals their sums."""
+    per_cpu = tuple(CpuCounters(c, t, n, m) for c, (n, t, m) in sorted(cpus.items()))
+    return replace(
+        prog(
+            pid,
+            run_cnt=sum(n for n, _, _ in cpus.values()),
+            run_time_ns=sum(t for _, t, _ in cpus.values()),
+            misses=sum(m for _, _, m in cpus.values()),
+            **kw,
+        ),
+        per_cpu=per_cpu,
+    )
+
+
+def on_cpu(key: tuple[Any, ...], cpu: int) -> tuple[Any, ...]:
+    return tuple(sorted((*key, (names.CPU_LOGICAL_NUMBER, cpu))))
+
+
+def test_per_cpu_counters_split_the_totals_by_cpu_logical_number() -> None:
+    feed, reader, mp, inst = setup(MetricsOptions(per_cpu=True))
+    assert [m.name for m in inst.metrics][-3:] == [m.name for m in names.PER_CPU]
+    feed.push(
+        [
+            cpu_prog(1, {0: (30, 3000, 0), 1: (0, 0, 0)}),
+            cpu_prog(2, {0: (1, 10, 0), 1: (4, 40, 2)}, type="kprobe"),
+        ]
+    )
+    got = collect(reader)
+    for metric in names.PER_CPU:
+        m = got[metric.name]
+        assert (m.unit, m.data.is_monotonic) == (metric.unit, True), metric.name
+        assert m.data.aggregation_temporality is AggregationTemporality.CUMULATIVE
+    assert points(got["bpf.program.cpu.runs"]) == {
+        on_cpu(attrs(1), 0): 30,
+        on_cpu(attrs(1), 1): 0,
+        on_cpu(attrs(2, type="kprobe"), 0): 1,
+        on_cpu(attrs(2, type="kprobe"), 1): 4,
+    }
+    run_time = points(got["bpf.program.cpu.run.time"])
+    assert run_time[on_cpu(attrs(1), 0)] == pytest.approx(3e-6)
+    assert run_time[on_cpu(attrs(2, type="kprobe"), 1)] == pytest.approx(40e-9)
+    # Misses per CPU only for a type that can miss a run, as the totals.
+    assert points(got["bpf.program.cpu.recursion.misses"]) == {
+        on_cpu(attrs(2, type="kprobe"), 0): 0,
+        on_cpu(attrs(2, type="kprobe"), 1): 2,
+    }
+    # The totals are unchanged, without the CPU attribute.
+    assert points(got["bpf.program.runs"]) == {attrs(1): 30, attrs(2, type="kprobe"): 5}
+    mp.shutdown()
+
+
+def test_no_per_cpu_series_by_default_even_when_records_have_them() -> None:
+    feed, reader, mp, inst = setup()
+    assert not set(inst.metrics) & set(names.PER_CPU)
+    feed.push([cpu_prog(1, {0: (3, 30, 0), 1: (2, 20, 0)}, type="kprobe")])
+    got = collect(reader)
+    assert not {m.name for m in names.PER_CPU} & set(got)
+    for m in got.values():
+        for p in m.data.data_points:
+            assert names.CPU_LOGICAL_NUMBER not in p.attributes, m.name
+    mp.shutdown()
+
+
+def test_per_cpu_options_read_per_cpu_counters() -> None:
+    assert MetricsOptions(per_cpu=True).source_options.per_cpu
+    assert not MetricsOptions().source_options.per_cpu
+
+
+def test_per_cpu_by_name_type_sums_per_cpu_and_stays_monotonic_when_a_program_unloads() -> None:
+    feed, reader, mp, _ = setup(
+        MetricsOptions(attributes="by_name_type", grace_passes=1, per_cpu=True)
+    )
+    key = ((names.PROGRAM_NAME, "worker"), (names.PROGRAM_TYPE, "socket_filter"))
+    feed.push(
+        [
+            cpu_prog(1, {0: (100, 1000, 0), 1: (0, 0, 0)}, name="worker"),
+            cpu_prog(2, {0: (5, 50, 0), 1: (50, 500, 0)}, name="worker"),
+        ]
+    )
+    assert points(collect(reader)["bpf.program.cpu.runs"]) == {
+        on_cpu(key, 0): 105,
+        on_cpu(key, 1): 50,
+    }
+    # Program 1 unloads: what it counted on each CPU stays in that CPU's series.
+    feed.push([cpu_prog(2, {0: (5, 50, 0), 1: (70, 700, 0)}, name="worker")])
+    got = collect(reader)
+    assert points(got["bpf.program.cpu.runs"]) == {on_cpu(key, 0): 105, on_cpu(key, 1): 70}
+    assert points(got["bpf.program.runs"]) == {key: 175}
+    assert points(got["bpf.program.cpu.run.time"]) == {
+        on_cpu(key, 0): pytest.approx(1050e-9),
+        on_cpu(key, 1): pytest.approx(700e-9),
+    }
+    # A reload continues the series, CPU by CPU.
+    feed.push(
+        [
+            cpu_prog(2, {0: (5, 50, 0), 1: (70, 700, 0)}, name="worker"),
+            cpu_prog(3, {0: (0, 0, 0), 1: (9, 90, 0)}, name="worker"),
+        ]
+    )
+    assert points(collect(reader)["bpf.program.cpu.runs"]) == {
+        on_cpu(key, 0): 105,
+        on_cpu(key, 1): 79,
+    }
+    mp.shutdown()
+
+
+@pytest.mark.parametrize(("programs", "cpus"), [(1200, 2), (700, 8)])
+def test_per_cpu_series_never_overflow_the_cardinality_limit(programs: int, cpus: int) -> None:
+    """Programs x CPUs series per instrument, beyond the SDK's default limit of 2000: the
+    limit is sized from the series each callback reports, so none is folded into overflow."""
+    feed, reader, mp, inst = setup(MetricsOptions(per_cpu=True))
+    feed.push(
+        [cpu_prog(i, {c: (i + c, 0, 0) for c in range(cpus)}) for i in range(1, programs + 1)]
+    )
+    got = collect(reader)
+    for m in got.values():
+        for p in m.data.data_points:
+            assert "otel.metric.overflow" not in p.attributes, m.name
+    runs = points(got["bpf.program.cpu.runs"])
+    assert len(runs) == programs * cpus
+    assert runs[on_cpu(attrs(programs), cpus - 1)] == programs + cpus - 1
+    assert inst.pruner is not None and inst.pruner.cardinality_limit >= programs * cpus
     mp.shutdown()

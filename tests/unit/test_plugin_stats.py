@@ -18,6 +18,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
+from otel_bpf.kernel.source import SourceOptions
+from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.plugin import BpfMetricsPlugin
 from otel_bpf.otel.sdk_private import reader_export_interval
 from otel_bpf.records import ProgramRecord, StatsState
@@ -183,6 +185,45 @@ def test_bad_arguments() -> None:
         BpfMetricsPlugin(collection_interval=0)
     with pytest.raises(ValueError, match="idle_collections"):
         BpfMetricsPlugin(idle_collections=0)
+
+
+def test_per_cpu_metrics_need_a_sampler_that_reads_per_cpu_counters() -> None:
+    # A given sampler that reads totals only would leave the per-CPU instruments silent.
+    plain = fake_sampler(Holder())
+    with pytest.raises(ValueError, match=r"per_cpu=True.*iterator"):
+        BpfMetricsPlugin(options=MetricsOptions(per_cpu=True), sampler=plain)
+    per_cpu = Sampler(
+        source=CallSource(lambda: Result([prog()])), options=SourceOptions(per_cpu=True)
+    )
+    BpfMetricsPlugin(options=MetricsOptions(per_cpu=True), sampler=per_cpu)
+    # Its own sampler is opened for per-CPU counters.
+    assert BpfMetricsPlugin(options=MetricsOptions(per_cpu=True)).sampler.options.per_cpu
+    assert not BpfMetricsPlugin().sampler.options.per_cpu
+
+
+async def test_per_cpu_without_the_iterator_fails_at_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A kernel where the iterator path cannot be loaded: the own sampler's open_source("auto")
+    # would fall back to the syscall path, which cannot read per-CPU counters.
+    import errno
+
+    from otel_bpf.kernel import open_source
+    from otel_bpf.kernel.errors import BpfUnsupportedError
+    from otel_bpf.kernel.iterator.selfcheck import IteratorUnavailableError
+
+    def unavailable(*args: object, **kwargs: object) -> object:
+        raise IteratorUnavailableError(errno.EINVAL, "no iter/bpf_prog on this kernel")
+
+    monkeypatch.setattr(open_source, "open_iterator_source", unavailable)
+    holder = Holder()
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    plugin = BpfMetricsPlugin(mp, options=MetricsOptions(per_cpu=True), stats_holder=holder)
+    with pytest.raises(BpfUnsupportedError, match="iterator sampling path"):
+        async with plugin:
+            pass
+    assert holder.count == 0
+    mp.shutdown()
 
 
 async def test_a_start_up_failure_is_raised_as_itself_and_holds_nothing() -> None:
