@@ -35,6 +35,8 @@ MAP_NAME = "bpf.map.name"
 MAP_TYPE = "bpf.map.type"
 PROCESS_PID = "process.pid"
 PROCESS_EXECUTABLE_NAME = "process.executable.name"
+CONTAINER_ID = "container.id"
+K8S_POD_UID = "k8s.pod.uid"
 
 # Resource attribute of a bpftop-otel run: how it reads the programs ("iterator" or
 # "syscall"), so a dashboard can tell which path produced the figures.
