@@ -11,6 +11,29 @@ from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
+class Workload:
+    """The cgroup a process runs in and the container and Kubernetes pod its path names
+    (:func:`otel_bpf.workload.parse_proc_cgroup`).  Every field is None when unknown."""
+
+    cgroup: str | None = None
+    """The cgroup path as ``/proc/<pid>/cgroup`` shows it (the v2 one; on a v1 or hybrid host
+    without a useful v2 path, the v1 path that names the container), relative to the reader's
+    cgroup namespace; untrusted text, not sanitised."""
+    container_id: str | None = None
+    """64 lowercase hex digits (Docker, containerd, CRI-O, Podman, nerdctl), the innermost
+    container the path names; None outside a container."""
+    pod_uid: str | None = None
+    """The Kubernetes pod's uid, canonical lowercase UUID form; None outside a pod."""
+    qos_class: str | None = None
+    """``guaranteed``, ``burstable`` or ``besteffort`` from the pod's cgroup; None outside a
+    pod or when the path does not show it."""
+
+
+UNKNOWN_WORKLOAD = Workload()
+"""A process whose cgroup could not be read (it exited, or ``/proc`` refused)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Owner:
     """A process that holds a program open, directly or through a BPF link."""
 
@@ -23,6 +46,8 @@ class Owner:
     """How the process holds the program, sorted, no duplicates: ``("prog",)`` through a
     program fd, ``("link",)`` through a BPF link fd, ``("link", "prog")`` through both (as
     libbpf-based loaders do).  One process is one owner, whatever number of fds it holds."""
+    workload: Workload = UNKNOWN_WORKLOAD
+    """The process's cgroup and the container and pod it names, read in the same pass."""
 
 
 @dataclass(frozen=True, slots=True)

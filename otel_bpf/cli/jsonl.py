@@ -3,8 +3,8 @@
 Field names follow the kernel's (``run_time_ns``, ``run_cnt``, ...) so scripts written
 against ``bpftool prog show -j`` read naturally.  Figures that are not known yet (a
 program's first sample, a period without runs) are ``null``, never 0.  Text the kernel or a
-process chose (program names, ``comm``) is escaped to plain ASCII, so no control character
-ever reaches the terminal.
+process chose (program names, ``comm``, cgroup paths) is escaped to plain ASCII, so no
+control character ever reaches the terminal.
 """
 
 from __future__ import annotations
@@ -63,7 +63,17 @@ def _figure(value: float | None) -> float | None:
 def _owners(owners: tuple[Owner, ...] | None) -> list[dict[str, object]] | None:
     if owners is None:
         return None
-    return [{"pid": owner.pid, "comm": owner.comm, "via": list(owner.via)} for owner in owners]
+    return [
+        {
+            "pid": owner.pid,
+            "comm": owner.comm,
+            "via": list(owner.via),
+            "cgroup": owner.workload.cgroup,
+            "container_id": owner.workload.container_id,
+            "pod_uid": owner.workload.pod_uid,
+        }
+        for owner in owners
+    ]
 
 
 def _per_cpu(sample: ProgramSample) -> list[dict[str, object]] | None:

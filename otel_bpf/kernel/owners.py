@@ -12,6 +12,11 @@ Threads share their thread group's fd table, so only thread-group leaders (the n
 entries of ``/proc``) are scanned. Processes exit while we read them; every such race just
 drops that process or fd. A program held by nobody (pinned, or attached without a process
 fd) gets no owner.
+
+Each owner also carries its process's :class:`~otel_bpf.records.Workload`: the cgroup from
+``/proc/<pid>/cgroup`` (read once per process per pass, so a moved process or a reused pid
+is seen at the next pass) and the container and pod its path names
+(:mod:`otel_bpf.workload`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel.fdinfo import prog_id_from_fdinfo
-from otel_bpf.records import Owner
+from otel_bpf.records import UNKNOWN_WORKLOAD, Owner, Workload
+from otel_bpf.workload import parse_proc_cgroup
 
 PROG_FD_TARGET = "anon_inode:bpf-prog"
 LINK_FD_TARGET = "anon_inode:bpf_link"
@@ -117,6 +123,36 @@ def process_executable(pid: int) -> str:
     return os.path.basename(target).decode("utf-8", errors="replace")
 
 
+_CGROUP_READ_SIZE = 65536
+"""Bytes per read of ``/proc/<pid>/cgroup``: one read holds the file on any usual host (a
+path is at most PATH_MAX, one line per hierarchy); a longer file takes more reads."""
+
+
+def read_cgroup(pid: int) -> str | None:
+    """``/proc/<pid>/cgroup``; None when the process is gone or the file cannot be read."""
+    try:
+        fd = os.open(f"/proc/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = [os.read(fd, _CGROUP_READ_SIZE)]
+        while len(chunks[-1]) == _CGROUP_READ_SIZE:
+            chunks.append(os.read(fd, _CGROUP_READ_SIZE))
+    except OSError:
+        return None  # the process exited between open and read (ESRCH)
+    finally:
+        os.close(fd)
+    # Cgroup names are bytes; decoded like comm (U+FFFD for bad bytes).
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def process_workload(pid: int) -> Workload:
+    """The cgroup of ``pid`` and the container and pod its path names; every field None
+    when the process is gone."""
+    text = read_cgroup(pid)
+    return UNKNOWN_WORKLOAD if text is None else parse_proc_cgroup(text)
+
+
 @dataclass(slots=True)
 class TaskFds:
     """The program and link fds of one process, as one pass found them (the ``iter/task_file``
@@ -139,20 +175,29 @@ OwnerKey = tuple[int, int, bytes]
 
 class _OwnerTable:
     """The :class:`Owner` of each (process, ways held, comm) in one grouping, reusing those
-    of the previous pass; the executable is read once per new process."""
+    of the previous pass; the executable is read once per new process, the cgroup once per
+    process per pass (a process can be moved to another cgroup at any time, and a pid
+    reused by a process of the same name may run elsewhere)."""
 
     def __init__(self, previous: dict[OwnerKey, Owner]) -> None:
         self.old = previous
         self.new: dict[OwnerKey, Owner] = {}
         self._exes: dict[int, str] = {}
+        self._workloads: dict[int, Workload] = {}
 
     def get(self, task: TaskFds, ways: int) -> Owner:
         key = (task.tgid, ways, task.comm)
-        owner = self.new.get(key) or self.old.get(key)
-        if owner is None:
+        owner = self.new.get(key)
+        if owner is not None:
+            return owner
+        workload = self._workloads.get(task.tgid)
+        if workload is None:
+            workload = self._workloads[task.tgid] = process_workload(task.tgid)
+        owner = self.old.get(key)
+        if owner is None or owner.workload != workload:
             if task.tgid not in self._exes:
                 self._exes[task.tgid] = process_executable(task.tgid)
-            owner = Owner(task.tgid, task.name, self._exes[task.tgid], VIA_OF_WAYS[ways])
+            owner = Owner(task.tgid, task.name, self._exes[task.tgid], VIA_OF_WAYS[ways], workload)
         self.new[key] = owner
         return owner
 

@@ -84,7 +84,14 @@ def info_lines(program: ProgramRecord, now: float, width: int) -> list[str]:
         for o in p.owners:  # one per process, with every way it holds the program
             exe = f" [{sanitize(o.executable)}]" if o.executable else ""
             vias = "+".join(sanitize(v) for v in o.via)
-            owners.append(f"{sanitize(o.comm)}({o.pid}){exe} via {vias}")
+            # Ids are hex and UUIDs by construction (otel_bpf.workload): nothing to escape.
+            # A container as Docker shows it, by its first 12 digits.
+            where = ""
+            if o.workload.container_id is not None:
+                where += f" container {o.workload.container_id[:12]}"
+            if o.workload.pod_uid is not None:
+                where += f" pod {o.workload.pod_uid}"
+            owners.append(f"{sanitize(o.comm)}({o.pid}){exe} via {vias}{where}")
         owners = [o + "," for o in owners[:-1]] + owners[-1:]
         lines.extend(wrap_items(["Owners:", *owners], width, sep=" "))
     if p.maps is None:

@@ -37,6 +37,8 @@ PROCESS_PID = "process.pid"
 PROCESS_EXECUTABLE_NAME = "process.executable.name"
 CPU_LOGICAL_NUMBER = "cpu.logical_number"
 """The semantic conventions' CPU attribute (int, 0..n-1), on the per-CPU series."""
+CONTAINER_ID = "container.id"
+K8S_POD_UID = "k8s.pod.uid"
 
 # Resource attribute of a bpftop-otel run: how it reads the programs ("iterator" or
 # "syscall"), so a dashboard can tell which path produced the figures.

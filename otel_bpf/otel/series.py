@@ -227,6 +227,12 @@ class SeriesTable:
                     attrs = dict(base)
                     attrs[names.PROCESS_PID] = owner.pid
                     attrs[names.PROCESS_EXECUTABLE_NAME] = owner.executable or owner.comm
+                    # Only when the cgroup names them: an empty value would be a series of
+                    # its own that no query for a real id matches.
+                    if owner.workload.container_id is not None:
+                        attrs[names.CONTAINER_ID] = owner.workload.container_id
+                    if owner.workload.pod_uid is not None:
+                        attrs[names.K8S_POD_UID] = owner.workload.pod_uid
                     points[names.PROGRAM_OWNER.name].append((1, attrs))
             points[names.PROGRAM_OWNER.name] = _dedupe(points[names.PROGRAM_OWNER.name])
         if opts.map_memory:

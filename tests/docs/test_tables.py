@@ -21,7 +21,7 @@ from otel_bpf.cli.args import build_parser
 from otel_bpf.otel import names
 from otel_bpf.otel.instruments import enabled_metrics
 from otel_bpf.otel.options import MetricsOptions
-from otel_bpf.records import Owner, ProgramRecord, StatsState
+from otel_bpf.records import Owner, ProgramRecord, StatsState, Workload
 from otel_bpf.snapshot import build_snapshot
 
 INSTRUMENTS = {"Counter": "counter", "UpDownCounter": "updowncounter", "Gauge": "gauge"}
@@ -142,7 +142,14 @@ def test_json_schema_owners_example_is_what_the_writer_writes() -> None:
     (meaning,) = [cells[2] for cells in json_rows() if cells[0] == "`owners`"]
     example = json.loads(next(span for span in code_spans(meaning) if span.startswith("[")))
     owners = tuple(
-        Owner(pid=o["pid"], comm=o["comm"], executable="", via=tuple(o["via"])) for o in example
+        Owner(
+            pid=o["pid"],
+            comm=o["comm"],
+            executable="",
+            via=tuple(o["via"]),
+            workload=Workload(o["cgroup"], o["container_id"], o["pod_uid"]),
+        )
+        for o in example
     )
     record = ProgramRecord(
         id=1,

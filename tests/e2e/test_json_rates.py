@@ -140,7 +140,8 @@ def test_owners_name_the_demo_process_once(sampling_path: str) -> None:
     for o in objs:
         pids = [h["pid"] for h in o["owners"]]
         assert pids == sorted(set(pids)), o  # one entry per process, by pid
-        assert all(set(h) == {"pid", "comm", "via"} for h in o["owners"]), o
+        keys = {"pid", "comm", "via", "cgroup", "container_id", "pod_uid"}
+        assert all(set(h) == keys for h in o["owners"]), o
         assert all(h["via"] in (["link"], ["prog"], ["link", "prog"]) for h in o["owners"]), o
     for name, prog_id in ids.items():
         rows = [o["owners"] for o in objs if o["id"] == prog_id]
@@ -148,6 +149,9 @@ def test_owners_name_the_demo_process_once(sampling_path: str) -> None:
         for owners in rows:
             demo = [h for h in owners if h["pid"] == demo_pid]
             assert [h["via"] for h in demo] == [DEMO_VIA[name]], (name, owners)
+            # A process of this host, in no container: its cgroup path, nothing more.
+            assert demo[0]["cgroup"].startswith("/"), demo
+            assert (demo[0]["container_id"], demo[0]["pod_uid"]) == (None, None), demo
 
 
 def test_json_into_a_closed_pipe_ends_quietly() -> None:

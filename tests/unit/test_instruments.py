@@ -26,7 +26,7 @@ from otel_bpf.otel import names
 from otel_bpf.otel.instruments import BpfInstruments, create_instruments
 from otel_bpf.otel.options import MetricsOptions
 from otel_bpf.otel.series import SeriesTable
-from otel_bpf.records import CpuCounters, MapRecord, Owner, ProgramRecord, StatsState
+from otel_bpf.records import CpuCounters, MapRecord, Owner, ProgramRecord, StatsState, Workload
 from otel_bpf.snapshot import Snapshot, build_snapshot
 
 ON = StatsState(ours=True, sysctl=False, others=False)
@@ -318,6 +318,31 @@ def test_opt_in_metrics() -> None:
     )
     assert points(got["bpf.program.owner"]) == {owner_key: 1}
     mp.shutdown()
+
+
+def test_the_owner_series_names_the_container_and_pod_when_known() -> None:
+    container = "05c45fae4a1941581616a248d2611ade321b80a34b2d558edfb7adec56efe055"
+    pod = "26988ab4-5b95-45c2-bf6d-29387c585ff9"
+    in_pod = Workload(
+        "/kubepods/besteffort/pod" + pod + "/" + container, container, pod, "besteffort"
+    )
+    in_docker = Workload("/docker/" + container, container)
+    owners = (
+        Owner(41, "agent", "agent", ("prog",), in_pod),
+        Owner(42, "dockerd", "dockerd", ("prog",), in_docker),
+        Owner(43, "sshd", "sshd", ("prog",), Workload("/system.slice/sshd.service")),
+        Owner(44, "gone", "", ("prog",)),
+    )
+    feed, reader, mp, _ = setup(MetricsOptions(owner_series=True))
+    feed.push([prog(1, owners=owners)])
+    got = {
+        dict(k)[names.PROCESS_PID]: dict(k) for k in points(collect(reader)["bpf.program.owner"])
+    }
+    mp.shutdown()
+    assert (got[41][names.CONTAINER_ID], got[41][names.K8S_POD_UID]) == (container, pod)
+    assert got[42][names.CONTAINER_ID] == container and names.K8S_POD_UID not in got[42]
+    for pid in (43, 44):
+        assert names.CONTAINER_ID not in got[pid] and names.K8S_POD_UID not in got[pid]
 
 
 MISS_TYPES = ("kprobe", "tracepoint", "raw_tracepoint", "raw_tracepoint_writable", "tracing")

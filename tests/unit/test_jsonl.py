@@ -10,10 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from otel_bpf.cli import jsonl
-from otel_bpf.records import Owner, ProgramRecord, StatsState
+from otel_bpf.records import Owner, ProgramRecord, StatsState, Workload
 from otel_bpf.snapshot import Snapshot, build_snapshot
 
 STATS_ON = StatsState(ours=True, sysctl=False, others=False)
+CONTAINER = "05c45fae4a1941581616a248d2611ade321b80a34b2d558edfb7adec56efe055"
+POD = "26988ab4-5b95-45c2-bf6d-29387c585ff9"
 
 
 def record(prog_id: int = 7, run_cnt: int = 0, run_time_ns: int = 0, **kw: object) -> ProgramRecord:
@@ -98,14 +100,59 @@ def test_owners_and_kernel_optionals() -> None:
     a, _ = two_ticks(rec, rec)
     obj = json.loads(jsonl.snapshot_lines(a)[0])
     assert obj["owners"] == [
-        {"pid": 42, "comm": "agent", "via": ["link", "prog"]},
-        {"pid": 43, "comm": "ctl", "via": ["prog"]},
+        {
+            "pid": 42,
+            "comm": "agent",
+            "via": ["link", "prog"],
+            "cgroup": None,
+            "container_id": None,
+            "pod_uid": None,
+        },
+        {
+            "pid": 43,
+            "comm": "ctl",
+            "via": ["prog"],
+            "cgroup": None,
+            "container_id": None,
+            "pod_uid": None,
+        },
     ]
     assert obj["recursion_misses"] is None and obj["verified_insns"] is None
     assert obj["memlock_bytes"] is None
     no_owners = record(owners=())
     a, _ = two_ticks(no_owners, no_owners)
     assert json.loads(jsonl.snapshot_lines(a)[0])["owners"] == []
+
+
+def test_owners_name_their_cgroup_container_and_pod() -> None:
+    path = (
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD.replace('-', '_')}"
+        f".slice/cri-containerd-{CONTAINER}.scope"
+    )
+    in_pod = Workload(cgroup=path, container_id=CONTAINER, pod_uid=POD, qos_class="burstable")
+    service = Workload(cgroup="/system.slice/agent.service")
+    rec = record(
+        owners=(
+            Owner(pid=42, comm="agent", executable="agent", via=("prog",), workload=in_pod),
+            Owner(pid=43, comm="ctl", executable="ctl", via=("prog",), workload=service),
+        )
+    )
+    a, _ = two_ticks(rec, rec)
+    owners = json.loads(jsonl.snapshot_lines(a)[0])["owners"]
+    assert [(o["cgroup"], o["container_id"], o["pod_uid"]) for o in owners] == [
+        (path, CONTAINER, POD),
+        ("/system.slice/agent.service", None, None),
+    ]
+    assert list(owners[0]) == ["pid", "comm", "via", "cgroup", "container_id", "pod_uid"]
+
+
+def test_a_hostile_cgroup_path_is_escaped() -> None:
+    path = "/system.slice/x\x1b]0;pwned\x07\n\u202e.scope"
+    rec = record(owners=(Owner(1, "c", "", ("prog",), Workload(cgroup=path)),))
+    a, _ = two_ticks(rec, rec)
+    (line,) = jsonl.snapshot_lines(a)
+    assert all(0x20 <= ord(c) < 0x7F for c in line)
+    assert json.loads(line)["owners"][0]["cgroup"] == path
 
 
 def test_one_line_per_program_and_empty_tick() -> None:

@@ -17,7 +17,7 @@ from otel_bpf.live.render_table import DROP_ORDER, LABELS
 from otel_bpf.live.screen import render_screen
 from otel_bpf.live.state import Column, Mode, ViewState, table_columns
 from otel_bpf.live.terminal import Line, Style
-from otel_bpf.records import MapRecord, Owner, StatsState
+from otel_bpf.records import MapRecord, Owner, StatsState, Workload
 from otel_bpf.snapshot import Snapshot
 
 EVIL = Owner(pid=4242, comm="\x1b[2J\x1b]0;x\x07", executable="python3", via=("prog",))
@@ -393,6 +393,25 @@ def test_a_process_holding_prog_and_link_shows_both_ways() -> None:
     detail = ViewState(mode=Mode.DETAIL, detail_id=5)
     body = "\n".join(texts(render(history, 200, 30, detail)[0]))
     assert "Owners: agent(77) [agent-bin] via link+prog, other(78) via prog" in body
+
+
+def test_the_detail_names_each_owners_container_and_pod() -> None:
+    container = "05c45fae4a1941581616a248d2611ade321b80a34b2d558edfb7adec56efe055"
+    pod = "26988ab4-5b95-45c2-bf6d-29387c585ff9"
+    held = (
+        Owner(
+            7, "agent", "", ("prog",), Workload(f"/kubepods/pod{pod}/{container}", container, pod)
+        ),
+        Owner(8, "dockerd", "", ("prog",), Workload(f"/docker/{container}", container)),
+        Owner(9, "sshd", "", ("prog",), Workload("/system.slice/sshd.service")),
+    )
+    history = snapshots([[program(5, "p", owners=held)]])
+    detail = ViewState(mode=Mode.DETAIL, detail_id=5)
+    body = "\n".join(texts(render(history, 200, 30, detail)[0]))
+    assert (
+        f"Owners: agent(7) via prog container 05c45fae4a19 pod {pod}, "
+        "dockerd(8) via prog container 05c45fae4a19, sshd(9) via prog"
+    ) in body
 
 
 @pytest.mark.parametrize("width", [30, 40, 60, 80])

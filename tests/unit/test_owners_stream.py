@@ -18,7 +18,7 @@ from otel_bpf.kernel.iterator.owners import (
     owners_from_records,
 )
 from otel_bpf.kernel.owners import HELD_BY_PROG, group_by_program
-from otel_bpf.records import Owner
+from otel_bpf.records import UNKNOWN_WORKLOAD, Owner, Workload
 
 
 def task(tgid: int, comm: bytes = b"proc") -> bytes:
@@ -45,6 +45,24 @@ def executables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(owners_mod, "process_executable", fake)
     return asked
+
+
+@pytest.fixture(autouse=True)
+def cgroups(monkeypatch: pytest.MonkeyPatch) -> dict[int, str | None]:
+    """read_cgroup without /proc: the text set here for a pid (None: the process is gone),
+    ``0::/`` for the others; the pids read, in order, go to :data:`CGROUP_READS`."""
+    texts: dict[int, str | None] = {}
+    CGROUP_READS.clear()
+
+    def fake(pid: int) -> str | None:
+        CGROUP_READS.append(pid)
+        return texts.get(pid, "0::/\n")
+
+    monkeypatch.setattr(owners_mod, "read_cgroup", fake)
+    return texts
+
+
+CGROUP_READS: list[int] = []
 
 
 def test_decode_splits_the_stream_into_tasks() -> None:
@@ -136,7 +154,7 @@ def test_owners_are_reused_across_passes(executables: list[int]) -> None:
     assert executables == [10]
     # A new comm is a new owner (exec); a holder gone from a pass leaves the cache.
     third, cache = group_by_program(decode(task(10, b"renamed") + progs(3)), cache)
-    assert third[3] == (Owner(10, "renamed", "exe10", ("prog",)),)
+    assert third[3] == (Owner(10, "renamed", "exe10", ("prog",), Workload(cgroup="/")),)
     assert list(cache) == [(10, HELD_BY_PROG, b"renamed".ljust(16, b"\0"))]
     # An owner holding a program both ways is reused too.
     both = task(10) + progs(5) + link(5)
@@ -147,3 +165,45 @@ def test_owners_are_reused_across_passes(executables: list[int]) -> None:
 
 def test_an_empty_pass() -> None:
     assert owners_from_records(b"") == ({}, {})
+
+
+DOCKER_ID = "ec8bf5994520b1e0285709dda72fc9f0069f488a7b56b7c5ca9660c3f99dcf73"
+
+
+def test_each_owner_carries_its_workload_read_once_per_process_per_pass(
+    cgroups: dict[int, str | None],
+) -> None:
+    cgroups[10] = f"0::/system.slice/docker-{DOCKER_ID}.scope\n"
+    cgroups[11] = "0::/system.slice/sshd.service\n"
+    data = task(10) + progs(1, 2) + link(1) + link(3) + task(11) + progs(2) + task(10) + progs(4)
+    owners, _ = owners_from_records(data)
+    assert sorted(CGROUP_READS) == [10, 11]
+    in_docker = owners[1][0].workload
+    assert in_docker.container_id == DOCKER_ID
+    assert in_docker.cgroup == f"/system.slice/docker-{DOCKER_ID}.scope"
+    assert all(o.workload is in_docker for p in (1, 3, 4) for o in owners[p])
+    assert owners[2][1].workload == Workload(cgroup="/system.slice/sshd.service")
+
+
+def test_a_process_gone_before_its_cgroup_is_read_has_an_unknown_workload(
+    cgroups: dict[int, str | None],
+) -> None:
+    cgroups[10] = None
+    owners, _ = owners_from_records(task(10) + progs(1))
+    assert owners[1][0].workload is UNKNOWN_WORKLOAD
+    assert owners[1][0].pid == 10  # still an owner
+
+
+def test_an_owner_moved_to_another_cgroup_is_a_new_owner(
+    cgroups: dict[int, str | None], executables: list[int]
+) -> None:
+    first, cache = group_by_program(decode(task(10) + progs(1)))
+    second, cache = group_by_program(decode(task(10) + progs(1)), cache)
+    assert second[1][0] is first[1][0]  # same cgroup: the same owner object
+    cgroups[10] = f"0::/docker/{DOCKER_ID}\n"
+    third, cache = group_by_program(decode(task(10) + progs(1)), cache)
+    assert third[1][0].workload.container_id == DOCKER_ID
+    assert first[1][0].workload.container_id is None
+    fourth, cache = group_by_program(decode(task(10) + progs(1)), cache)
+    assert fourth[1][0] is third[1][0]
+    assert CGROUP_READS == [10, 10, 10, 10]  # once per pass
