@@ -8,17 +8,15 @@ tests/kernel/test_per_cpu.py), so every run of the test's filter lands on the se
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from kernel_progs import CountingFilter, counting_filter
+from kernel_progs import counting_filter, send_on, two_online_cpus
 from peers import Cli, DataPoint, Prometheus, Rotel, cli_env, free_port, wait_for_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,26 +39,7 @@ METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 @pytest.fixture
 def two_cpus() -> tuple[int, int]:
-    online = sorted(os.sched_getaffinity(0))
-    assert len(online) >= 2, "the per-CPU tests need two CPUs to move the sender between"
-    return online[0], online[1]
-
-
-@contextmanager
-def pinned(cpu: int) -> Iterator[None]:
-    """This thread on ``cpu`` only, for the block."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def send_on(f: CountingFilter, cpu: int, count: int) -> None:
-    with pinned(cpu):
-        for start in range(0, count, 50):
-            f.send(min(50, count - start))
+    return two_online_cpus()
 
 
 def scrape(port: int, prog_id: int) -> dict[str, dict[int | None, float]]:

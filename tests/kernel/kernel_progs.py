@@ -170,3 +170,31 @@ def many_loaded(count: int, prefix: str) -> Iterator[list[int]]:
     finally:
         for fd in fds:
             close(fd)
+
+
+def two_online_cpus() -> tuple[int, int]:
+    """The first two CPUs this process may run on (the per-CPU tests move a sender between
+    them)."""
+    online = sorted(os.sched_getaffinity(0))
+    assert len(online) >= 2, "the per-CPU tests need two CPUs to move the sender between"
+    return online[0], online[1]
+
+
+@contextmanager
+def pinned(cpu: int) -> Iterator[None]:
+    """This thread on ``cpu`` only, for the block."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # pid 0: this thread only
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def send_on(f: CountingFilter, cpu: int, count: int) -> None:
+    """``count`` datagrams through ``f`` from ``cpu``, so the filter runs there."""
+    with pinned(cpu):
+        # In batches a receive buffer holds; each returns once every datagram of it was
+        # received, so the filter has run on each.
+        for start in range(0, count, 50):
+            f.send(min(50, count - start))

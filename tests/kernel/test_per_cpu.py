@@ -8,19 +8,17 @@ pinned to one CPU puts every run of the filter on that CPU.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from kernel_progs import CountingFilter, bpftool_json, counting_filter
+from kernel_progs import bpftool_json, counting_filter, send_on, two_online_cpus
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -50,28 +48,7 @@ def _stats_on() -> Iterator[None]:
 
 @pytest.fixture
 def two_cpus() -> tuple[int, int]:
-    online = sorted(os.sched_getaffinity(0))
-    assert len(online) >= 2, "the per-CPU tests need two CPUs to move the sender between"
-    return online[0], online[1]
-
-
-@contextmanager
-def pinned(cpu: int) -> Iterator[None]:
-    """This thread on ``cpu`` only, for the block."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def send_on(f: CountingFilter, cpu: int, count: int) -> None:
-    with pinned(cpu):
-        # In batches a receive buffer holds; each returns once every datagram of it was
-        # received, so the filter has run on each.
-        for start in range(0, count, 50):
-            f.send(min(50, count - start))
+    return two_online_cpus()
 
 
 def record_of(source: IteratorSource, prog_id: int, options: SourceOptions) -> ProgramRecord:
