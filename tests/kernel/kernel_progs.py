@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -198,3 +199,53 @@ def send_on(f: CountingFilter, cpu: int, count: int) -> None:
         # received, so the filter has run on each.
         for start in range(0, count, 50):
             f.send(min(50, count - start))
+
+
+TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The checkout, on a holder child's PYTHONPATH."""
+
+
+@dataclass
+class HoldingChild:
+    """A child process that loaded a program and holds it until its stdin closes."""
+
+    process: subprocess.Popen[str]
+    prog_id: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def release(self) -> None:
+        """Close its stdin and see it exit cleanly (it drops what it held)."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        assert self.process.wait(30) == 0
+
+
+@contextmanager
+def holding_child(code: str) -> Iterator[HoldingChild]:
+    """Run ``code`` in a child Python; it prints the id of the program it holds, then waits
+    for stdin to close.  Released at the end of the block if the test did not; killed if the
+    block failed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": TREE},
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        line = child.stdout.readline()
+        assert line.strip().isdigit(), f"holder failed to start: {line!r}"
+        held = HoldingChild(child, int(line))
+        yield held
+        if not child.stdin.closed:
+            held.release()
+    finally:
+        child.kill()
+        child.wait(30)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kernel_progs import holding_child
 
 from otel_bpf.demo import cgroup
 from otel_bpf.kernel.open_source import open_source
@@ -27,7 +28,6 @@ from otel_bpf.kernel.source import Mode, SourceOptions
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTAINER_ID = "c0ffee" + "0123456789abcdef" * 3 + "0a1b2c3d4e"
 assert len(CONTAINER_ID) == 64
 SLICE_PREFIX = "otel-bpf-test-"
@@ -79,34 +79,18 @@ def _sweep_stale(mount: str) -> None:
 def contained() -> Iterator[Contained]:
     mount = cgroup.cgroup2_mount()
     _sweep_stale(mount)
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
     slice_dir = scope = None
     try:
-        assert child.stdout is not None and child.stdin is not None
-        line = child.stdout.readline()
-        assert line.strip().isdigit(), f"holder failed to start: {line!r}"
-        home = cgroup.current_cgroup(child.pid)
-        slice_dir = cgroup.create(f"{SLICE_PREFIX}{os.getpid()}.slice")
-        scope = cgroup.create(f"docker-{CONTAINER_ID}.scope", slice_dir)
-        _move(child.pid, scope)
-        try:
-            yield Contained(child.pid, int(line), "/" + os.path.relpath(scope, mount))
-        finally:
-            _move(child.pid, home)
-        child.stdin.close()
-        assert child.wait(30) == 0
+        with holding_child(HOLDER) as child:
+            home = cgroup.current_cgroup(child.pid)
+            slice_dir = cgroup.create(f"{SLICE_PREFIX}{os.getpid()}.slice")
+            scope = cgroup.create(f"docker-{CONTAINER_ID}.scope", slice_dir)
+            _move(child.pid, scope)
+            try:
+                yield Contained(child.pid, child.prog_id, "/" + os.path.relpath(scope, mount))
+            finally:
+                _move(child.pid, home)
     finally:
-        child.kill()
-        child.wait(30)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
         for path in (scope, slice_dir):
             if path is not None:
                 _remove(path)

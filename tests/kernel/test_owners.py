@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from kernel_progs import counting_filter, load_named, prog_id_of_fd
+from kernel_progs import counting_filter, holding_child, load_named, prog_id_of_fd
 
 from otel_bpf.kernel.owners import process_comm, scan_owners
 from otel_bpf.kernel.programs import read_all
@@ -17,7 +17,6 @@ from otel_bpf.records import ProgramRecord
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Loads an XDP program in a fresh network namespace, links it to that namespace's loopback,
 # closes the program fd and keeps only the link fd until stdin closes.
@@ -61,34 +60,19 @@ def test_the_test_process_owns_its_program_via_prog() -> None:
 
 
 def test_child_holding_only_a_link_fd_owns_via_link() -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", LINK_HOLDER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
-    try:
-        assert child.stdout is not None and child.stdin is not None
-        prog_id = int(child.stdout.readline())
+    with holding_child(LINK_HOLDER) as child:
+        prog_id = child.prog_id
         rec = record(prog_id, owners=True)
         assert rec.name == "otel_t_linked" and rec.type == "xdp"
         assert rec.owners is not None
         assert [(o.pid, o.via) for o in rec.owners] == [(child.pid, ("link",))]
         assert rec.owners[0].executable == os.path.basename(os.path.realpath(sys.executable))
-        child.stdin.close()
-        assert child.wait(30) == 0
+        child.release()
         # The link went with the process, and the program with the link.
         deadline = time.monotonic() + 10
         while prog_id in scan_owners() or any(r.id == prog_id for r in read_all().records):
             assert time.monotonic() < deadline, "program outlived its only link"
             time.sleep(0.05)
-    finally:
-        child.kill()
-        child.wait(30)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 def test_program_held_by_no_process_has_no_owner() -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
+from kernel_progs import HoldingChild, holding_child
 
 from otel_bpf.cli import jsonl
 from otel_bpf.kernel.open_source import open_source
@@ -27,7 +26,6 @@ from otel_bpf.snapshot import build_snapshot
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Loads an XDP program in a fresh network namespace, links it to that namespace's loopback
 # and keeps both the program fd and the link fd (as libbpf does) until stdin closes.
@@ -46,39 +44,15 @@ sys.stdin.read()
 """
 
 
-@dataclass
-class Holder:
-    pid: int
-    prog_id: int
-
-
 @pytest.fixture(scope="module")
-def holder() -> Iterator[Holder]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", BOTH_HOLDER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
-    try:
-        assert child.stdout is not None and child.stdin is not None
-        line = child.stdout.readline()
-        assert line.strip().isdigit(), f"holder failed to start: {line!r}"
-        yield Holder(child.pid, int(line))
-        child.stdin.close()
-        assert child.wait(30) == 0
-    finally:
-        child.kill()
-        child.wait(30)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
+def holder() -> Iterator[HoldingChild]:
+    with holding_child(BOTH_HOLDER) as child:
+        yield child
 
 
 @pytest.mark.parametrize("path", ["syscall", "iterator"])
 def test_one_owner_per_process_with_every_way_it_holds_the_program(
-    holder: Holder, path: Mode
+    holder: HoldingChild, path: Mode
 ) -> None:
     with open_source(path, SourceOptions(owners=True)) as source:
         assert source.path == path
