@@ -151,8 +151,8 @@ class Names:
     cannot tell.
     """
 
-    def __init__(self, cgroup_root: str = CGROUP2_ROOT) -> None:
-        self._cgroup_root = cgroup_root
+    def __init__(self, cgroup_root: str | None = None) -> None:
+        self._cgroup_root = cgroup_root or cgroup2_root()
         self._cgroups: dict[int, str] = {}
         self._cgroups_scanned_at: float | None = None
         self._vmlinux: Any = None
@@ -222,6 +222,18 @@ class Names:
         if self._vmlinux is not None:
             self._vmlinux.close()
             self._vmlinux = None
+
+
+def cgroup2_root(mounts: str = "/proc/mounts") -> str:
+    """Where the cgroup2 hierarchy is mounted (``/sys/fs/cgroup``, or
+    ``/sys/fs/cgroup/unified`` on a hybrid host)."""
+    with suppress(OSError), open(mounts) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                # /proc/mounts writes a space in a path as \\040.
+                return parts[1].replace("\\040", " ")
+    return CGROUP2_ROOT
 
 
 def _scan_cgroups(root: str) -> dict[int, str]:

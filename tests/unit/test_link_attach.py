@@ -367,3 +367,24 @@ def test_link_info_size_matches_the_union() -> None:
     assert BPF_LINK_INFO_SIZE == 64
     assert ctypes.sizeof(ctypes.c_uint64) * 8 == BPF_LINK_INFO_SIZE
     assert attach.DISCOVERY_INTERVAL == 10.0
+
+
+def test_decorator_adds_attachments_only_when_asked() -> None:
+    from otel_bpf.kernel.decorate import Decorator
+    from otel_bpf.kernel.source import SourceOptions
+
+    clock = Clock()
+    where = {1: [Attachment("xdp", "link", 5, "xdp", "lo", ifindex=1, ifname="lo")]}
+    cache = LinkAttachments(10.0, read=lambda n, e: where, clock=clock, names=FakeNames())
+    decorator = Decorator(lambda: {}, cache)
+    records = [
+        program_record(i, "xdp", 6, "n", "ab" * 8, 0, 0, 0, 1.5e9, 0, 1, 2, 3, (), 0, None)
+        for i in (1, 2)
+    ]
+    assert decorator.decorate(records, [], SourceOptions()) is records
+    assert cache.walks == 0
+    one, two = decorator.decorate(records, [], SourceOptions(attachments=True))
+    assert one.attachments == tuple(where[1]) and two.attachments == ()
+    assert one.owners is None and one.maps is None
+    decorator.decorate(records, [], SourceOptions(attachments=True))
+    assert cache.walks == 1  # the per-second pass reuses the last walk
