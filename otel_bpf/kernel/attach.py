@@ -71,6 +71,7 @@ _NETFILTER = struct.Struct("<IIiI")
 # Name buffers: tracepoint and function names are short; a uprobe's file may be a long path.
 _NAME_SIZE = 512
 _PATH_SIZE = 4096
+_TARGETS_KEPT = 4096
 
 # include/uapi/linux/netfilter.h: NFPROTO_*, and the hooks (NF_INET_*; NF_NETDEV_* for
 # NFPROTO_NETDEV, where 0 and 1 are ingress and egress).
@@ -158,6 +159,8 @@ class Names:
         self._vmlinux: Any = None
         self._vmlinux_failed = False
         self._btf_objects: dict[int, tuple[str, bool] | None] = {}
+        # A program's attach target never changes: (prog id, obj id, btf id) -> target.
+        self._targets: dict[tuple[int, int, int], tuple[str, int | None]] = {}
 
     def ifname(self, ifindex: int) -> str | None:
         """The name of interface ``ifindex`` in this process's network namespace."""
@@ -186,6 +189,15 @@ class Names:
         target that is itself a BPF program, that program's id; the two id spaces overlap,
         so the program's own ``attach_btf_obj_id`` (6.0) tells them apart: it names the BTF
         object holding ``btf_id``, a kernel one when the target is the kernel."""
+        key = (prog_id, obj_id, btf_id)
+        known = self._targets.get(key)
+        if known is None:
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()  # programs come and go: start over now and then
+            known = self._targets[key] = self._btf_target(prog_id, obj_id, btf_id)
+        return known
+
+    def _btf_target(self, prog_id: int, obj_id: int, btf_id: int) -> tuple[str, int | None]:
         attach_obj = _attach_btf_obj_id(prog_id)
         # Before 6.0 the id is taken for a kernel BTF object when one has it.
         kernel = self._btf_object(obj_id if attach_obj is None else attach_obj)
