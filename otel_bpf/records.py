@@ -86,8 +86,9 @@ class Attachment:
     sanitised)."""
     ifindex: int | None = None
     ifname: str | None = None
-    """The interface's name in this process's network namespace; None when no interface
-    there has the index (the device may live in another namespace)."""
+    """The interface's name in this process's network namespace; None unless the interface
+    with that index here has the program attached (the device may live in another namespace,
+    where the index means another device)."""
     netns: int | None = None
     """The network namespace's inode number (netns links)."""
     direction: str | None = None

@@ -162,12 +162,27 @@ class Names:
         # A program's attach target never changes: (prog id, obj id, btf id) -> target.
         self._targets: dict[tuple[int, int, int], tuple[str, int | None]] = {}
 
-    def ifname(self, ifindex: int) -> str | None:
-        """The name of interface ``ifindex`` in this process's network namespace."""
+    def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
+        """The name of interface ``ifindex`` in this process's network namespace.
+
+        A link reports the index its device has in the device's own namespace: the same
+        index here may be another device.  With ``prog_id``, the name is given only when the
+        device here really has that program attached (XDP: ``RTM_GETLINK``; tcx and netkit:
+        ``BPF_PROG_QUERY`` with ``attach_type``).
+        """
         try:
-            return socket.if_indextoname(ifindex)
+            name = socket.if_indextoname(ifindex)
         except OSError:
             return None
+        if prog_id:
+            here = (
+                _xdp_prog_ids(ifindex)
+                if attach_type is None
+                else _queried_prog_ids(ifindex, attach_type)
+            )
+            if prog_id not in here:
+                return None
+        return name
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         """The cgroup2 directory whose inode number is ``cgroup_id`` (the kernel's cgroup id
@@ -248,6 +263,80 @@ def cgroup2_root(mounts: str = "/proc/mounts") -> str:
     return CGROUP2_ROOT
 
 
+# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h
+_NETLINK_ROUTE = 0
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_IFLA_XDP = 43
+_IFLA_XDP_PROG_IDS = (4, 5, 6, 7)  # IFLA_XDP_PROG_ID, _DRV_, _SKB_, _HW_PROG_ID
+_NLA_TYPE_MASK = 0x3FFF
+
+
+def _xdp_prog_ids(ifindex: int) -> set[int]:
+    """The XDP programs attached to interface ``ifindex`` of this network namespace."""
+    ifinfo = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
+    msg = struct.pack("=IHHII", 16 + len(ifinfo), _RTM_GETLINK, _NLM_F_REQUEST, 1, 0) + ifinfo
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE) as sock:
+            sock.settimeout(1.0)
+            sock.send(msg)
+            reply = sock.recv(1 << 16)
+    except OSError:
+        return set()
+    if len(reply) < 32 or struct.unpack_from("=H", reply, 4)[0] != _RTM_NEWLINK:
+        return set()  # NLMSG_ERROR: no such device here
+    end = min(len(reply), struct.unpack_from("=I", reply)[0])
+    return {
+        value
+        for kind, body in _rtattrs(reply, 32, end)
+        if kind == _IFLA_XDP
+        for sub, inner in _rtattrs(body, 0, len(body))
+        if sub in _IFLA_XDP_PROG_IDS and len(inner) >= 4
+        for value in struct.unpack_from("=I", inner)
+    }
+
+
+def _rtattrs(data: bytes, pos: int, end: int) -> Iterable[tuple[int, bytes]]:
+    """``(type, payload)`` of each ``struct rtattr`` in ``data[pos:end]``."""
+    while pos + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, pos)
+        if length < 4 or pos + length > end:
+            return
+        yield kind & _NLA_TYPE_MASK, data[pos + 4 : pos + length]
+        pos += (length + 3) & ~3
+
+
+class _ProgQueryAttr(ctypes.Structure):
+    """The ``bpf_attr.query`` member used by ``BPF_PROG_QUERY``."""
+
+    _fields_ = [
+        ("target", ctypes.c_uint32),  # target_fd or target_ifindex
+        ("attach_type", ctypes.c_uint32),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("prog_attach_flags", ctypes.c_uint64),
+        ("link_ids", ctypes.c_uint64),
+        ("link_attach_flags", ctypes.c_uint64),
+        ("revision", ctypes.c_uint64),
+    ]
+
+
+def _queried_prog_ids(ifindex: int, attach_type: int) -> set[int]:
+    """The programs attached at ``attach_type`` (tcx, netkit) of interface ``ifindex`` of
+    this network namespace (``BPF_PROG_QUERY``)."""
+    ids = (ctypes.c_uint32 * 64)()
+    attr = _ProgQueryAttr(
+        target=ifindex, attach_type=attach_type, prog_ids=ctypes.addressof(ids), count=64
+    )
+    if raw_bpf(prepared(Cmd.PROG_QUERY, attr)) < 0:
+        return set()
+    return set(ids[: min(attr.count, 64)])
+
+
 def _scan_cgroups(root: str) -> dict[int, str]:
     """Inode number -> path of every directory of the cgroup2 hierarchy at ``root``."""
     found: dict[int, str] = {}
@@ -320,11 +409,11 @@ def decode_link_info(data: bytes, names: Names, name: bytes = b"") -> tuple[int,
     target = ""
     if link_type == LinkType.XDP:
         ifindex = _U32.unpack_from(data, 16)[0]
-        target, fields = _device(ifindex, names)
+        target, fields = _device(ifindex, names, prog_id, None)
     elif link_type in (LinkType.TCX, LinkType.NETKIT):
         ifindex, at = _U32X2.unpack_from(data, 16)
         attach_type = attach_type_name(at)
-        target, fields = _device(ifindex, names)
+        target, fields = _device(ifindex, names, prog_id, at)
         fields["direction"] = _DIRECTION.get(attach_type)
     elif link_type == LinkType.CGROUP:
         cgroup_id = _U64.unpack_from(data, 16)[0]
@@ -373,11 +462,13 @@ def decode_link_info(data: bytes, names: Names, name: bytes = b"") -> tuple[int,
     return prog_id, Attachment(kind, "link", link_id, attach_type, target, **fields)
 
 
-def _device(ifindex: int, names: Names) -> tuple[str, dict[str, Any]]:
+def _device(
+    ifindex: int, names: Names, prog_id: int, attach_type: int | None
+) -> tuple[str, dict[str, Any]]:
     if not ifindex:
         # The device went away; the link stays until its holder closes it.
         return "detached", {"ifindex": None, "ifname": None}
-    ifname = names.ifname(ifindex)
+    ifname = names.ifname(ifindex, prog_id, attach_type)
     return ifname or f"if{ifindex}", {"ifindex": ifindex, "ifname": ifname}
 
 

@@ -32,6 +32,9 @@ def test_demo_attachments_in_json() -> None:
     (xdp,) = found[programs.XDP]
     assert (xdp["kind"], xdp["via"], xdp["attach_type"]) == ("xdp", "link", "xdp"), xdp
     assert isinstance(xdp["link_id"], int) and isinstance(xdp["ifindex"], int), xdp
+    # The demo's veth lives in the worker's own network namespace: its index names nothing
+    # (or another device) here, so no name is claimed.
+    assert "ifname" not in xdp and xdp["target"] == f"if{xdp['ifindex']}", xdp
     (cg,) = found[programs.CGROUP_SKB]
     assert (cg["kind"], cg["via"], cg["attach_type"]) == ("cgroup", "link", "cgroup_inet_egress")
     # The worker's own cgroup, which it made under the cgroup2 root.

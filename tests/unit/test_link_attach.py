@@ -34,7 +34,7 @@ class FakeNames(Names):
         self.functions = {(1, 5000): "tcp_v4_connect"}
         self.calls: list[tuple[int, int, int]] = []
 
-    def ifname(self, ifindex: int) -> str | None:
+    def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
         return self.ifnames.get(ifindex)
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
@@ -276,6 +276,23 @@ def test_names_scan_finds_a_cgroup_by_inode(tmp_path: Path) -> None:
 def test_names_ifname_of_loopback() -> None:
     assert Names().ifname(1) == "lo"
     assert Names().ifname(1 << 30) is None
+
+
+def test_rtattrs_walk_nested_attributes() -> None:
+    def rta(kind: int, body: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(body), kind) + body
+        return raw + b"\0" * (-len(raw) % 4)
+
+    xdp = rta(attach._IFLA_XDP | 0x8000, rta(1, b"\x02") + rta(6, struct.pack("=I", 77)))
+    data = rta(3, b"lo\0") + xdp
+    walked = list(attach._rtattrs(data, 0, len(data)))
+    assert [k for k, _ in walked] == [3, attach._IFLA_XDP]
+    assert list(attach._rtattrs(walked[1][1], 0, len(walked[1][1]))) == [
+        (1, b"\x02"),
+        (6, struct.pack("=I", 77)),
+    ]
+    # A length running past the end stops the walk.
+    assert list(attach._rtattrs(b"\xff\x00\x01\x00", 0, 4)) == []
 
 
 class Clock:
