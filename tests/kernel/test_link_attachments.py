@@ -147,3 +147,50 @@ def test_cache_walks_again_when_a_link_goes() -> None:
     assert pid not in cache.get([])  # the program set changed: walked again
     assert cache.walks == 2
     cache.close()
+
+
+SK_LOOKUP_PROG_TYPE = 30  # BPF_PROG_TYPE_SK_LOOKUP
+SK_LOOKUP_ATTACH_TYPE = 36  # BPF_SK_LOOKUP
+# SK_PASS without selecting a socket: the kernel's own lookup goes on as if nothing ran.
+SK_PASS = RETURN_1
+
+
+def test_iter_and_netns_links_read_back() -> None:
+    from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
+
+    with VmlinuxBtf() as vmlinux:
+        target = vmlinux.func_id("bpf_iter_bpf_prog")
+    with ExitStack() as stack:
+        it = stack.enter_context(
+            load_owned_program(
+                ProgType.TRACING,
+                RETURN_0,
+                f"{PREFIX}it",
+                expected_attach_type=AttachType.TRACE_ITER,
+                attach_btf_id=target,
+            )
+        )
+        it_link = stack.enter_context(create_owned_link(it, 0, AttachType.TRACE_ITER))
+        lookup = stack.enter_context(
+            load_owned_program(
+                SK_LOOKUP_PROG_TYPE,
+                SK_PASS,
+                f"{PREFIX}skl",
+                expected_attach_type=SK_LOOKUP_ATTACH_TYPE,
+            )
+        )
+        netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+        try:
+            ns_link = stack.enter_context(
+                create_owned_link(lookup, netns_fd, SK_LOOKUP_ATTACH_TYPE)
+            )
+        finally:
+            os.close(netns_fd)
+        errors: list[str] = []
+        found = read_link_attachments(errors=errors)
+        assert errors == []
+        assert only(found, it) == Attachment("iter", "link", it_link.id, "trace_iter", "bpf_prog")
+        ino = os.stat("/proc/self/ns/net").st_ino
+        assert only(found, lookup) == Attachment(
+            "netns", "link", ns_link.id, "sk_lookup", f"net:[{ino}]", netns=ino
+        )
