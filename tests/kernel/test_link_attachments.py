@@ -194,3 +194,28 @@ def test_iter_and_netns_links_read_back() -> None:
         assert only(found, lookup) == Attachment(
             "netns", "link", ns_link.id, "sk_lookup", f"net:[{ino}]", netns=ino
         )
+
+
+NETFILTER_PROG_TYPE = 32  # BPF_PROG_TYPE_NETFILTER
+NETFILTER_ATTACH_TYPE = 45  # BPF_NETFILTER
+NF_ACCEPT = RETURN_1
+
+
+def test_netfilter_link_reads_back() -> None:
+    import struct
+
+    from otel_bpf.kernel._uapi import LinkCreateAttr
+
+    with load_owned_program(
+        NETFILTER_PROG_TYPE, NF_ACCEPT, f"{PREFIX}nf", expected_attach_type=NETFILTER_ATTACH_TYPE
+    ) as prog:
+        attr = LinkCreateAttr(prog_fd=prog.fileno(), attach_type=NETFILTER_ATTACH_TYPE)
+        # link_create.netfilter: pf NFPROTO_IPV4, hooknum NF_INET_LOCAL_IN, priority, flags.
+        hook = struct.pack("<IIiI", 2, 1, -128, 0)
+        ctypes.memmove(ctypes.addressof(attr) + LinkCreateAttr._tail.offset, hook, len(hook))
+        fd = bpf(Cmd.LINK_CREATE, attr, "netfilter link")
+        with KernelFd.adopt(fd, "link", link_id) as link:
+            found = read_link_attachments()
+            assert only(found, prog) == Attachment(
+                "netfilter", "link", link.id, "netfilter", "ipv4 input", priority=-128
+            )
