@@ -65,6 +65,45 @@ class MapRecord:
     """``memlock`` from the map fd's fdinfo; None where the kernel does not report it."""
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One place a program is attached (a hook, a device, a cgroup, a function, ...)."""
+
+    kind: str
+    """``xdp``, ``tcx``, ``netkit``, ``cgroup``, ``netns``, ``tracing``, ``raw_tracepoint``,
+    ``kprobe``, ``uprobe``, ``tracepoint``, ``perf_event``, ``netfilter``, ``struct_ops``,
+    ``iter``, ``sockmap``, or ``link_type_N`` for a link type this version does not know."""
+    via: str
+    """How the attachment was found: ``link`` (a BPF link)."""
+    link_id: int | None
+    """The BPF link's id (as ``bpftool link show`` prints it); None when not through a link."""
+    attach_type: str | None
+    """The kernel's ``enum bpf_attach_type`` name, lowercase, without ``BPF_``
+    (``xdp``, ``tcx_ingress``, ``cgroup_inet_egress``, ``trace_fentry``, ...)."""
+    target: str
+    """What it is attached to, readable: ``lo``, ``/sys/fs/cgroup/test``, ``tcp_v4_connect``,
+    ``sys_enter``, ``net:[4026531840]``.  Names come from the kernel (untrusted text, not
+    sanitised)."""
+    ifindex: int | None = None
+    ifname: str | None = None
+    """The interface's name in this process's network namespace; None unless the interface
+    with that index here has the program attached (the device may live in another namespace,
+    where the index means another device)."""
+    netns: int | None = None
+    """The network namespace's inode number (netns links)."""
+    direction: str | None = None
+    """``ingress``/``egress`` (tcx), ``primary``/``peer`` (netkit)."""
+    cgroup_id: int | None = None
+    cgroup_path: str | None = None
+    """The cgroup2 directory whose inode is ``cgroup_id``; None when not found."""
+    priority: int | None = None
+    """The netfilter hook priority."""
+    map_id: int | None = None
+    """The map a struct_ops, sockmap or map-iterator link uses."""
+    target_prog_id: int | None = None
+    """The program a tracing program (fentry/fexit on a BPF program, freplace) is attached to."""
+
+
 class CpuCounters(NamedTuple):
     """One program's counters on one CPU (the iterator path's per-CPU figures)."""
 
@@ -107,6 +146,9 @@ class ProgramRecord:
     """Processes holding the program; ``()`` for none, None when owners were not looked up."""
     maps: tuple[MapRecord, ...] | None = None
     """The maps in ``map_ids``; None when maps were not looked up."""
+    attachments: tuple[Attachment, ...] | None = None
+    """Where the program is attached (BPF links); ``()`` for nowhere found, None when not
+    looked up (``SourceOptions.attachments``)."""
     per_cpu: tuple[CpuCounters, ...] | None = None
     """The counters on each possible CPU, in CPU order (they sum to the three totals); None
     unless asked for (``SourceOptions.per_cpu``, iterator path only)."""

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="look up which processes hold each program (reads /proc; default: off)",
     )
+    mode.add_argument(
+        "--attachments",
+        action="store_true",
+        help="look up where each program is attached, from the BPF links (the `attachments` "
+        "key of --json; re-read every 10 s or when programs come or go; default: off)",
+    )
 
     exp = p.add_argument_group("export")
     exp.add_argument(

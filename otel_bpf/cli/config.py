@@ -93,6 +93,9 @@ class Config:
     per_cpu: bool = False
     """``--per-cpu``: read per-CPU counters (the iterator path only), for ``--json`` and the
     exported per-CPU counters."""
+    attachments: bool = False
+    """``--attachments``: look up where each program is attached (the ``attachments`` key of
+    ``--json``)."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -393,4 +396,5 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         exemplar_filter=exemplar_filter,
         derived_gauges=bool(ns.derived_gauges),
         per_cpu=bool(ns.per_cpu),
+        attachments=bool(ns.attachments),
     )

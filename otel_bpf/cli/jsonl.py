@@ -16,7 +16,7 @@ from dataclasses import fields as dataclass_fields
 from datetime import datetime, timezone
 from typing import Any
 
-from otel_bpf.records import Owner, ProgramRecord
+from otel_bpf.records import Attachment, Owner, ProgramRecord
 from otel_bpf.snapshot import ProgramSample, Snapshot
 
 FIELDS: tuple[str, ...] = (
@@ -43,6 +43,7 @@ FIELDS: tuple[str, ...] = (
     "cpu_utilization",
     "owners",
     "per_cpu",
+    "attachments",
 )
 """Every key of every object, in output order (the schema; add fields only at the end)."""
 
@@ -76,6 +77,40 @@ def _owners(owners: tuple[Owner, ...] | None) -> list[dict[str, object]] | None:
     ]
 
 
+def _attachments(attachments: tuple[Attachment, ...] | None) -> list[dict[str, object]] | None:
+    if attachments is None:
+        return None
+    out = []
+    for a in attachments:
+        obj: dict[str, object] = {
+            "kind": a.kind,
+            "via": a.via,
+            "link_id": a.link_id,
+            "attach_type": a.attach_type,
+            "target": a.target,
+        }
+        # The structured fields that fit the kind; the ones it has no use for are left out.
+        for key in _ATTACHMENT_DETAILS:
+            value = getattr(a, key)
+            if value is not None:
+                obj[key] = value
+        out.append(obj)
+    return out
+
+
+_ATTACHMENT_DETAILS = (
+    "ifindex",
+    "ifname",
+    "netns",
+    "direction",
+    "cgroup_id",
+    "cgroup_path",
+    "priority",
+    "map_id",
+    "target_prog_id",
+)
+
+
 def _per_cpu(sample: ProgramSample) -> list[dict[str, object]] | None:
     if sample.per_cpu is None:
         return None
@@ -103,6 +138,7 @@ RECORD_CONVERSIONS: dict[str, Callable[[Any], object]] = {
     "load_time": rfc3339,
     "map_ids": list,
     "owners": _owners,
+    "attachments": _attachments,
 }
 """The :class:`ProgramRecord` fields written otherwise than as they are; every other emitted
 field keeps its name and value."""

@@ -305,6 +305,7 @@ def _source_options(config: Config, options: MetricsOptions) -> SourceOptions:
         owners=_reads_owners(config, options) or config.live,
         maps=_reads_maps(config, options) or config.live,
         per_cpu=config.per_cpu,
+        attachments=config.attachments,
     )
 
 

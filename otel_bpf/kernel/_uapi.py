@@ -286,8 +286,135 @@ class AttachType(enum.IntEnum):
 
     CGROUP_INET_INGRESS = 0
     CGROUP_INET_EGRESS = 1
+    TRACE_RAW_TP = 23
+    TRACE_FENTRY = 24
     TRACE_ITER = 28  # 5.8
     XDP = 37
+    TCX_INGRESS = 46  # 6.6
+    TCX_EGRESS = 47  # 6.6
+
+
+# Every ``enum bpf_attach_type`` name in value order, lowercase without ``BPF_`` (as bpftool
+# prints them); a value past the end is written ``type_N``.
+ATTACH_TYPE_NAMES: tuple[str, ...] = (
+    "cgroup_inet_ingress",
+    "cgroup_inet_egress",
+    "cgroup_inet_sock_create",
+    "cgroup_sock_ops",
+    "sk_skb_stream_parser",
+    "sk_skb_stream_verdict",
+    "cgroup_device",
+    "sk_msg_verdict",
+    "cgroup_inet4_bind",
+    "cgroup_inet6_bind",
+    "cgroup_inet4_connect",
+    "cgroup_inet6_connect",
+    "cgroup_inet4_post_bind",
+    "cgroup_inet6_post_bind",
+    "cgroup_udp4_sendmsg",
+    "cgroup_udp6_sendmsg",
+    "lirc_mode2",
+    "flow_dissector",
+    "cgroup_sysctl",
+    "cgroup_udp4_recvmsg",
+    "cgroup_udp6_recvmsg",
+    "cgroup_getsockopt",
+    "cgroup_setsockopt",
+    "trace_raw_tp",
+    "trace_fentry",
+    "trace_fexit",
+    "modify_return",
+    "lsm_mac",
+    "trace_iter",
+    "cgroup_inet4_getpeername",
+    "cgroup_inet6_getpeername",
+    "cgroup_inet4_getsockname",
+    "cgroup_inet6_getsockname",
+    "xdp_devmap",
+    "cgroup_inet_sock_release",
+    "xdp_cpumap",
+    "sk_lookup",
+    "xdp",
+    "sk_skb_verdict",
+    "sk_reuseport_select",
+    "sk_reuseport_select_or_migrate",
+    "perf_event",
+    "trace_kprobe_multi",
+    "lsm_cgroup",
+    "struct_ops",
+    "netfilter",
+    "tcx_ingress",
+    "tcx_egress",
+    "trace_uprobe_multi",
+    "cgroup_unix_connect",
+    "cgroup_unix_sendmsg",
+    "cgroup_unix_recvmsg",
+    "cgroup_unix_getpeername",
+    "cgroup_unix_getsockname",
+    "netkit_primary",
+    "netkit_peer",
+    "trace_kprobe_session",
+    "trace_uprobe_session",
+)
+
+
+def attach_type_name(value: int) -> str:
+    """The lowercase name of ``enum bpf_attach_type`` value ``value`` (``type_N`` if unknown)."""
+    return ATTACH_TYPE_NAMES[value] if 0 <= value < len(ATTACH_TYPE_NAMES) else f"type_{value}"
+
+
+class LinkType(enum.IntEnum):
+    """``enum bpf_link_type``, with the release that added each."""
+
+    RAW_TRACEPOINT = 1  # 5.8
+    TRACING = 2
+    CGROUP = 3
+    ITER = 4
+    NETNS = 5
+    XDP = 6  # 5.9
+    PERF_EVENT = 7  # 5.15
+    KPROBE_MULTI = 8  # 5.18
+    STRUCT_OPS = 9  # 6.4
+    NETFILTER = 10  # 6.4
+    TCX = 11  # 6.6
+    UPROBE_MULTI = 12  # 6.6
+    NETKIT = 13  # 6.7
+    SOCKMAP = 14  # 6.10
+
+
+class PerfEventType(enum.IntEnum):
+    """``enum bpf_perf_event_type`` (``bpf_link_info.perf_event.type``, 6.6)."""
+
+    UPROBE = 1
+    URETPROBE = 2
+    KPROBE = 3
+    KRETPROBE = 4
+    TRACEPOINT = 5
+    EVENT = 6
+
+
+BPF_LINK_INFO_SIZE = 64
+"""``sizeof(struct bpf_link_info)``: 12 bytes of head, 4 of padding (the union holds 64-bit
+pointers), and a 48-byte union (perf_event, uprobe_multi).  The union's members by link
+type, as byte offsets from the start of the struct (every member starts at 16):
+
+* raw_tracepoint: tp_name ptr @16, tp_name_len u32 @24, cookie u64 @32 (6.11);
+* tracing: attach_type @16, target_obj_id @20, target_btf_id @24 (5.13), cookie @32 (6.11);
+* cgroup: cgroup_id u64 @16, attach_type @24;
+* iter: target_name ptr @16, target_name_len @24 (5.9), map.map_id @28, cgroup_id u64 @32,
+  order @40 / task.tid @32, task.pid @36;
+* netns: netns_ino @16, attach_type @20;  xdp: ifindex @16;  struct_ops: map_id @16;
+* netfilter: pf @16, hooknum @20, priority s32 @24, flags @28;
+* kprobe_multi: addrs ptr @16, count @24, flags @28, missed u64 @32 (6.9), cookies @40;
+* uprobe_multi: path ptr @16, offsets @24, ref_ctr_offsets @32, cookies @40, path_size @48,
+  count @52, flags @56, pid @60;
+* perf_event: type @16, then at @24 per type: uprobe file_name ptr, name_len @32, offset @36;
+  kprobe func_name ptr, name_len @32, offset @36, addr u64 @40, missed @48, cookie @56;
+  tracepoint tp_name ptr, name_len @32; event config u64 @24, type @32;
+* tcx, netkit: ifindex @16, attach_type @20;  sockmap: map_id @16, attach_type @20.
+
+A field the running kernel does not fill stays zero (the buffer is zeroed before each call).
+"""
 
 
 class MapCreateAttr(ctypes.Structure):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from otel_bpf.kernel.attach import LinkAttachments
 from otel_bpf.kernel.maps import read_maps
 from otel_bpf.kernel.owners import scan_owners
 from otel_bpf.kernel.record_builder import RecordExtras
@@ -22,11 +23,17 @@ OwnersByProgram = dict[int, tuple[Owner, ...]]
 
 
 class Decorator:
-    """Attaches owners (from ``find_owners``, a procfs scan by default) and maps to records,
-    keeping the very record object of a program whose owners and maps did not change."""
+    """Attaches owners (from ``find_owners``, a procfs scan by default), maps and
+    attachments (from ``attachments``, on its own cadence) to records, keeping the very
+    record object of a program whose extras did not change."""
 
-    def __init__(self, find_owners: Callable[[], OwnersByProgram] = scan_owners) -> None:
+    def __init__(
+        self,
+        find_owners: Callable[[], OwnersByProgram] = scan_owners,
+        attachments: LinkAttachments | None = None,
+    ) -> None:
         self._find_owners = find_owners
+        self._attachments = attachments
         self._lock = threading.Lock()
         self._extras = RecordExtras()
 
@@ -34,7 +41,7 @@ class Decorator:
         self, records: list[ProgramRecord], errors: list[str], options: SourceOptions
     ) -> list[ProgramRecord]:
         """``records`` with what ``options`` asks for; map read failures go to ``errors``."""
-        if not (options.owners or options.maps):
+        if not (options.owners or options.maps or options.attachments):
             return records
         found: dict[int, MapRecord] | None = None
         if options.maps:
@@ -42,4 +49,15 @@ class Decorator:
             errors.extend(map_errors)
         by_prog = self._find_owners() if options.owners else None
         with self._lock:
-            return self._extras.attach(records, by_prog, found)
+            where = None
+            if options.attachments:
+                if self._attachments is None:
+                    self._attachments = LinkAttachments()
+                where = self._attachments.get((r.id for r in records), errors)
+            return self._extras.attach(records, by_prog, found, where)
+
+    def close(self) -> None:
+        """Release what the attachment look-ups hold (vmlinux BTF)."""
+        with self._lock:
+            if self._attachments is not None:
+                self._attachments.close()

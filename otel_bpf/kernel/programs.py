@@ -229,7 +229,8 @@ class SyscallSource:
         return ReadResult(self._decorator.decorate(records, errors, options), errors, read_at)
 
     def close(self) -> None:
-        """Nothing to release: every fd of a pass is closed within it."""
+        """Release what the attachment look-ups hold; every fd of a pass is closed within it."""
+        self._decorator.close()
 
     def __enter__(self) -> SyscallSource:
         return self

@@ -27,7 +27,7 @@ from dataclasses import MISSING, fields
 from operator import attrgetter
 from typing import Any
 
-from otel_bpf.records import MapRecord, Owner, ProgramRecord
+from otel_bpf.records import Attachment, MapRecord, Owner, ProgramRecord
 
 __all__ = [
     "RecordExtras",
@@ -41,7 +41,7 @@ __all__ = [
 
 _COUNTERS = ("run_time_ns", "run_cnt", "recursion_misses")
 """The fields a pass changes; the others stay as they were read for a program's first pass."""
-_EXTRAS = ("owners", "maps")
+_EXTRAS = ("owners", "maps", "attachments")
 """The fields :class:`RecordExtras` adds, last in the record but for ``per_cpu`` (they have
 defaults)."""
 
@@ -131,7 +131,9 @@ def update_counters(records, statics, run_times, run_counts, recursion_misses):
 
 _FIELDS = record_fields(ProgramRecord)
 _STATIC_FIELDS = tuple(f for f in _FIELDS if f not in _COUNTERS)
-assert _FIELDS[-3:] == (*_EXTRAS, "per_cpu"), "owners, maps, per_cpu must stay the last fields"
+assert _FIELDS[-4:] == (*_EXTRAS, "per_cpu"), (
+    "owners, maps, attachments, per_cpu must stay the last fields"
+)
 
 static_fields: Callable[[ProgramRecord], tuple[Any, ...]] = attrgetter(*_STATIC_FIELDS)
 """A record's fields other than the three counters, as the tuple :func:`update_counters`
@@ -186,25 +188,31 @@ def with_per_cpu(
     return out
 
 
-_BASE_FIELDS = attrgetter(*_FIELDS[:-3])
-"""A record's fields before ``owners``, ``maps`` and ``per_cpu``, as a tuple."""
+_BASE_FIELDS = attrgetter(*_FIELDS[:-4])
+"""A record's fields before ``owners``, ``maps``, ``attachments`` and ``per_cpu``, as a tuple."""
 
 
 _Attached = tuple[
-    ProgramRecord, "tuple[Owner, ...] | None", "tuple[MapRecord, ...] | None", ProgramRecord
+    ProgramRecord,
+    "tuple[Owner, ...] | None",
+    "tuple[MapRecord, ...] | None",
+    "tuple[Attachment, ...] | None",
+    ProgramRecord,
 ]
 
 
 class RecordExtras:
-    """Attaches owners and maps to a pass's records, reusing last pass's result per program.
+    """Attaches owners, maps and attachments to a pass's records, reusing last pass's result
+    per program.
 
     ``dataclasses.replace`` costs a few µs per record and makes a new object every pass; here
-    a program whose record, owners and maps did not change keeps the very same record object
-    (consumers skip unchanged programs by identity), and a changed one is built in one call.
+    a program whose record, owners, maps and attachments did not change keeps the very same
+    record object (consumers skip unchanged programs by identity), and a changed one is built
+    in one call.
     """
 
     def __init__(self) -> None:
-        # id -> (base record, owners, maps, the record with them)
+        # id -> (base record, owners, maps, attachments, the record with them)
         self._last: dict[int, _Attached] = {}
 
     def attach(
@@ -212,21 +220,30 @@ class RecordExtras:
         records: list[ProgramRecord],
         owners: Mapping[int, tuple[Owner, ...]] | None,
         maps: Mapping[int, MapRecord] | None,
+        attachments: Mapping[int, tuple[Attachment, ...]] | None = None,
     ) -> list[ProgramRecord]:
-        """``records`` with ``owners`` (``()`` for a program nobody holds) and the maps of
-        ``map_ids`` found in ``maps``; a None mapping leaves that field None."""
+        """``records`` with ``owners`` (``()`` for a program nobody holds), the maps of
+        ``map_ids`` found in ``maps`` and ``attachments`` (``()`` for a program attached
+        nowhere); a None mapping leaves that field None."""
         old: dict[int, _Attached] = self._last
         last: dict[int, _Attached] = {}
         out = []
         for r in records:
             own = None if owners is None else owners.get(r.id, ())
             used = None if maps is None else tuple(maps[i] for i in r.map_ids if i in maps)
+            where = None if attachments is None else attachments.get(r.id, ())
             prior = old.get(r.id)
-            if prior is not None and prior[0] is r and prior[1] == own and prior[2] == used:
-                full = prior[3]
+            if (
+                prior is not None
+                and prior[0] is r
+                and prior[1] == own
+                and prior[2] == used
+                and prior[3] == where
+            ):
+                full = prior[4]
             else:
-                full = program_record(*_BASE_FIELDS(r), own, used, r.per_cpu)
-            last[r.id] = (r, own, used, full)
+                full = program_record(*_BASE_FIELDS(r), own, used, where, r.per_cpu)
+            last[r.id] = (r, own, used, where, full)
             out.append(full)
         self._last = last
         return out

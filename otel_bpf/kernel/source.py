@@ -44,6 +44,10 @@ class SourceOptions:
     """The processes holding each program (``ProgramRecord.owners``)."""
     maps: bool = False
     """The maps each program uses (``ProgramRecord.maps``)."""
+    attachments: bool = False
+    """Where each program is attached (``ProgramRecord.attachments``), from the BPF links,
+    re-read every 10 s or when the set of programs changes
+    (:class:`~otel_bpf.kernel.attach.LinkAttachments`), not every pass."""
     memlock: bool = True
     """Each program's locked memory from fdinfo (``ProgramRecord.memlock_bytes``)."""
     include_self: bool = False

@@ -184,6 +184,16 @@ class VmlinuxBtf:
         """``offsetof(struct struct_name, member_name)`` in bytes."""
         return self.member(struct_name, member_name).offset
 
+    def type_name(self, type_id: int) -> str:
+        """The name of type ``type_id`` (empty for an anonymous type); VmlinuxBtfError when
+        there is no such id.  Walks to the id once; later look-ups start from an anchor."""
+        name_off = self._words[self._position(type_id)]
+        start = self._strs_start + name_off
+        end = self._data.find(b"\0", start, self._strs_end)
+        if name_off >= self._strs_end - self._strs_start or end < 0:
+            raise VmlinuxBtfError(errno.EINVAL, f"vmlinux BTF: bad name of type id {type_id}")
+        return bytes(self._data[start:end]).decode(errors="replace")
+
     # -- internals -----------------------------------------------------------------------
 
     def _name_off(self, name: str) -> int | None:

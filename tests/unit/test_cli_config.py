@@ -278,3 +278,13 @@ def test_http_metrics_path_goes_before_the_query() -> None:
     c = cfg(["--protocol", "http/protobuf", "--endpoint", "http://h:4318/otlp?token=abc"])
     assert c.otlp is not None
     assert c.otlp.endpoint == "http://h:4318/otlp/v1/metrics?token=abc"
+
+
+def test_attachments_flag_reaches_the_source_options() -> None:
+    from otel_bpf.cli.main import _source_options
+    from otel_bpf.otel.options import MetricsOptions
+
+    c = cfg(["--json", "--attachments"])
+    assert c.attachments and _source_options(c, MetricsOptions()).attachments
+    plain = cfg(["--json"])
+    assert not plain.attachments and not _source_options(plain, MetricsOptions()).attachments

@@ -221,7 +221,8 @@ def test_json_per_cpu_key() -> None:
          "events_per_sec": None, "cpu_utilization": None},
     ]  # fmt: skip
     obj = json.loads(jsonl.snapshot_lines(b)[0])
-    assert list(obj)[-1] == "per_cpu"
+    # per_cpu came after owners; attachments were added after it (keys only ever append).
+    assert list(obj)[-2:] == ["per_cpu", "attachments"]
     cpu0, cpu1 = obj["per_cpu"]
     assert (cpu0["events_per_sec"], cpu1["events_per_sec"]) == (50.0, 5.0)
     assert cpu0["cpu_utilization"] == pytest.approx(0.2)

@@ -121,6 +121,7 @@ class IteratorSource:
                 self._progs_per_cpu.close()
             if self._owners_iter is not None:
                 self._owners_iter.close()
+            self._decorator.close()
 
     def __enter__(self) -> IteratorSource:
         return self

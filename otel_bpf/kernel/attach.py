@@ -1,0 +1,642 @@
+"""Where each program is attached, from the kernel's BPF links.
+
+Every link on the host is walked like the programs are (``BPF_LINK_GET_NEXT_ID`` ->
+``BPF_LINK_GET_FD_BY_ID`` -> ``BPF_OBJ_GET_INFO_BY_FD`` -> close), and its
+``struct bpf_link_info`` decoded by link type into an :class:`~otel_bpf.records.Attachment`
+of the program the link holds.  A link that goes away during the walk is skipped.
+
+Decoding (:func:`decode_link_info`) is separate from the syscalls and from the look-ups that
+turn numbers into names (:class:`Names`: interface index -> name, cgroup id -> directory,
+BTF type id -> function), so hand-built info bytes are testable without privileges.
+
+The union's layout per link type is in :data:`otel_bpf.kernel._uapi.BPF_LINK_INFO_SIZE`.
+Fields a kernel does not fill (older than the field) read as zero: the buffer is zeroed
+before each call, and ``info_len`` tells how much the kernel wrote.
+
+Attachments made without a link (netlink tc/XDP, ``BPF_PROG_ATTACH`` cgroup programs,
+sockets) are not found here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import Any
+
+from otel_bpf.kernel._uapi import (
+    BPF_LINK_INFO_SIZE,
+    BtfInfo,
+    Cmd,
+    GetIdAttr,
+    InfoByFdAttr,
+    LinkType,
+    PerfEventType,
+    ProgInfo,
+    attach_type_name,
+    filled,
+)
+from otel_bpf.kernel.errors import BpfError, BpfPermissionError
+from otel_bpf.kernel.syscall import bpf, close, command_error, prepared, raw_bpf
+from otel_bpf.records import Attachment
+
+__all__ = [
+    "DISCOVERY_INTERVAL",
+    "LinkAttachments",
+    "Names",
+    "decode_link_info",
+    "read_link_attachments",
+]
+
+CGROUP2_ROOT = "/sys/fs/cgroup"
+DISCOVERY_INTERVAL = 10.0
+"""Seconds between two walks of the links, unless the set of programs changes."""
+
+LIST_LINKS_PERMISSION_MESSAGE = (
+    "permission denied listing BPF links (BPF_LINK_GET_NEXT_ID): needs CAP_SYS_ADMIN"
+)
+
+_HEAD = struct.Struct("<III")  # type, id, prog_id
+_U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
+_U32X3 = struct.Struct("<III")
+_U64 = struct.Struct("<Q")
+_NETFILTER = struct.Struct("<IIiI")
+# Name buffers: tracepoint and function names are short; a uprobe's file may be a long path.
+_NAME_SIZE = 512
+_PATH_SIZE = 4096
+_TARGETS_KEPT = 4096
+
+# include/uapi/linux/netfilter.h: NFPROTO_*, and the hooks (NF_INET_*; NF_NETDEV_* for
+# NFPROTO_NETDEV, where 0 and 1 are ingress and egress).
+_NF_PROTO = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
+_NF_INET_HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+_NF_NETDEV_HOOKS = ("ingress", "egress")
+
+_PERF_KIND = {
+    PerfEventType.UPROBE: "uprobe",
+    PerfEventType.URETPROBE: "uprobe",
+    PerfEventType.KPROBE: "kprobe",
+    PerfEventType.KRETPROBE: "kprobe",
+    PerfEventType.TRACEPOINT: "tracepoint",
+    PerfEventType.EVENT: "perf_event",
+}
+_BPF_F_KPROBE_MULTI_RETURN = 1
+_BPF_F_UPROBE_MULTI_RETURN = 1
+
+_KIND = {
+    LinkType.RAW_TRACEPOINT: "raw_tracepoint",
+    LinkType.TRACING: "tracing",
+    LinkType.CGROUP: "cgroup",
+    LinkType.ITER: "iter",
+    LinkType.NETNS: "netns",
+    LinkType.XDP: "xdp",
+    LinkType.PERF_EVENT: "perf_event",
+    LinkType.KPROBE_MULTI: "kprobe",
+    LinkType.UPROBE_MULTI: "uprobe",
+    LinkType.STRUCT_OPS: "struct_ops",
+    LinkType.NETFILTER: "netfilter",
+    LinkType.TCX: "tcx",
+    LinkType.NETKIT: "netkit",
+    LinkType.SOCKMAP: "sockmap",
+}
+# Link types whose info carries no attach type: the one LINK_CREATE takes for them.
+_IMPLIED_ATTACH_TYPE = {
+    LinkType.RAW_TRACEPOINT: "trace_raw_tp",
+    LinkType.ITER: "trace_iter",
+    LinkType.XDP: "xdp",
+    LinkType.PERF_EVENT: "perf_event",
+    LinkType.KPROBE_MULTI: "trace_kprobe_multi",
+    LinkType.UPROBE_MULTI: "trace_uprobe_multi",
+    LinkType.STRUCT_OPS: "struct_ops",
+    LinkType.NETFILTER: "netfilter",
+}
+_DIRECTION = {
+    "tcx_ingress": "ingress",
+    "tcx_egress": "egress",
+    "netkit_primary": "primary",
+    "netkit_peer": "peer",
+}
+
+
+def name_request(data: bytes) -> tuple[int, int, int] | None:
+    """For a link whose info has a name behind a pointer: ``(pointer offset, length offset,
+    buffer size)`` of a second call that fetches it; None for other links.
+
+    ``data`` is the info of a first call made without a buffer.
+    """
+    link_type = _HEAD.unpack_from(data)[0]
+    if link_type in (LinkType.RAW_TRACEPOINT, LinkType.ITER):
+        return 16, 24, _NAME_SIZE
+    if link_type == LinkType.UPROBE_MULTI:
+        return 16, 48, _PATH_SIZE
+    if link_type == LinkType.PERF_EVENT:
+        sub = _U32.unpack_from(data, 16)[0]
+        if sub in (PerfEventType.UPROBE, PerfEventType.URETPROBE):
+            return 24, 32, _PATH_SIZE
+        if sub in (PerfEventType.KPROBE, PerfEventType.KRETPROBE, PerfEventType.TRACEPOINT):
+            return 24, 32, _NAME_SIZE
+    return None
+
+
+class Names:
+    """Turns the numbers in link info into names, caching what does not change.
+
+    Tests replace it with one answering from dicts.  Every method returns None when it
+    cannot tell.
+    """
+
+    def __init__(self, cgroup_root: str | None = None) -> None:
+        self._cgroup_root = cgroup_root or cgroup2_root()
+        self._cgroups: dict[int, str] = {}
+        self._cgroups_scanned_at: float | None = None
+        self._vmlinux: Any = None
+        self._vmlinux_failed = False
+        self._btf_objects: dict[int, tuple[str, bool] | None] = {}
+        # A program's attach target never changes: (prog id, obj id, btf id) -> target.
+        self._targets: dict[tuple[int, int, int], tuple[str, int | None]] = {}
+
+    def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
+        """The name of interface ``ifindex`` in this process's network namespace.
+
+        A link reports the index its device has in the device's own namespace: the same
+        index here may be another device.  With ``prog_id``, the name is given only when the
+        device here really has that program attached (XDP: ``RTM_GETLINK``; tcx and netkit:
+        ``BPF_PROG_QUERY`` with ``attach_type``).
+        """
+        try:
+            name = socket.if_indextoname(ifindex)
+        except OSError:
+            return None
+        if prog_id:
+            here = (
+                _xdp_prog_ids(ifindex)
+                if attach_type is None
+                else _queried_prog_ids(ifindex, attach_type)
+            )
+            if prog_id not in here:
+                return None
+        return name
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        """The cgroup2 directory whose inode number is ``cgroup_id`` (the kernel's cgroup id
+        is its kernfs node id, the directory's inode), from a cached scan of the hierarchy;
+        an id not in the cache rescans it, at most once per second."""
+        found = self._cgroups.get(cgroup_id)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        if self._cgroups_scanned_at is not None and now - self._cgroups_scanned_at < 1.0:
+            return None
+        self._cgroups_scanned_at = now
+        self._cgroups = _scan_cgroups(self._cgroup_root)
+        return self._cgroups.get(cgroup_id)
+
+    def btf_function(self, prog_id: int, obj_id: int, btf_id: int) -> tuple[str, int | None]:
+        """The target of a tracing link of program ``prog_id``: ``(text, target program id
+        or None)``.  ``obj_id`` is a kernel BTF object (vmlinux or a module) or, for a
+        target that is itself a BPF program, that program's id; the two id spaces overlap,
+        so the program's own ``attach_btf_obj_id`` (6.0) tells them apart: it names the BTF
+        object holding ``btf_id``, a kernel one when the target is the kernel."""
+        key = (prog_id, obj_id, btf_id)
+        known = self._targets.get(key)
+        if known is None:
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()  # programs come and go: start over now and then
+            known = self._targets[key] = self._btf_target(prog_id, obj_id, btf_id)
+        return known
+
+    def _btf_target(self, prog_id: int, obj_id: int, btf_id: int) -> tuple[str, int | None]:
+        attach_obj = _attach_btf_obj_id(prog_id)
+        # Before 6.0 the id is taken for a kernel BTF object when one has it.
+        kernel = self._btf_object(obj_id if attach_obj is None else attach_obj)
+        if kernel is None or not kernel[1]:
+            return f"prog {obj_id} btf_id {btf_id}", obj_id
+        name = self._vmlinux_name(btf_id) if kernel[0] == "vmlinux" else None
+        if name:
+            return name, None
+        return f"{kernel[0]} btf_id {btf_id}", None
+
+    def _btf_object(self, obj_id: int) -> tuple[str, bool] | None:
+        """``(name, is kernel BTF)`` of BTF object ``obj_id``, None when it does not exist."""
+        if obj_id not in self._btf_objects:
+            self._btf_objects[obj_id] = _btf_object_name(obj_id)
+        return self._btf_objects[obj_id]
+
+    def _vmlinux_name(self, btf_id: int) -> str | None:
+        from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
+
+        if self._vmlinux is None and not self._vmlinux_failed:
+            try:
+                self._vmlinux = VmlinuxBtf()
+            except VmlinuxBtfError:
+                self._vmlinux_failed = True
+        if self._vmlinux is None:
+            return None
+        try:
+            return str(self._vmlinux.type_name(btf_id)) or None
+        except VmlinuxBtfError:
+            return None
+
+    def close(self) -> None:
+        """Release vmlinux BTF (opened at the first tracing link)."""
+        if self._vmlinux is not None:
+            self._vmlinux.close()
+            self._vmlinux = None
+
+
+def cgroup2_root(mounts: str = "/proc/mounts") -> str:
+    """Where the cgroup2 hierarchy is mounted (``/sys/fs/cgroup``, or
+    ``/sys/fs/cgroup/unified`` on a hybrid host)."""
+    with suppress(OSError), open(mounts) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                # /proc/mounts writes a space in a path as \\040.
+                return parts[1].replace("\\040", " ")
+    return CGROUP2_ROOT
+
+
+# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h
+_NETLINK_ROUTE = 0
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_IFLA_XDP = 43
+_IFLA_XDP_PROG_IDS = (4, 5, 6, 7)  # IFLA_XDP_PROG_ID, _DRV_, _SKB_, _HW_PROG_ID
+_NLA_TYPE_MASK = 0x3FFF
+
+
+def _xdp_prog_ids(ifindex: int) -> set[int]:
+    """The XDP programs attached to interface ``ifindex`` of this network namespace."""
+    ifinfo = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
+    msg = struct.pack("=IHHII", 16 + len(ifinfo), _RTM_GETLINK, _NLM_F_REQUEST, 1, 0) + ifinfo
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE) as sock:
+            sock.settimeout(1.0)
+            sock.send(msg)
+            reply = sock.recv(1 << 16)
+    except OSError:
+        return set()
+    if len(reply) < 32 or struct.unpack_from("=H", reply, 4)[0] != _RTM_NEWLINK:
+        return set()  # NLMSG_ERROR: no such device here
+    end = min(len(reply), struct.unpack_from("=I", reply)[0])
+    return {
+        value
+        for kind, body in _rtattrs(reply, 32, end)
+        if kind == _IFLA_XDP
+        for sub, inner in _rtattrs(body, 0, len(body))
+        if sub in _IFLA_XDP_PROG_IDS and len(inner) >= 4
+        for value in struct.unpack_from("=I", inner)
+    }
+
+
+def _rtattrs(data: bytes, pos: int, end: int) -> Iterable[tuple[int, bytes]]:
+    """``(type, payload)`` of each ``struct rtattr`` in ``data[pos:end]``."""
+    while pos + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, pos)
+        if length < 4 or pos + length > end:
+            return
+        yield kind & _NLA_TYPE_MASK, data[pos + 4 : pos + length]
+        pos += (length + 3) & ~3
+
+
+class _ProgQueryAttr(ctypes.Structure):
+    """The ``bpf_attr.query`` member used by ``BPF_PROG_QUERY``."""
+
+    _fields_ = [
+        ("target", ctypes.c_uint32),  # target_fd or target_ifindex
+        ("attach_type", ctypes.c_uint32),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("prog_attach_flags", ctypes.c_uint64),
+        ("link_ids", ctypes.c_uint64),
+        ("link_attach_flags", ctypes.c_uint64),
+        ("revision", ctypes.c_uint64),
+    ]
+
+
+def _queried_prog_ids(ifindex: int, attach_type: int) -> set[int]:
+    """The programs attached at ``attach_type`` (tcx, netkit) of interface ``ifindex`` of
+    this network namespace (``BPF_PROG_QUERY``)."""
+    ids = (ctypes.c_uint32 * 64)()
+    attr = _ProgQueryAttr(
+        target=ifindex, attach_type=attach_type, prog_ids=ctypes.addressof(ids), count=64
+    )
+    if raw_bpf(prepared(Cmd.PROG_QUERY, attr)) < 0:
+        return set()
+    return set(ids[: min(attr.count, 64)])
+
+
+def _scan_cgroups(root: str) -> dict[int, str]:
+    """Inode number -> path of every directory of the cgroup2 hierarchy at ``root``."""
+    found: dict[int, str] = {}
+    with suppress(OSError):
+        found[os.stat(root).st_ino] = root
+    for top, dirs, _files in os.walk(root, onerror=None):
+        for d in dirs:
+            path = os.path.join(top, d)
+            with suppress(OSError):
+                found[os.stat(path, follow_symlinks=False).st_ino] = path
+    return found
+
+
+def _attach_btf_obj_id(prog_id: int) -> int | None:
+    """``attach_btf_obj_id`` of program ``prog_id``; None when the kernel (before 6.0) does
+    not report it or the program is gone."""
+    try:
+        fd = bpf(Cmd.PROG_GET_FD_BY_ID, GetIdAttr(start_id=prog_id), f"program {prog_id}")
+    except BpfError:
+        return None
+    try:
+        info = ProgInfo()
+        attr = InfoByFdAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+        bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"program {prog_id}")
+        if not filled(info, "attach_btf_obj_id", attr.info_len):
+            return None
+        return int(info.attach_btf_obj_id)
+    except BpfError:
+        return None
+    finally:
+        close(fd)
+
+
+def _btf_object_name(obj_id: int) -> tuple[str, bool] | None:
+    try:
+        fd = bpf(Cmd.BTF_GET_FD_BY_ID, GetIdAttr(start_id=obj_id), f"btf {obj_id}")
+    except BpfError:
+        return None
+    try:
+        name = ctypes.create_string_buffer(64)
+        info = BtfInfo(name=ctypes.addressof(name), name_len=ctypes.sizeof(name))
+        attr = InfoByFdAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+        bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"btf {obj_id}")
+        if not filled(info, "kernel_btf", attr.info_len):
+            return None
+        return name.value.decode(errors="replace"), bool(info.kernel_btf)
+    except BpfError:
+        return None
+    finally:
+        close(fd)
+
+
+def _text(raw: bytes) -> str:
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode(errors="replace")
+
+
+def decode_link_info(data: bytes, names: Names, name: bytes = b"") -> tuple[int, Attachment]:
+    """``(prog_id, attachment)`` from the bytes of one ``struct bpf_link_info``.
+
+    ``name`` is the text behind the info's name pointer (:func:`name_request`), when it was
+    fetched.  Bytes past the end (an older kernel's shorter struct) read as zero.
+    """
+    data = data.ljust(BPF_LINK_INFO_SIZE, b"\0")
+    link_type, link_id, prog_id = _HEAD.unpack_from(data)
+    kind = _KIND.get(link_type, f"link_type_{link_type}")
+    attach_type = _IMPLIED_ATTACH_TYPE.get(link_type)
+    text = _text(name)
+    fields: dict[str, Any] = {}
+    target = ""
+    if link_type == LinkType.XDP:
+        ifindex = _U32.unpack_from(data, 16)[0]
+        target, fields = _device(ifindex, names, prog_id, None)
+    elif link_type in (LinkType.TCX, LinkType.NETKIT):
+        ifindex, at = _U32X2.unpack_from(data, 16)
+        attach_type = attach_type_name(at)
+        target, fields = _device(ifindex, names, prog_id, at)
+        fields["direction"] = _DIRECTION.get(attach_type)
+    elif link_type == LinkType.CGROUP:
+        cgroup_id = _U64.unpack_from(data, 16)[0]
+        attach_type = attach_type_name(_U32.unpack_from(data, 24)[0])
+        path = names.cgroup_path(cgroup_id) if cgroup_id else None
+        target = path or f"cgroup id {cgroup_id}"
+        fields = {"cgroup_id": cgroup_id, "cgroup_path": path}
+    elif link_type == LinkType.NETNS:
+        ino, at = _U32X2.unpack_from(data, 16)
+        attach_type = attach_type_name(at)
+        target = f"net:[{ino}]"
+        fields = {"netns": ino}
+    elif link_type == LinkType.TRACING:
+        at, obj_id, btf_id = _U32X3.unpack_from(data, 16)
+        attach_type = attach_type_name(at)
+        if btf_id:
+            target, target_prog = names.btf_function(prog_id, obj_id, btf_id)
+            fields = {"target_prog_id": target_prog}
+    elif link_type == LinkType.RAW_TRACEPOINT:
+        target = text
+    elif link_type == LinkType.ITER:
+        target = text
+        map_id = _U32.unpack_from(data, 28)[0]
+        if map_id:
+            fields = {"map_id": map_id}
+    elif link_type in (LinkType.STRUCT_OPS, LinkType.SOCKMAP):
+        map_id, at = _U32X2.unpack_from(data, 16)
+        if link_type == LinkType.SOCKMAP:
+            attach_type = attach_type_name(at)
+        target = f"map {map_id}"
+        fields = {"map_id": map_id}
+    elif link_type == LinkType.NETFILTER:
+        pf, hook, priority, _flags = _NETFILTER.unpack_from(data, 16)
+        target = _netfilter_target(pf, hook)
+        fields = {"priority": priority}
+    elif link_type == LinkType.KPROBE_MULTI:
+        count, flags = _U32X2.unpack_from(data, 24)
+        ret = "kretprobe" if flags & _BPF_F_KPROBE_MULTI_RETURN else "kprobe"
+        target = f"{ret}.multi {count} functions"
+    elif link_type == LinkType.UPROBE_MULTI:
+        count, flags, pid = _U32X3.unpack_from(data, 52)
+        ret = "uretprobe" if flags & _BPF_F_UPROBE_MULTI_RETURN else "uprobe"
+        target = f"{ret}.multi {text or '?'} ({count} offsets{f', pid {pid}' if pid else ''})"
+    elif link_type == LinkType.PERF_EVENT:
+        target, kind = _perf_event(data, text)
+    return prog_id, Attachment(kind, "link", link_id, attach_type, target, **fields)
+
+
+def _device(
+    ifindex: int, names: Names, prog_id: int, attach_type: int | None
+) -> tuple[str, dict[str, Any]]:
+    if not ifindex:
+        # The device went away; the link stays until its holder closes it.
+        return "detached", {"ifindex": None, "ifname": None}
+    ifname = names.ifname(ifindex, prog_id, attach_type)
+    return ifname or f"if{ifindex}", {"ifindex": ifindex, "ifname": ifname}
+
+
+def _netfilter_target(pf: int, hook: int) -> str:
+    proto = _NF_PROTO.get(pf, f"pf{pf}")
+    hooks = _NF_NETDEV_HOOKS if pf == 5 else _NF_INET_HOOKS
+    return f"{proto} {hooks[hook] if hook < len(hooks) else f'hook{hook}'}"
+
+
+def _perf_event(data: bytes, text: str) -> tuple[str, str]:
+    sub = _U32.unpack_from(data, 16)[0]
+    kind = _PERF_KIND.get(sub, "perf_event")
+    if sub in (PerfEventType.KPROBE, PerfEventType.KRETPROBE):
+        offset = _U32.unpack_from(data, 36)[0]
+        addr = _U64.unpack_from(data, 40)[0]
+        ret = "kretprobe" if sub == PerfEventType.KRETPROBE else "kprobe"
+        where = text or (f"{addr:#x}" if addr else "?")
+        return f"{ret} {where}{f'+{offset:#x}' if offset else ''}", kind
+    if sub in (PerfEventType.UPROBE, PerfEventType.URETPROBE):
+        offset = _U32.unpack_from(data, 36)[0]
+        ret = "uretprobe" if sub == PerfEventType.URETPROBE else "uprobe"
+        return f"{ret} {text or '?'}+{offset:#x}", kind
+    if sub == PerfEventType.TRACEPOINT:
+        return text, kind
+    if sub == PerfEventType.EVENT:
+        config = _U64.unpack_from(data, 24)[0]
+        event_type = _U32.unpack_from(data, 32)[0]
+        return f"event type {event_type} config {config:#x}", kind
+    return "", kind
+
+
+def read_link_attachments(
+    names: Names | None = None, errors: list[str] | None = None
+) -> dict[int, list[Attachment]]:
+    """Every program's attachments through BPF links: program id -> attachments in link id
+    order.  A link that vanished during the walk is skipped; one that fails otherwise is
+    reported in ``errors`` (when given).  Raises
+    :class:`~otel_bpf.kernel.errors.BpfPermissionError` without the right to list links."""
+    own_names = names is None
+    names = names or Names()
+    found: dict[int, list[Attachment]] = {}
+    try:
+        for link_id, data, name in _walk_links(errors):
+            try:
+                prog_id, attachment = decode_link_info(data, names, name)
+            except (struct.error, ValueError) as err:
+                if errors is not None:
+                    errors.append(f"link {link_id}: {err}")
+                continue
+            found.setdefault(prog_id, []).append(attachment)
+    finally:
+        if own_names:
+            names.close()
+    return found
+
+
+def _walk_links(errors: list[str] | None) -> Iterable[tuple[int, bytes, bytes]]:
+    """``(link id, info bytes, name bytes)`` of every link, in id order."""
+    id_attr = GetIdAttr()
+    next_args = prepared(Cmd.LINK_GET_NEXT_ID, id_attr)
+    fd_args = prepared(Cmd.LINK_GET_FD_BY_ID, id_attr)
+    while True:
+        if (ret := raw_bpf(next_args)) < 0:
+            if -ret == errno.ENOENT:
+                return
+            if -ret in (errno.EPERM, errno.EACCES):
+                raise BpfPermissionError(-ret, LIST_LINKS_PERMISSION_MESSAGE)
+            raise command_error(-ret, Cmd.LINK_GET_NEXT_ID)
+        link_id = id_attr.start_id = id_attr.next_id
+        id_attr.next_id = 0
+        if (fd := raw_bpf(fd_args)) < 0:
+            if fd != -errno.ENOENT and errors is not None:
+                errors.append(f"link {link_id}: {command_error(-fd, Cmd.LINK_GET_FD_BY_ID)}")
+            continue
+        try:
+            data, name = _link_info(fd)
+        except BpfError as err:
+            if err.errno != errno.ENOENT and errors is not None:
+                errors.append(f"link {link_id}: {err}")
+            continue
+        finally:
+            close(fd)
+        yield link_id, data, name
+
+
+def _link_info(fd: int) -> tuple[bytes, bytes]:
+    """The info of link ``fd`` (as many bytes as the kernel filled) and the text behind its
+    name pointer, fetched by a second call for the link types that have one."""
+    buf = ctypes.create_string_buffer(BPF_LINK_INFO_SIZE)
+    attr = InfoByFdAttr(bpf_fd=fd, info_len=BPF_LINK_INFO_SIZE, info=ctypes.addressof(buf))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "link info")
+    data = buf.raw[: attr.info_len]
+    request = name_request(buf.raw)
+    if request is None:
+        return data, b""
+    ptr_off, len_off, size = request
+    for _attempt in range(2):
+        name = ctypes.create_string_buffer(size)
+        ctypes.memset(buf, 0, BPF_LINK_INFO_SIZE)
+        # perf_event's type stays: the kernel reads the name fields of that type.
+        struct.pack_into("<I", buf, 16, _U32.unpack_from(data, 16)[0] if len(data) > 16 else 0)
+        struct.pack_into("<Q", buf, ptr_off, ctypes.addressof(name))
+        struct.pack_into("<I", buf, len_off, size)
+        attr = InfoByFdAttr(bpf_fd=fd, info_len=BPF_LINK_INFO_SIZE, info=ctypes.addressof(buf))
+        try:
+            bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "link info")
+        except BpfError as err:
+            if err.errno == errno.ENOSPC and size < _PATH_SIZE:
+                size = _PATH_SIZE
+                continue
+            # The name is an extra: the first call's info still says where it is attached.
+            return data, b""
+        return buf.raw[: attr.info_len], name.raw
+    return data, b""
+
+
+Clock = Callable[[], float]
+
+
+class LinkAttachments:
+    """The attachments of every program, re-read on their own cadence.
+
+    :meth:`get` walks the links at most every ``interval`` seconds, and at once when the set
+    of program ids differs from the last walk's (a program loaded or unloaded is usually one
+    attached or detached).  Between walks it returns the last result: the per-second pass
+    never pays for the walk.
+    """
+
+    def __init__(
+        self,
+        interval: float = DISCOVERY_INTERVAL,
+        *,
+        read: Callable[[Names, list[str]], dict[int, list[Attachment]]] | None = None,
+        clock: Clock = time.monotonic,
+        names: Names | None = None,
+    ) -> None:
+        self._interval = interval
+        self._read = read or (lambda n, e: read_link_attachments(n, e))
+        self._clock = clock
+        self._names = names or Names()
+        self._lock = threading.Lock()
+        self._at: float | None = None
+        self._prog_ids: frozenset[int] = frozenset()
+        self._found: dict[int, tuple[Attachment, ...]] = {}
+        self.walks = 0
+        """How many walks were made (tests and benchmarks read it)."""
+
+    def get(
+        self, prog_ids: Iterable[int], errors: list[str] | None = None
+    ) -> dict[int, tuple[Attachment, ...]]:
+        """Program id -> attachments, as of the last walk (made now when due)."""
+        ids = frozenset(prog_ids)
+        with self._lock:
+            now = self._clock()
+            due = self._at is None or now - self._at >= self._interval or ids != self._prog_ids
+            if due:
+                walk_errors: list[str] = []
+                try:
+                    found = self._read(self._names, walk_errors)
+                    self._found = {p: tuple(a) for p, a in found.items()}
+                except BpfError as err:
+                    # The counters matter more: the pass goes on with the last result.
+                    walk_errors.append(f"attachments: {err}")
+                self._at, self._prog_ids = now, ids
+                self.walks += 1
+                if errors is not None:
+                    errors.extend(walk_errors)
+            return self._found
+
+    def close(self) -> None:
+        self._names.close()
