@@ -36,6 +36,7 @@ MORE_FLAGS = [
     (["--owners=yes"], "--owners"),
     (["--derived-gauges=on"], "--derived-gauges"),
     (["--per-cpu=1"], "--per-cpu"),
+    (["--attachments=yes"], "--attachments"),
     (["--json=1"], "--json"),
     (["--live=1"], "--live"),
     (["--version=2"], "--version"),
