@@ -95,7 +95,19 @@ def cpu_utilization(
     pct = cpu_percent(prev, cur, dt)
     if pct is None or online_cpus <= 0:
         return None
-    return pct / 100.0 / online_cpus
+    return capped_share(pct / 100.0 / online_cpus)
+
+
+def capped_share(share: float) -> float:
+    """A share of CPU time, at most 1 (all of it).
+
+    A period is timed from the middle of one counter read to the middle of the next; on a
+    host whose CPUs are all busy, the sampler can be preempted around a read for a few
+    milliseconds, and a period can then look up to that much shorter than the run time it
+    holds (seen: 1.0065 of two saturated CPUs over 0.1 s).  No program can use more than
+    every CPU's time, so a share above 1 is that timing error, and 1 is the figure.
+    """
+    return share if share <= 1.0 else 1.0
 
 
 def cpu_deltas(prev: ProgramRecord | None, cur: ProgramRecord) -> dict[int, tuple[int, int]] | None:
@@ -120,10 +132,10 @@ def cpu_deltas(prev: ProgramRecord | None, cur: ProgramRecord) -> dict[int, tupl
 
 def cpu_share(run_time_ns: int, dt: float | None) -> float | None:
     """The fraction of one CPU's time (0..1) that ``run_time_ns`` of run time took in a
-    period of ``dt`` seconds."""
+    period of ``dt`` seconds (capped at 1, see :func:`capped_share`)."""
     if dt is None or dt <= 0:
         return None
-    return run_time_ns / (dt * 1e9)
+    return capped_share(run_time_ns / (dt * 1e9))
 
 
 def cpu_imbalance(shares: Sequence[float | None]) -> float | None:

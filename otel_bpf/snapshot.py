@@ -71,7 +71,7 @@ def derive(
     if dt is None or dt <= 0:
         return ProgramSample(cur, period, total, None, None, None, per_cpu, imbalance)
     pct = (cur.run_time_ns - prev.run_time_ns) / (dt * 1e9) * 100.0
-    utilization = pct / 100.0 / online_cpus if online_cpus > 0 else None
+    utilization = figures.capped_share(pct / 100.0 / online_cpus) if online_cpus > 0 else None
     return ProgramSample(cur, period, total, runs / dt, pct, utilization, per_cpu, imbalance)
 
 

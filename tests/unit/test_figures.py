@@ -65,7 +65,7 @@ def test_cpu_utilization_is_percent_over_100_over_online_cpus(cpus: int) -> None
     busy = later(run_cnt=4_000, run_time_ns=A.run_time_ns + 3_000_000_000)
     pct = figures.cpu_percent(A, busy, 1.0)
     assert pct is not None
-    assert figures.cpu_utilization(A, busy, 1.0, cpus) == pytest.approx(pct / 100 / cpus)
+    assert figures.cpu_utilization(A, busy, 1.0, cpus) == pytest.approx(min(1.0, pct / 100 / cpus))
     assert figures.cpu_utilization(A, B, 2.0, cpus) == pytest.approx(0.002 / cpus)
 
 
@@ -140,7 +140,7 @@ def test_rates_are_never_negative_and_consistent(runs: int, ns: int, dt: float, 
     util = figures.cpu_utilization(A, cur, dt, cpus)
     assert eps is not None and eps >= 0
     assert pct is not None and pct >= 0
-    assert util == pytest.approx(pct / 100 / cpus)
+    assert util == pytest.approx(min(1.0, pct / 100 / cpus))
     avg = figures.period_avg_runtime_ns(A, cur)
     if runs == 0:
         assert avg is None
@@ -191,3 +191,15 @@ def test_a_sample_holds_the_figures_of_the_figure_functions(
     assert sample.events_per_sec == figures.events_per_sec(prev, cur, dt)
     assert sample.cpu_percent == figures.cpu_percent(prev, cur, dt)
     assert sample.cpu_utilization == figures.cpu_utilization(prev, cur, dt, cpus)
+
+
+def test_a_share_above_all_cpus_is_timing_error_and_capped_at_one() -> None:
+    # 2.013 s of run time in a period timed as 1 s on two CPUs: the clock read and the counter
+    # read were a few milliseconds apart on a saturated host.  The share is 1, the percentage
+    # of one core (like top) stays as measured.
+    busy = replace(A, run_time_ns=A.run_time_ns + 2_013_000_000)
+    assert figures.cpu_percent(A, busy, 1.0) == pytest.approx(201.3)
+    assert figures.cpu_utilization(A, busy, 1.0, 2) == 1.0
+    assert figures.cpu_utilization(A, busy, 1.0, 4) == pytest.approx(0.50325)
+    assert figures.cpu_share(1_006_500_000, 1.0) == 1.0
+    assert figures.cpu_share(500_000_000, 1.0) == 0.5
