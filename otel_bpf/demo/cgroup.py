@@ -13,6 +13,7 @@ import os
 
 from otel_bpf.kernel.fd import KernelFd
 from otel_bpf.kernel.links import create_owned_link
+from otel_bpf.kernel.system import cgroup2_mount_point
 
 
 class CgroupError(OSError):
@@ -22,12 +23,10 @@ class CgroupError(OSError):
 def cgroup2_mount(mounts: str = "/proc/mounts") -> str:
     """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup`` or, in the hybrid
     layout, ``/sys/fs/cgroup/unified``)."""
-    with open(mounts) as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 3 and fields[2] == "cgroup2":
-                return fields[1].replace("\\040", " ")
-    raise CgroupError(errno.ENOENT, "no cgroup2 file system is mounted (see /proc/mounts)")
+    mount = cgroup2_mount_point(mounts)
+    if mount is None:
+        raise CgroupError(errno.ENOENT, "no cgroup2 file system is mounted (see /proc/mounts)")
+    return mount
 
 
 def current_cgroup(pid: int | str = "self") -> str:

@@ -483,6 +483,25 @@ class MapElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", u32), ("_pad", u32), ("key", u64), ("value", u64), ("flags", u64)]
 
 
+class ProgQueryAttr(ctypes.Structure):
+    """The ``bpf_attr.query`` member used by ``BPF_PROG_QUERY`` (``target``: a target fd or
+    an ifindex)."""
+
+    _fields_ = [
+        ("target", u32),
+        ("attach_type", u32),
+        ("query_flags", u32),
+        ("attach_flags", u32),
+        ("prog_ids", u64),
+        ("count", u32),
+        ("_pad", u32),
+        ("prog_attach_flags", u64),
+        ("link_ids", u64),
+        ("link_attach_flags", u64),
+        ("revision", u64),
+    ]
+
+
 # include/uapi/asm-generic/socket.h: setsockopt(SOL_SOCKET, SO_ATTACH_BPF, &prog_fd) attaches
 # a socket filter program by fd.
 SO_ATTACH_BPF = 50

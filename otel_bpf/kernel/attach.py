@@ -39,11 +39,13 @@ from otel_bpf.kernel._uapi import (
     LinkType,
     PerfEventType,
     ProgInfo,
+    ProgQueryAttr,
     attach_type_name,
     filled,
 )
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.syscall import bpf, close, command_error, prepared, raw_bpf
+from otel_bpf.kernel.system import cgroup2_mount_point
 from otel_bpf.records import Attachment
 
 __all__ = [
@@ -253,14 +255,12 @@ class Names:
 
 def cgroup2_root(mounts: str = "/proc/mounts") -> str:
     """Where the cgroup2 hierarchy is mounted (``/sys/fs/cgroup``, or
-    ``/sys/fs/cgroup/unified`` on a hybrid host)."""
-    with suppress(OSError), open(mounts) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "cgroup2":
-                # /proc/mounts writes a space in a path as \\040.
-                return parts[1].replace("\\040", " ")
-    return CGROUP2_ROOT
+    ``/sys/fs/cgroup/unified`` on a hybrid host); ``/sys/fs/cgroup`` when that cannot be
+    told."""
+    mount = None
+    with suppress(OSError):
+        mount = cgroup2_mount_point(mounts)
+    return mount or CGROUP2_ROOT
 
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_link.h
@@ -307,29 +307,11 @@ def _rtattrs(data: bytes, pos: int, end: int) -> Iterable[tuple[int, bytes]]:
         pos += (length + 3) & ~3
 
 
-class _ProgQueryAttr(ctypes.Structure):
-    """The ``bpf_attr.query`` member used by ``BPF_PROG_QUERY``."""
-
-    _fields_ = [
-        ("target", ctypes.c_uint32),  # target_fd or target_ifindex
-        ("attach_type", ctypes.c_uint32),
-        ("query_flags", ctypes.c_uint32),
-        ("attach_flags", ctypes.c_uint32),
-        ("prog_ids", ctypes.c_uint64),
-        ("count", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-        ("prog_attach_flags", ctypes.c_uint64),
-        ("link_ids", ctypes.c_uint64),
-        ("link_attach_flags", ctypes.c_uint64),
-        ("revision", ctypes.c_uint64),
-    ]
-
-
 def _queried_prog_ids(ifindex: int, attach_type: int) -> set[int]:
     """The programs attached at ``attach_type`` (tcx, netkit) of interface ``ifindex`` of
     this network namespace (``BPF_PROG_QUERY``)."""
     ids = (ctypes.c_uint32 * 64)()
-    attr = _ProgQueryAttr(
+    attr = ProgQueryAttr(
         target=ifindex, attach_type=attach_type, prog_ids=ctypes.addressof(ids), count=64
     )
     if raw_bpf(prepared(Cmd.PROG_QUERY, attr)) < 0:

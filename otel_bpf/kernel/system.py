@@ -73,3 +73,15 @@ def boot_time_offset() -> float:
 def boottime_to_wall(boottime_ns: int, offset: float | None = None) -> float:
     """Seconds since the epoch of a CLOCK_BOOTTIME stamp in nanoseconds."""
     return (boot_time_offset() if offset is None else offset) + boottime_ns / 1e9
+
+
+def cgroup2_mount_point(mounts: str = "/proc/mounts") -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or
+    ``/sys/fs/cgroup/unified`` in the hybrid layout); None when no cgroup2 file system is
+    mounted.  OSError when ``mounts`` cannot be read."""
+    with open(mounts) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "cgroup2":
+                return fields[1].replace("\\040", " ")  # /proc/mounts writes a space as \040
+    return None
