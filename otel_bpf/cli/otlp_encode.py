@@ -93,11 +93,12 @@ class MetricsEncoder:
         self._cache, self._used = self._used, {}
 
     def _attributes(self, attributes: Mapping[str, Any] | None) -> bytes:
+        # An entry holds its dict, so no other live dict can have its id: the id is enough.
         key = id(attributes)
         entry = self._used.get(key)
         if entry is None:
             entry = self._cache.get(key)
-            if entry is None or entry[0] is not attributes:
+            if entry is None:
                 blob = pb2.NumberDataPoint(attributes=_key_values(attributes)).SerializeToString()
                 entry = (attributes, blob)
             self._used[key] = entry

@@ -57,7 +57,10 @@ def test_columns_and_decode_read_the_per_cpu_variant() -> None:
     assert record_size(3) == RECORD.size + 3 * 24
     columns = PassColumns(data, 3)
     assert columns.ids.tolist() == [5, 9] and columns.run_counts.tolist() == [3, 0]
-    assert columns.per_cpu(0) == [1, 10, 0, 2, 20, 0, 0, 0, 1]
+    # Row 0's per-CPU block, [cnt, nsecs, misses] per CPU, read column by column.
+    row0 = [column[0] for i in range(3) for column in columns.cpu_column(i)]
+    assert row0 == [1, 10, 0, 2, 20, 0, 0, 0, 1]
+    assert columns.cpu_column(0) == ([1, 0], [10, 0], [0, 0])
     assert columns.recursion_misses.tolist() == [1, 0]
     assert [r.id for r in decode(data, 3)] == [5, 9]
     assert decode(data, 3)[0].run_time_ns == 30

@@ -107,11 +107,6 @@ class PassColumns:
         self.run_counts = words[_RUN_CNT_WORD::stride]
         self.recursion_misses = words[_MISSES_WORD::stride]
 
-    def per_cpu(self, row: int) -> list[int]:
-        """Row ``row``'s per-CPU block as ``[cnt, nsecs, misses] * ncpus``."""
-        start = (row * (_WORDS + 3 * self.ncpus)) + _WORDS
-        return self._words[start : start + 3 * self.ncpus].tolist()
-
     def cpu_column(self, index: int) -> tuple[list[int], list[int], list[int]]:
         """The ``index``-th CPU of every row's per-CPU block, as three columns: run counts,
         run times (ns) and recursion misses, one entry per row."""
