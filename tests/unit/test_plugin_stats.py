@@ -83,6 +83,20 @@ def fake_sampler(holder: Holder) -> Sampler:
     )
 
 
+def stats_on_sampler(
+    source: Any, *, interval: float, history: int, clock: Any = time.monotonic
+) -> Sampler:
+    """A sampler over ``source`` (a function returning a pass) on one CPU, stats on."""
+    return Sampler(
+        interval=interval,
+        history=history,
+        source=CallSource(source),
+        stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
+        online_cpus=lambda: 1,
+        clock=clock,
+    )
+
+
 async def eventually(predicate: Any, within: float = 5.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -267,13 +281,7 @@ async def test_by_name_type_counts_programs_that_came_and_went_between_collectio
         return Result([replace(prog(), id=100 + passes, run_cnt=10)])
 
     holder = Holder()
-    sampler = Sampler(
-        interval=0.1,
-        history=1,
-        source=CallSource(source),
-        stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
-        online_cpus=lambda: 1,
-    )
+    sampler = stats_on_sampler(source, interval=0.1, history=1)
     reader = InMemoryMetricReader()
     mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     plugin = BpfMetricsPlugin(
@@ -382,14 +390,7 @@ def counting_sampler(clock: Clock) -> tuple[Sampler, list[int]]:
         reads.append(len(reads) + 1)
         return Result([replace(prog(), run_cnt=10 * reads[-1], run_time_ns=1000 * reads[-1])])
 
-    sampler = Sampler(
-        interval=1.0,
-        history=4,
-        source=CallSource(source),
-        stats_state=lambda: StatsState(ours=True, sysctl=False, others=False),
-        online_cpus=lambda: 1,
-        clock=clock,
-    )
+    sampler = stats_on_sampler(source, interval=1.0, history=4, clock=clock)
     return sampler, reads
 
 
