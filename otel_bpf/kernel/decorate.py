@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from otel_bpf.kernel.attach import LinkAttachments
 from otel_bpf.kernel.maps import read_maps
 from otel_bpf.kernel.owners import scan_owners
 from otel_bpf.kernel.record_builder import RecordExtras
 from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import MapRecord, Owner, ProgramRecord
+
+if TYPE_CHECKING:
+    from otel_bpf.kernel.attach import LinkAttachments
 
 OwnersByProgram = dict[int, tuple[Owner, ...]]
 
@@ -52,6 +55,10 @@ class Decorator:
             where = None
             if options.attachments:
                 if self._attachments is None:
+                    # Imported here: a run that never asks for attachments (most) does not
+                    # pay the link decoder's import at start-up (about 5 ms).
+                    from otel_bpf.kernel.attach import LinkAttachments
+
                     self._attachments = LinkAttachments()
                 where = self._attachments.get((r.id for r in records), errors)
             return self._extras.attach(records, by_prog, found, where)
