@@ -38,8 +38,9 @@ def scale_top(values: Sequence[float | None]) -> float:
     return max(known) if known else 1.0
 
 
-def _level(value: float | None, top: float, total_levels: int) -> int:
-    """Filled levels for ``value``; any non-zero value shows at least one."""
+def filled_levels(value: float | None, top: float, total_levels: int) -> int:
+    """Filled levels of ``total_levels`` for ``value``, full at ``top``; any non-zero value
+    shows at least one, so "a little" never looks like "nothing"."""
     if value is None or not math.isfinite(value) or value <= 0:
         return 0
     level = round(value / top * total_levels)
@@ -63,7 +64,7 @@ def bars(
     shown = padding + recent
     top = top if top and top > 0 else scale_top(shown)
     per_row = _levels_per_cell(glyphs)
-    levels = [_level(v, top, per_row * height) for v in shown]
+    levels = [filled_levels(v, top, per_row * height) for v in shown]
     rows: list[str] = []
     for row in range(height):  # row 0 is the top
         base = (height - 1 - row) * per_row  # levels below this row

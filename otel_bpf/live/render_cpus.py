@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from otel_bpf.live.charts import filled_levels
 from otel_bpf.live.format import UNKNOWN, fmt_ns, fmt_percent, fmt_rate
 from otel_bpf.live.sanitize import fit
 from otel_bpf.live.terminal import Line, Style
@@ -103,7 +104,7 @@ def _bar(share: float, top: float, width: int) -> str:
     """``[####    ]`` of ``width`` columns, full at ``top``; a share above 0 shows at least
     one ``#``, so "ran a little" never looks like "did not run"."""
     inner = width - 2
-    filled = 0 if share <= 0 or top <= 0 else min(max(round(share / top * inner), 1), inner)
+    filled = filled_levels(share, top, inner) if top > 0 else 0
     return "[" + "#" * filled + " " * (inner - filled) + "]"
 
 
