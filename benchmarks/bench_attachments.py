@@ -5,7 +5,7 @@
 Loads one ``iter/bpf_prog`` program (it never runs unless read, so the links cost nothing
 else) and links it ``N`` times: iterator links carry a name, which takes a second info call,
 the dearer case.  Prints the median milliseconds of :func:`read_link_attachments` (every
-link: next id, fd, info, name, close) and of a cached :meth:`LinkAttachments.get` (what each
+link: next id, fd, info, name, close) and of a cached :meth:`AttachmentDiscovery.get` (what each
 per-second pass pays between walks).
 """
 
@@ -18,7 +18,8 @@ from _bench import load_average, machine, median_s, raise_nofile
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import AttachType, ProgType
-from otel_bpf.kernel.attach import LinkAttachments, Names, read_link_attachments
+from otel_bpf.kernel.attach import Names, read_link_attachments
+from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 from otel_bpf.kernel.links import link_create
 from otel_bpf.kernel.loader import load_program, program_id
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
@@ -31,8 +32,8 @@ def measure(count: int, pid: int, passes: int) -> str:
     try:
         walk = median_s(lambda: read_link_attachments(names), passes)
         assert len(read_link_attachments(names)[pid]) == count
-        cache = LinkAttachments(3600.0, names=names)
-        cached = median_s(lambda: cache.get([pid]), passes * 10)
+        cache = AttachmentDiscovery(3600.0, names=names)
+        cached = median_s(lambda: cache.get({pid: "tracing"}), passes * 10)
     finally:
         names.close()
     return (

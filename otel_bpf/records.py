@@ -74,7 +74,11 @@ class Attachment:
     ``kprobe``, ``uprobe``, ``tracepoint``, ``perf_event``, ``netfilter``, ``struct_ops``,
     ``iter``, ``sockmap``, or ``link_type_N`` for a link type this version does not know."""
     via: str
-    """How the attachment was found: ``link`` (a BPF link)."""
+    """How the program was attached, which is how it was found: ``link`` (a BPF link),
+    ``netlink`` (a tc filter or action, or XDP set on a device without a link),
+    ``prog_attach`` (``BPF_PROG_ATTACH`` to a cgroup, a network namespace or a sockmap),
+    ``socket`` (``SO_ATTACH_BPF`` / ``SO_ATTACH_REUSEPORT_EBPF`` on a process's socket) or
+    ``perf_event`` (``PERF_EVENT_IOC_SET_BPF`` on a perf event a process holds)."""
     link_id: int | None
     """The BPF link's id (as ``bpftool link show`` prints it); None when not through a link."""
     attach_type: str | None
@@ -97,7 +101,13 @@ class Attachment:
     cgroup_path: str | None = None
     """The cgroup2 directory whose inode is ``cgroup_id``; None when not found."""
     priority: int | None = None
-    """The netfilter hook priority."""
+    """The netfilter hook priority, or a tc filter's priority."""
+    mode: str | None = None
+    """XDP: ``skb``, ``drv`` or ``hw`` (the mode a device runs it in)."""
+    pid: int | None = None
+    """The process holding the socket or perf event the program is attached to."""
+    fd: int | None = None
+    """That socket's or perf event's file descriptor number in process ``pid``."""
     map_id: int | None = None
     """The map a struct_ops, sockmap or map-iterator link uses."""
     target_prog_id: int | None = None

@@ -108,6 +108,9 @@ _ATTACHMENT_DETAILS = (
     "priority",
     "map_id",
     "target_prog_id",
+    "mode",
+    "pid",
+    "fd",
 )
 
 

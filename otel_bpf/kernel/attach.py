@@ -14,7 +14,7 @@ Fields a kernel does not fill (older than the field) read as zero: the buffer is
 before each call, and ``info_len`` tells how much the kernel wrote.
 
 Attachments made without a link (netlink tc/XDP, ``BPF_PROG_ATTACH`` cgroup programs,
-sockets) are not found here.
+sockets) are found by the other sources of :mod:`otel_bpf.kernel.attach_discovery`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import errno
 import os
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -50,7 +49,6 @@ from otel_bpf.records import Attachment
 
 __all__ = [
     "DISCOVERY_INTERVAL",
-    "LinkAttachments",
     "Names",
     "decode_link_info",
     "read_link_attachments",
@@ -565,60 +563,3 @@ def _link_info(fd: int) -> tuple[bytes, bytes]:
             return data, b""
         return buf.raw[: attr.info_len], name.raw
     return data, b""
-
-
-Clock = Callable[[], float]
-
-
-class LinkAttachments:
-    """The attachments of every program, re-read on their own cadence.
-
-    :meth:`get` walks the links at most every ``interval`` seconds, and at once when the set
-    of program ids differs from the last walk's (a program loaded or unloaded is usually one
-    attached or detached).  Between walks it returns the last result: the per-second pass
-    never pays for the walk.
-    """
-
-    def __init__(
-        self,
-        interval: float = DISCOVERY_INTERVAL,
-        *,
-        read: Callable[[Names, list[str]], dict[int, list[Attachment]]] | None = None,
-        clock: Clock = time.monotonic,
-        names: Names | None = None,
-    ) -> None:
-        self._interval = interval
-        self._read = read or (lambda n, e: read_link_attachments(n, e))
-        self._clock = clock
-        self._names = names or Names()
-        self._lock = threading.Lock()
-        self._at: float | None = None
-        self._prog_ids: frozenset[int] = frozenset()
-        self._found: dict[int, tuple[Attachment, ...]] = {}
-        self.walks = 0
-        """How many walks were made (tests and benchmarks read it)."""
-
-    def get(
-        self, prog_ids: Iterable[int], errors: list[str] | None = None
-    ) -> dict[int, tuple[Attachment, ...]]:
-        """Program id -> attachments, as of the last walk (made now when due)."""
-        ids = frozenset(prog_ids)
-        with self._lock:
-            now = self._clock()
-            due = self._at is None or now - self._at >= self._interval or ids != self._prog_ids
-            if due:
-                walk_errors: list[str] = []
-                try:
-                    found = self._read(self._names, walk_errors)
-                    self._found = {p: tuple(a) for p, a in found.items()}
-                except BpfError as err:
-                    # The counters matter more: the pass goes on with the last result.
-                    walk_errors.append(f"attachments: {err}")
-                self._at, self._prog_ids = now, ids
-                self.walks += 1
-                if errors is not None:
-                    errors.extend(walk_errors)
-            return self._found
-
-    def close(self) -> None:
-        self._names.close()

@@ -20,7 +20,7 @@ from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import MapRecord, Owner, ProgramRecord
 
 if TYPE_CHECKING:
-    from otel_bpf.kernel.attach import LinkAttachments
+    from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 
 OwnersByProgram = dict[int, tuple[Owner, ...]]
 
@@ -33,7 +33,7 @@ class Decorator:
     def __init__(
         self,
         find_owners: Callable[[], OwnersByProgram] = scan_owners,
-        attachments: LinkAttachments | None = None,
+        attachments: AttachmentDiscovery | None = None,
     ) -> None:
         self._find_owners = find_owners
         self._attachments = attachments
@@ -56,11 +56,11 @@ class Decorator:
             if options.attachments:
                 if self._attachments is None:
                     # Imported here: a run that never asks for attachments (most) does not
-                    # pay the link decoder's import at start-up (about 5 ms).
-                    from otel_bpf.kernel.attach import LinkAttachments
+                    # pay the attach-point decoders' import at start-up (about 5 ms).
+                    from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 
-                    self._attachments = LinkAttachments()
-                where = self._attachments.get((r.id for r in records), errors)
+                    self._attachments = AttachmentDiscovery()
+                where = self._attachments.get({r.id: r.type for r in records}, errors)
             return self._extras.attach(records, by_prog, found, where)
 
     def close(self) -> None:

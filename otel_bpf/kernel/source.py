@@ -46,8 +46,8 @@ class SourceOptions:
     """The maps each program uses (``ProgramRecord.maps``)."""
     attachments: bool = False
     """Where each program is attached (``ProgramRecord.attachments``), from the BPF links,
-    re-read every 10 s or when the set of programs changes
-    (:class:`~otel_bpf.kernel.attach.LinkAttachments`), not every pass."""
+    netlink, cgroups and the other sources, re-read every 10 s or when the set of programs changes
+    (:class:`~otel_bpf.kernel.attach_discovery.AttachmentDiscovery`), not every pass."""
     memlock: bool = True
     """Each program's locked memory from fdinfo (``ProgramRecord.memlock_bytes``)."""
     include_self: bool = False

@@ -16,7 +16,8 @@ from kernel_progs import bpftool_json
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import AttachType, Cmd, ProgType, u32, u64
-from otel_bpf.kernel.attach import LinkAttachments, Names, cgroup2_root, read_link_attachments
+from otel_bpf.kernel.attach import Names, cgroup2_root, read_link_attachments
+from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 from otel_bpf.kernel.fd import KernelFd
 from otel_bpf.kernel.links import create_owned_link, link_id
 from otel_bpf.kernel.loader import load_owned_program, program_id
@@ -135,16 +136,16 @@ def test_links_read_back(cgroup: str) -> None:
 
 
 def test_cache_walks_again_when_a_link_goes() -> None:
-    cache = LinkAttachments(3600.0, names=Names())
+    cache = AttachmentDiscovery(3600.0, names=Names())
     with load_owned_program(ProgType.RAW_TRACEPOINT, RETURN_0, f"{PREFIX}raw2") as prog:
         pid = program_id(prog)
         with raw_tracepoint_open(prog, "sys_exit") as link:
-            first = cache.get([pid])
+            first = cache.get({pid: "raw_tracepoint"})
             assert [a.link_id for a in first[pid]] == [link.id]
         # Same programs, within the interval: the last walk's result, link and all.
-        assert cache.get([pid]) is first
+        assert cache.get({pid: "raw_tracepoint"}) is first
         assert cache.walks == 1
-    assert pid not in cache.get([])  # the program set changed: walked again
+    assert pid not in cache.get({})  # the program set changed: walked again
     assert cache.walks == 2
     cache.close()
 

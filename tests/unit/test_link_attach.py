@@ -19,7 +19,8 @@ from otel_bpf.kernel._uapi import (
     PerfEventType,
     attach_type_name,
 )
-from otel_bpf.kernel.attach import LinkAttachments, Names, decode_link_info, name_request
+from otel_bpf.kernel.attach import Names, decode_link_info, name_request
+from otel_bpf.kernel.attach_discovery import AttachmentDiscovery, DiscoveryContext, Source
 from otel_bpf.kernel.record_builder import RecordExtras, program_record
 from otel_bpf.records import Attachment
 
@@ -306,19 +307,21 @@ class Clock:
 def test_link_attachments_cadence() -> None:
     clock = Clock()
     found = {1: [Attachment("xdp", "link", 5, "xdp", "lo", ifindex=1, ifname="lo")]}
-    cache = LinkAttachments(10.0, read=lambda n, e: found, clock=clock, names=FakeNames())
-    assert cache.get([1, 2]) == {1: tuple(found[1])}
+    cache = AttachmentDiscovery(
+        10.0, sources=[Source("links", lambda c: found)], clock=clock, names=FakeNames()
+    )
+    assert cache.get(dict.fromkeys([1, 2], "xdp")) == {1: tuple(found[1])}
     assert cache.walks == 1
     clock.now += 9.9
-    cache.get([1, 2])
+    cache.get(dict.fromkeys([1, 2], "xdp"))
     assert cache.walks == 1  # within the interval, same programs: the last walk's result
-    cache.get([1, 2, 3])
+    cache.get(dict.fromkeys([1, 2, 3], "xdp"))
     assert cache.walks == 2  # a program appeared: walked at once
     clock.now += 5
-    cache.get([2, 1, 3])
+    cache.get(dict.fromkeys([2, 1, 3], "xdp"))
     assert cache.walks == 2
     clock.now += 5
-    cache.get([1, 2, 3])
+    cache.get(dict.fromkeys([1, 2, 3], "xdp"))
     assert cache.walks == 3  # 10 s since the last walk
 
 
@@ -327,20 +330,22 @@ def test_link_attachments_keeps_last_result_when_a_walk_fails() -> None:
 
     calls = []
 
-    def read(names: Names, errors: list[str]) -> dict[int, list[Attachment]]:
+    def read(ctx: DiscoveryContext) -> dict[int, list[Attachment]]:
         calls.append(1)
         if len(calls) > 1:
             raise BpfPermissionError(1, "denied")
-        errors.append("link 9: gone wrong")
+        ctx.errors.append("link 9: gone wrong")
         return {1: [Attachment("iter", "link", 2, "trace_iter", "bpf_prog")]}
 
-    cache = LinkAttachments(10.0, read=read, clock=Clock(), names=FakeNames())
+    cache = AttachmentDiscovery(
+        10.0, sources=[Source("links", read)], clock=Clock(), names=FakeNames()
+    )
     errors: list[str] = []
-    first = cache.get([1], errors)
+    first = cache.get({1: "tracing"}, errors)
     assert errors == ["link 9: gone wrong"]
     errors.clear()
-    assert cache.get([1, 2], errors) == first
-    assert errors and errors[0].startswith("attachments: ")
+    assert cache.get({1: "tracing", 2: "xdp"}, errors) == first
+    assert errors and errors[0].startswith("attachments from links: ")
 
 
 def test_record_extras_attach_attachments() -> None:
@@ -392,7 +397,9 @@ def test_decorator_adds_attachments_only_when_asked() -> None:
 
     clock = Clock()
     where = {1: [Attachment("xdp", "link", 5, "xdp", "lo", ifindex=1, ifname="lo")]}
-    cache = LinkAttachments(10.0, read=lambda n, e: where, clock=clock, names=FakeNames())
+    cache = AttachmentDiscovery(
+        10.0, sources=[Source("links", lambda c: where)], clock=clock, names=FakeNames()
+    )
     decorator = Decorator(lambda: {}, cache)
     records = [
         program_record(i, "xdp", 6, "n", "ab" * 8, 0, 0, 0, 1.5e9, 0, 1, 2, 3, (), 0, None)
@@ -405,3 +412,47 @@ def test_decorator_adds_attachments_only_when_asked() -> None:
     assert one.owners is None and one.maps is None
     decorator.decorate(records, [], SourceOptions(attachments=True))
     assert cache.walks == 1  # the per-second pass reuses the last walk
+
+
+def test_a_failing_source_is_left_out_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from otel_bpf.kernel.errors import BpfPermissionError
+
+    link = Attachment("cgroup", "link", 3, "cgroup_inet_ingress", "/sys/fs/cgroup/a")
+    seen: list[dict[int, list[Attachment]]] = []
+    failing = [True]
+
+    def query(ctx: DiscoveryContext) -> dict[int, list[Attachment]]:
+        seen.append({p: list(a) for p, a in ctx.found.items()})
+        if failing[0]:
+            raise PermissionError(1, "setns: Operation not permitted")
+        return {2: [Attachment("cgroup", "prog_attach", None, "cgroup_inet_egress", "/x")]}
+
+    def denied(ctx: DiscoveryContext) -> dict[int, list[Attachment]]:
+        raise BpfPermissionError(1, "denied")
+
+    clock = Clock()
+    discovery = AttachmentDiscovery(
+        10.0,
+        sources=[Source("links", lambda c: {1: [link]}), Source("query", query)],
+        clock=clock,
+        names=FakeNames(),
+    )
+    caplog.set_level(logging.INFO, logger="otel_bpf.attach")
+    for _ in range(3):
+        clock.now += 10
+        errors: list[str] = []
+        assert discovery.get({1: "cgroup_skb", 2: "cgroup_skb"}, errors) == {1: (link,)}
+        assert errors == ["attachments from query: [Errno 1] setns: Operation not permitted"]
+    # Later sources see what the earlier ones found.
+    assert seen[0] == {1: [link]}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "from query" in warnings[0].getMessage()
+    failing[0] = False
+    clock.now += 10
+    assert discovery.get({1: "cgroup_skb", 2: "cgroup_skb"})[2][0].via == "prog_attach"
+    assert "reported again" in caplog.records[-1].getMessage()
+    assert discovery.walks == 4
+    broken = AttachmentDiscovery(sources=[Source("links", denied)], names=FakeNames())
+    assert broken.get({1: "xdp"}) == {}

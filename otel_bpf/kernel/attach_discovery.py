@@ -1,0 +1,152 @@
+"""Every program's attach points, from each source the kernel offers, on their own cadence.
+
+A program can be attached in several ways, and each is found by its own read:
+
+* ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
+
+and, for what was attached without a link, the sources listed in :func:`default_sources`.
+They run in order, each seeing what the earlier ones found (:class:`DiscoveryContext`), so
+that a source reporting the same hook a link holds (a cgroup's ``BPF_PROG_QUERY`` lists
+link-attached programs too) can leave it to the link.
+
+Discovery is dearer than a pass (a syscall or more per link, cgroup and device), so
+:class:`AttachmentDiscovery` runs it at most every ``interval`` seconds, and at once when the
+set of programs changes; the per-second pass reads its last result.  A source that fails
+(a missing privilege, a namespace it may not enter) is left out with one log line, and the
+other sources still report.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.errors import BpfError
+from otel_bpf.records import Attachment
+
+__all__ = [
+    "AttachmentDiscovery",
+    "DiscoveryContext",
+    "Source",
+    "default_sources",
+]
+
+log = logging.getLogger("otel_bpf.attach")
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class DiscoveryContext:
+    """What a source is given: the name look-ups, the programs of the pass and what the
+    sources before it found."""
+
+    names: Names
+    programs: Mapping[int, str]
+    """Program id -> type (bpftool's name: ``cgroup_skb``, ``sched_cls``, ...), so a source
+    can skip the hooks no loaded program could be attached to."""
+    found: dict[int, list[Attachment]] = field(default_factory=dict)
+    """Program id -> attachments the earlier sources reported (the links come first)."""
+    errors: list[str] = field(default_factory=list)
+    """Failures of single objects (a link or device that went wrong); the source goes on."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way of finding attachments."""
+
+    name: str
+    """Short and stable (``links``, ``netlink``, ...): it names the source in log lines."""
+    read: Callable[[DiscoveryContext], Mapping[int, Iterable[Attachment]]]
+    """Program id -> the attachments this source found.  Raises ``OSError`` or
+    :class:`~otel_bpf.kernel.errors.BpfError` when the source cannot be read at all."""
+
+
+def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
+    return read_link_attachments(ctx.names, ctx.errors)
+
+
+def default_sources() -> list[Source]:
+    """The sources a discovery uses unless told otherwise, in the order they run."""
+    return [Source("links", _links)]
+
+
+class AttachmentDiscovery:
+    """The attachments of every program, re-read on their own cadence.
+
+    :meth:`get` runs every source at most every ``interval`` seconds, and at once when the
+    set of program ids differs from the last run's (a program loaded or unloaded is usually
+    one attached or detached).  Between runs it returns the last result: the per-second pass
+    never pays for discovery.
+    """
+
+    def __init__(
+        self,
+        interval: float = DISCOVERY_INTERVAL,
+        *,
+        sources: Sequence[Source] | None = None,
+        clock: Clock = time.monotonic,
+        names: Names | None = None,
+    ) -> None:
+        self._interval = interval
+        self._sources = list(default_sources() if sources is None else sources)
+        self._clock = clock
+        self._names = names or Names()
+        self._lock = threading.Lock()
+        self._at: float | None = None
+        self._prog_ids: frozenset[int] = frozenset()
+        self._found: dict[int, tuple[Attachment, ...]] = {}
+        # Each source's last result, kept when a later run of it fails.
+        self._last: dict[str, dict[int, list[Attachment]]] = {}
+        self._failing: set[str] = set()
+        self.walks = 0
+        """How many discoveries were made (tests and benchmarks read it)."""
+
+    def get(
+        self, programs: Mapping[int, str], errors: list[str] | None = None
+    ) -> dict[int, tuple[Attachment, ...]]:
+        """Program id -> attachments, as of the last discovery (made now when due).
+
+        ``programs`` maps each program id of the pass to its type."""
+        ids = frozenset(programs)
+        with self._lock:
+            now = self._clock()
+            due = self._at is None or now - self._at >= self._interval or ids != self._prog_ids
+            if due:
+                ctx = DiscoveryContext(self._names, programs)
+                for source in self._sources:
+                    self._run(source, ctx)
+                self._found = {p: tuple(a) for p, a in ctx.found.items()}
+                self._at, self._prog_ids = now, ids
+                self.walks += 1
+                if errors is not None:
+                    errors.extend(ctx.errors)
+            return self._found
+
+    def _run(self, source: Source, ctx: DiscoveryContext) -> None:
+        try:
+            found = {p: list(a) for p, a in source.read(ctx).items()}
+        except (BpfError, OSError) as err:
+            # The counters matter more: the pass goes on with this source's last result.
+            ctx.errors.append(f"attachments from {source.name}: {err}")
+            if source.name not in self._failing:
+                self._failing.add(source.name)
+                # Error text may carry names from the host; the CLI's log formatter escapes
+                # control characters in every line.
+                log.warning("attach points from %s are not reported: %s", source.name, err)
+            found = self._last.get(source.name, {})
+        else:
+            if source.name in self._failing:
+                self._failing.discard(source.name)
+                log.info("attach points from %s are reported again", source.name)
+            self._last[source.name] = found
+        for prog_id, attachments in found.items():
+            if attachments:
+                ctx.found.setdefault(prog_id, []).extend(attachments)
+
+    def close(self) -> None:
+        self._names.close()
