@@ -19,7 +19,8 @@ def test_own_namespace_first_and_each_namespace_once(tmp_path: Path) -> None:
     assert len(set(found.values())) == len(found)
     assert all(os.stat(p).st_ino == ino for ino, p in found.items() if os.path.exists(p))
     assert not any(p.startswith(str(named)) for p in found.values())
-    assert host_netns() in found
+    # Process 1 may refuse (ptrace access rules): then there is no host namespace to tell.
+    assert host_netns() is None or host_netns() in found
 
 
 def test_unreadable_proc_gives_nothing(tmp_path: Path) -> None:
