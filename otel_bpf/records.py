@@ -100,6 +100,13 @@ class Attachment:
     cgroup_id: int | None = None
     cgroup_path: str | None = None
     """The cgroup2 directory whose inode is ``cgroup_id``; None when not found."""
+    container_id: str | None = None
+    """The container the cgroup path names (:func:`otel_bpf.workload.workload_of_path`)."""
+    pod_uid: str | None = None
+    """The Kubernetes pod the cgroup path names."""
+    qos_class: str | None = None
+    """That pod's QoS class (``guaranteed``, ``burstable``, ``besteffort``) when the path
+    shows it."""
     priority: int | None = None
     """The netfilter hook priority, or a tc filter's priority."""
     mode: str | None = None

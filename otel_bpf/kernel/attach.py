@@ -46,10 +46,12 @@ from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.syscall import bpf, close, command_error, prepared, raw_bpf
 from otel_bpf.kernel.system import cgroup2_mount_point
 from otel_bpf.records import Attachment
+from otel_bpf.workload import workload_of_path
 
 __all__ = [
     "DISCOVERY_INTERVAL",
     "Names",
+    "cgroup_target",
     "decode_link_info",
     "read_link_attachments",
 ]
@@ -161,6 +163,11 @@ class Names:
         self._btf_objects: dict[int, tuple[str, bool] | None] = {}
         # A program's attach target never changes: (prog id, obj id, btf id) -> target.
         self._targets: dict[tuple[int, int, int], tuple[str, int | None]] = {}
+
+    @property
+    def cgroup_root(self) -> str:
+        """Where the cgroup2 hierarchy is mounted (paths are under it)."""
+        return self._cgroup_root
 
     def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
         """The name of interface ``ifindex`` in this process's network namespace.
@@ -398,9 +405,7 @@ def decode_link_info(data: bytes, names: Names, name: bytes = b"") -> tuple[int,
     elif link_type == LinkType.CGROUP:
         cgroup_id = _U64.unpack_from(data, 16)[0]
         attach_type = attach_type_name(_U32.unpack_from(data, 24)[0])
-        path = names.cgroup_path(cgroup_id) if cgroup_id else None
-        target = path or f"cgroup id {cgroup_id}"
-        fields = {"cgroup_id": cgroup_id, "cgroup_path": path}
+        target, fields = cgroup_target(cgroup_id, names)
     elif link_type == LinkType.NETNS:
         ino, at = _U32X2.unpack_from(data, 16)
         attach_type = attach_type_name(at)
@@ -440,6 +445,23 @@ def decode_link_info(data: bytes, names: Names, name: bytes = b"") -> tuple[int,
     elif link_type == LinkType.PERF_EVENT:
         target, kind = _perf_event(data, text)
     return prog_id, Attachment(kind, "link", link_id, attach_type, target, **fields)
+
+
+def cgroup_target(cgroup_id: int, names: Names) -> tuple[str, dict[str, Any]]:
+    """The target text and the structured fields of an attachment to cgroup ``cgroup_id``:
+    its path, and the container and pod the path names."""
+    path = names.cgroup_path(cgroup_id) if cgroup_id else None
+    fields: dict[str, Any] = {"cgroup_id": cgroup_id, "cgroup_path": path}
+    if path:
+        root = names.cgroup_root
+        relative = path[len(root) :] if path.startswith(root) else path
+        workload = workload_of_path(relative or "/")
+        fields.update(
+            container_id=workload.container_id,
+            pod_uid=workload.pod_uid,
+            qos_class=workload.qos_class,
+        )
+    return path or f"cgroup id {cgroup_id}", fields
 
 
 def _device(

@@ -29,9 +29,9 @@ class FakeNames(Names):
     """Answers from dicts instead of the host."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(cgroup_root="/sys/fs/cgroup")
         self.ifnames = {1: "lo", 7: "eth0"}
-        self.cgroups = {4242: "/sys/fs/cgroup/kubepods.slice/pod1"}
+        self.cgroups = {4242: "/sys/fs/cgroup/kubepods.slice/pod1", 4343: CONTAINER_CGROUP}
         self.functions = {(1, 5000): "tcp_v4_connect"}
         self.calls: list[tuple[int, int, int]] = []
 
@@ -45,6 +45,14 @@ class FakeNames(Names):
         self.calls.append((prog_id, obj_id, btf_id))
         name = self.functions.get((obj_id, btf_id))
         return (name, None) if name else (f"prog {obj_id} btf_id {btf_id}", obj_id)
+
+
+POD_UID = "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5"
+CONTAINER_ID = "ab" * 32
+CONTAINER_CGROUP = (
+    "/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/"
+    f"kubepods-burstable-pod{POD_UID.replace('-', '_')}.slice/cri-containerd-{CONTAINER_ID}.scope"
+)
 
 
 def info(link_type: int, link_id: int, prog_id: int, union: bytes = b"") -> bytes:
@@ -122,6 +130,13 @@ def test_cgroup_link_names_the_directory() -> None:
         cgroup_id=4242,
         cgroup_path="/sys/fs/cgroup/kubepods.slice/pod1",
     )
+
+
+def test_cgroup_link_names_the_container_and_pod_of_its_cgroup() -> None:
+    _, a = decode(info(LinkType.CGROUP, 9, 60, struct.pack("<QI", 4343, 0)))
+    assert (a.target, a.cgroup_path) == (CONTAINER_CGROUP, CONTAINER_CGROUP)
+    assert (a.container_id, a.pod_uid, a.qos_class) == (CONTAINER_ID, POD_UID, "burstable")
+    assert jsonl._attachments((a,))[0]["pod_uid"] == POD_UID
 
 
 def test_cgroup_link_to_an_unknown_cgroup() -> None:
