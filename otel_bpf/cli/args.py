@@ -274,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
         "can derive from the counters with rate() (default: off)",
     )
     sel.add_argument(
+        "--owner-series",
+        action="store_true",
+        help="also export bpf.program.owner: 1 for each process holding a program, with "
+        "process.pid, process.executable.name, and container.id and k8s.pod.uid when its "
+        "cgroup names them; implies --owners (default: off)",
+    )
+    sel.add_argument(
+        "--attachment-series",
+        action="store_true",
+        help="also export bpf.program.attachment: 1 for each place a program is attached "
+        "to, with bpf.attach.kind, bpf.attach.type, bpf.attach.target, bpf.attach.via, and "
+        "network.interface.name, container.id and k8s.pod.uid where they apply; implies "
+        "--attachments (default: off)",
+    )
+    sel.add_argument(
         "--type",
         dest="types",
         action="append",

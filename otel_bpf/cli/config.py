@@ -95,7 +95,11 @@ class Config:
     exported per-CPU counters."""
     attachments: bool = False
     """``--attachments``: look up where each program is attached (the ``attachments`` key of
-    ``--json``)."""
+    ``--json``); also on with ``--attachment-series``."""
+    owner_series: bool = False
+    """``--owner-series``: export ``bpf.program.owner``."""
+    attachment_series: bool = False
+    """``--attachment-series``: export ``bpf.program.attachment``."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -396,5 +400,9 @@ def resolve(ns: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         exemplar_filter=exemplar_filter,
         derived_gauges=bool(ns.derived_gauges),
         per_cpu=bool(ns.per_cpu),
-        attachments=bool(ns.attachments),
+        # The series is made of the attach points: it needs them looked up, as --owner
+        # needs the owners.
+        attachments=bool(ns.attachments) or bool(ns.attachment_series),
+        owner_series=bool(ns.owner_series),
+        attachment_series=bool(ns.attachment_series),
     )

@@ -152,6 +152,8 @@ def _metrics_options(config: Config) -> MetricsOptions:
         names=config.names,
         owners=config.owner_names,
         derived_gauges=config.derived_gauges,
+        owner_series=config.owner_series,
+        attachment_series=config.attachment_series,
         # --per-cpu is for every consumer of the run: --json, and the exporters.
         per_cpu=config.per_cpu,
     )
@@ -305,7 +307,7 @@ def _source_options(config: Config, options: MetricsOptions) -> SourceOptions:
         owners=_reads_owners(config, options) or config.live,
         maps=_reads_maps(config, options) or config.live,
         per_cpu=config.per_cpu,
-        attachments=config.attachments,
+        attachments=config.attachments or options.needs_attachments,
     )
 
 

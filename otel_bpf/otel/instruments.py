@@ -41,6 +41,7 @@ def enabled_metrics(options: MetricsOptions) -> tuple[names.MetricName, ...]:
         (options.verifier_instructions, names.VERIFIER_INSTRUCTIONS),
         (options.map_memory, names.MAP_MEMORY_USAGE),
         (options.owner_series, names.PROGRAM_OWNER),
+        (options.attachment_series, names.PROGRAM_ATTACHMENT),
         (options.per_cpu, names.CPU_RUN_TIME),
         (options.per_cpu, names.CPU_RUNS),
         (options.per_cpu, names.CPU_RECURSION_MISSES),

@@ -39,6 +39,12 @@ CPU_LOGICAL_NUMBER = "cpu.logical_number"
 """The semantic conventions' CPU attribute (int, 0..n-1), on the per-CPU series."""
 CONTAINER_ID = "container.id"
 K8S_POD_UID = "k8s.pod.uid"
+NETWORK_INTERFACE_NAME = "network.interface.name"
+"""The semantic conventions' interface attribute, on the attachments to a network device."""
+ATTACH_KIND = "bpf.attach.kind"
+ATTACH_TYPE = "bpf.attach.type"
+ATTACH_TARGET = "bpf.attach.target"
+ATTACH_VIA = "bpf.attach.via"
 
 # Resource attribute of a bpftop-otel run: how it reads the programs ("iterator" or
 # "syscall"), so a dashboard can tell which path produced the figures.
@@ -131,6 +137,12 @@ PROGRAM_OWNER = MetricName(
     "1",
     "1 for each process that holds the program (its fd or a link to it).",
 )
+PROGRAM_ATTACHMENT = MetricName(
+    "bpf.program.attachment",
+    "gauge",
+    "1",
+    "1 for each place the program is attached to (a device, cgroup, hook, socket, ...).",
+)
 
 # Per-CPU counters (``per_cpu``): the totals above split by ``cpu.logical_number``.  Names of
 # their own, not the totals with one more attribute: a query that sums a metric over its
@@ -173,6 +185,7 @@ OPT_IN: tuple[MetricName, ...] = (
     VERIFIER_INSTRUCTIONS,
     MAP_MEMORY_USAGE,
     PROGRAM_OWNER,
+    PROGRAM_ATTACHMENT,
     CPU_RUN_TIME,
     CPU_RUNS,
     CPU_RECURSION_MISSES,

@@ -94,6 +94,9 @@ class MetricsOptions:
     """Export ``bpf.map.memory.usage`` for the maps of exported programs (reads maps)."""
     owner_series: bool = False
     """Export ``bpf.program.owner`` (one series per program and holding process)."""
+    attachment_series: bool = False
+    """Export ``bpf.program.attachment`` (one series per program and place it is attached
+    to); the sampler then looks up attach points (``SourceOptions.attachments``)."""
     derived_gauges: bool = False
     """Export ``bpf.program.run.time.average``, ``bpf.program.run.rate`` and
     ``bpf.program.cpu.utilization`` (figures over a period; a backend derives the same from
@@ -139,15 +142,25 @@ class MetricsOptions:
         return self.owner_series or bool(self.owners or self.exclude_owners)
 
     @property
+    def needs_attachments(self) -> bool:
+        """The sampler must look up where each program is attached."""
+        return self.attachment_series
+
+    @property
     def needs_maps(self) -> bool:
         """The sampler must read each program's maps."""
         return self.map_memory
 
     @property
     def source_options(self) -> SourceOptions:
-        """What a pass must read for these metrics: owners, maps and per-CPU counters only
-        when needed."""
-        return SourceOptions(owners=self.needs_owners, maps=self.needs_maps, per_cpu=self.per_cpu)
+        """What a pass must read for these metrics: owners, maps, attach points and per-CPU
+        counters only when needed."""
+        return SourceOptions(
+            owners=self.needs_owners,
+            maps=self.needs_maps,
+            attachments=self.needs_attachments,
+            per_cpu=self.per_cpu,
+        )
 
     def matches(self, program: ProgramRecord) -> bool:
         """Whether ``program`` passes the type, name and owner filters."""

@@ -17,7 +17,7 @@ from otel_bpf.figures import same_program
 from otel_bpf.kernel.prog_types import can_count_recursion_misses
 from otel_bpf.otel import names
 from otel_bpf.otel.options import MetricsOptions
-from otel_bpf.records import ProgramRecord
+from otel_bpf.records import Attachment, ProgramRecord
 from otel_bpf.snapshot import ProgramSample, Snapshot
 
 Attributes = Mapping[str, str | int]
@@ -55,6 +55,51 @@ def program_attributes(program: ProgramRecord, options: MetricsOptions) -> dict[
     if options.include_tag:
         attrs[names.PROGRAM_TAG] = program.tag
     return attrs
+
+
+def attachment_attributes(base: Attributes, attachment: Attachment) -> dict[str, str | int]:
+    """The attributes of the ``bpf.program.attachment`` point of ``attachment``: the
+    program's (``base``), the attach point's, and the semantic conventions' interface,
+    container and pod where the attach point names them.
+
+    Optional attributes are left out rather than set empty: an empty value would be a series
+    of its own that no query for a real name or id matches.  The texts come from the kernel
+    and the file system (interface and cgroup names): they are exported as they are, only
+    made valid UTF-8 (an OTLP encoder refuses the lone surrogates a path decoded with
+    ``surrogateescape`` can hold), as the owner series' process names are.
+    """
+    attrs = dict(base)
+    attrs[names.ATTACH_KIND] = attachment.kind
+    if attachment.attach_type is not None:
+        attrs[names.ATTACH_TYPE] = attachment.attach_type
+    attrs[names.ATTACH_TARGET] = _utf8(attachment.target)
+    attrs[names.ATTACH_VIA] = attachment.via
+    if attachment.ifname is not None:
+        attrs[names.NETWORK_INTERFACE_NAME] = _utf8(attachment.ifname)
+    if attachment.container_id is not None:
+        attrs[names.CONTAINER_ID] = attachment.container_id
+    if attachment.pod_uid is not None:
+        attrs[names.K8S_POD_UID] = attachment.pod_uid
+    return attrs
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8: the bytes ``surrogateescape`` smuggled in are decoded the way
+    process names are (U+FFFD for what is not UTF-8), any other lone surrogate is U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = bytearray()
+        for c in text:
+            code = ord(c)
+            if 0xDC80 <= code <= 0xDCFF:
+                raw.append(code - 0xDC00)
+            elif 0xD800 <= code <= 0xDFFF:
+                raw += "\ufffd".encode()
+            else:
+                raw += c.encode()
+        return raw.decode("utf-8", "replace")
+    return text
 
 
 _SeriesKey = tuple[tuple[str, str | int], ...]
@@ -235,6 +280,13 @@ class SeriesTable:
                         attrs[names.K8S_POD_UID] = owner.workload.pod_uid
                     points[names.PROGRAM_OWNER.name].append((1, attrs))
             points[names.PROGRAM_OWNER.name] = _dedupe(points[names.PROGRAM_OWNER.name])
+        if opts.attachment_series:
+            attached = points[names.PROGRAM_ATTACHMENT.name]
+            for s in selected:
+                base = program_attributes(s.program, opts)
+                for attachment in s.program.attachments or ():
+                    attached.append((1, attachment_attributes(base, attachment)))
+            points[names.PROGRAM_ATTACHMENT.name] = _dedupe(attached)
         if opts.map_memory:
             seen_maps: set[int] = set()
             for s in selected:

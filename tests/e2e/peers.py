@@ -260,12 +260,14 @@ class Rotel:
 
 @dataclass
 class Prometheus:
-    """A Prometheus server scraping ``target`` (host:port) every second."""
+    """A Prometheus server scraping ``target`` (host:port) every second, as job
+    ``bpftop-otel``, and the ``more_jobs`` (job name -> host:port) beside it."""
 
     workdir: Path
     target: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    more_jobs: dict[str, str] = field(default_factory=dict)
 
     @property
     def log(self) -> Path:
@@ -277,14 +279,16 @@ class Prometheus:
             pytest.skip("prometheus not installed (apt-get install prometheus)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
+        jobs = {"bpftop-otel": self.target, **self.more_jobs}
         config.write_text(
             "global:\n"
             "  scrape_interval: 1s\n"
             "  scrape_timeout: 1s\n"
             "scrape_configs:\n"
-            "  - job_name: bpftop-otel\n"
-            "    static_configs:\n"
-            f"      - targets: ['{self.target}']\n"
+            + "".join(
+                f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+                for job, target in jobs.items()
+            )
         )
         cmd = [
             binary,

@@ -42,6 +42,14 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
                 "and", "or", "unless", "offset"}  # fmt: skip
 RAW_TP_NAME = "otel_t_rawtp"  # within the kernel's 15 characters
 GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$topk": "10", "$instance": ".*"}
+OTHER_EXPORTERS = {"kube_pod_info": {"namespace", "pod", "uid", "k8s_pod_uid"}}
+"""Series the dashboard joins from other exporters (kube-state-metrics), with their labels
+(``k8s_pod_uid`` is made by the query's label_replace).  The panels that use them get data in
+tests/e2e/test_pod_join.py, where a Prometheus also scrapes a kube_pod_info series."""
+INFO_SERIES = {"bpf_program_owner", "bpf_program_attachment"}
+"""The opt-in info series (--owner-series, --attachment-series) the dashboard reads besides
+the counters."""
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 
 
 def dashboard_targets() -> list[dict[str, Any]]:
@@ -53,7 +61,7 @@ def metric_names(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions or labels."""
     expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
     expr = re.sub(r"\[[^\]]*\]", " ", expr)  # range selectors
-    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", " ", expr)  # grouping labels
+    expr = GROUPING.sub(" ", expr)  # grouping and matching labels
     expr = re.sub(r"\$\w+", " ", expr)  # Grafana variables
     expr = re.sub(r'"[^"]*"', " ", expr)
     found = set()
@@ -68,7 +76,7 @@ def label_names(target: dict[str, Any]) -> set[str]:
     """Labels a target groups by, matches on, or shows in its legend."""
     expr = target["expr"]
     labels: set[str] = set()
-    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+    for group in GROUPING.findall(expr):
         labels |= {label.strip() for label in group.split(",") if label.strip()}
     for matchers in re.findall(r"\{([^}]*)\}", expr):
         labels |= set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers))
@@ -88,6 +96,27 @@ def test_name_extraction_sees_metrics_not_labels_or_functions() -> None:
         "bpf_program_name",
         "instance",
         "bpf_program_type",
+    }
+
+
+def test_name_extraction_reads_joins() -> None:
+    expr = (
+        "sum by (namespace, pod) (rate(bpf_program_run_time_seconds_total[1m]) * on (instance, "
+        "bpf_program_id) group_right max by (instance, k8s_pod_uid) (bpf_program_owner) * on "
+        '(k8s_pod_uid) group_left (namespace, pod) label_replace(kube_pod_info, "k8s_pod_uid", '
+        '"$1", "uid", "(.+)"))'
+    )
+    assert metric_names(expr) == {
+        "bpf_program_run_time_seconds_total",
+        "bpf_program_owner",
+        "kube_pod_info",
+    }
+    assert label_names({"expr": expr}) == {
+        "namespace",
+        "pod",
+        "instance",
+        "bpf_program_id",
+        "k8s_pod_uid",
     }
 
 
@@ -177,6 +206,7 @@ class RepoConfigPrometheus(Prometheus):
 def test_dashboard_queries_match_a_real_scrape(tmp_path: Path, raw_tracepoint_program: int) -> None:
     port = free_port()
     args = ["--exporter", "prometheus", "--demo", "--interval", "0.5",
+            "--owner-series", "--attachment-series",
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(port)]  # fmt: skip
     targets = dashboard_targets()
     with Cli(tmp_path, args, cli_env()) as cli:
@@ -185,23 +215,33 @@ def test_dashboard_queries_match_a_real_scrape(tmp_path: Path, raw_tracepoint_pr
 
         used = set().union(*(metric_names(t["expr"]) for t in targets))
         assert len(used) >= 5, f"the name extraction found too little: {used}"
-        # The dashboard reads the counters only: it works without --derived-gauges.
+        # The dashboard reads the counters (and the info series) only: it works without
+        # --derived-gauges.
         assert not {n for n in used if not n.endswith("_total")} - {
             "bpf_program_count",
             "bpf_stats_enabled",
+            *INFO_SERIES,
+            *OTHER_EXPORTERS,
         }, used
-        missing = sorted(used - set(scraped))
+        missing = sorted(used - set(scraped) - set(OTHER_EXPORTERS))
         assert not missing, (
             f"dashboard queries {missing}, not in the scrape; scraped bpf names: "
             f"{sorted(n for n in scraped if n.startswith('bpf'))}"
         )
         for target in targets:
-            labels_on_series = set().union(*(scraped[n] for n in metric_names(target["expr"])))
+            labels_on_series = set().union(
+                *(
+                    scraped.get(n, OTHER_EXPORTERS.get(n, set()))
+                    for n in metric_names(target["expr"])
+                )
+            )
             unknown = label_names(target) - labels_on_series - TARGET_LABELS
             assert not unknown, f"{target['expr']!r} uses labels {unknown} its series lack"
 
         with RepoConfigPrometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prometheus:
             for target in targets:
+                if metric_names(target["expr"]) & set(OTHER_EXPORTERS):
+                    continue  # no kube-state-metrics here: see tests/e2e/test_pod_join.py
                 promql = target["expr"]
                 for variable, value in GRAFANA_VARIABLES.items():
                     promql = promql.replace(variable, value)
