@@ -181,6 +181,28 @@ def test_hostile_names_encode_for_otlp() -> None:
     assert encode_metrics(data).SerializeToString()
 
 
+def cgroup_at(n: int) -> Attachment:
+    path = f"/sys/fs/cgroup/system.slice/unit-{n}.service"
+    return Attachment("cgroup", "link", n, "cgroup_inet_egress", path, cgroup_path=path)
+
+
+def test_attach_points_never_overflow_the_cardinality_limit() -> None:
+    """One agent program on 3000 cgroups is 3000 series of one instrument, beyond the SDK's
+    default limit of 2000: the limit is sized from the series the callback reports, as for
+    every other instrument, so none is folded into overflow; the series of attach points
+    that went away are released."""
+    feed, reader, mp, inst = setup(ON)
+    feed.push([attached(1, *(cgroup_at(n) for n in range(3000)), type="cgroup_skb")])
+    got = collect(reader)[names.PROGRAM_ATTACHMENT.name]
+    assert len(got.data.data_points) == 3000
+    assert not [p for p in got.data.data_points if "otel.metric.overflow" in p.attributes]
+    assert inst.pruner is not None and inst.pruner.cardinality_limit >= 3000
+    feed.push([attached(1, cgroup_at(0), type="cgroup_skb")])
+    (left,) = points(collect(reader)[names.PROGRAM_ATTACHMENT.name])
+    assert dict(left)[names.ATTACH_TARGET] == "/sys/fs/cgroup/system.slice/unit-0.service"
+    mp.shutdown()
+
+
 def test_the_series_counts_in_the_frame_like_the_owner_series() -> None:
     # The stale-series pruner and the cardinality limit work per instrument from the points
     # a callback reports: the attachment points are those points.
