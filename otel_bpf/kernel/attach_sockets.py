@@ -129,6 +129,11 @@ class SocketSource:
         self._raw, self._result, self._known = raw, result, known
         return result
 
+    def forget(self) -> None:
+        """Drop the kept attachments: the next read decodes every record anew."""
+        with self._lock:
+            self._raw, self._result, self._known = None, {}, {}
+
     def close(self) -> None:
         with self._lock:
             if self._iterator is not None:

@@ -266,3 +266,21 @@ def test_program_builds() -> None:
 def test_sockets_is_the_last_default_source() -> None:
     sources = default_sources()
     assert sources[-1].name == "sockets" and sources[-1].close is not None
+
+
+class FakeStat:
+    def __init__(self, inode: int) -> None:
+        self.st_ino = inode
+
+
+def test_refused_in_a_pid_namespace_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The records carry the host's pids: in another pid namespace they would name other
+    # processes (or none), so the iterator refuses before loading anything.
+    monkeypatch.setattr(sockets.os, "stat", lambda path: FakeStat(4026532999))
+    with pytest.raises(BpfError, match="pid namespace of its own"):
+        sockets.SocketsIterator(SocketsLayout(**dict.fromkeys(SocketsLayout.__slots__, 8)))
+
+
+def test_host_pid_namespace_passes_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sockets.os, "stat", lambda path: FakeStat(0xEFFFFFFC))
+    sockets._check_pid_namespace()
