@@ -69,6 +69,9 @@ class Source:
     :class:`~otel_bpf.kernel.errors.BpfError` when the source cannot be read at all."""
     close: Callable[[], None] | None = None
     """Releases what the source keeps between reads (a loaded iterator program)."""
+    own_programs: Callable[[], Iterable[int]] | None = None
+    """Ids of the programs the source loaded itself, which the passes leave out like the
+    iterator path's own (unless ``SourceOptions.include_self``)."""
 
 
 def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
@@ -80,7 +83,7 @@ def default_sources() -> list[Source]:
     sockets = SocketSource()
     return [
         Source("links", _links),
-        Source("sockets", sockets.read, sockets.close),
+        Source("sockets", sockets.read, sockets.close, sockets.own_programs),
     ]
 
 
@@ -156,6 +159,15 @@ class AttachmentDiscovery:
         for prog_id, attachments in found.items():
             if attachments:
                 ctx.found.setdefault(prog_id, []).extend(attachments)
+
+    def own_program_ids(self) -> frozenset[int]:
+        """Ids of the programs the sources loaded to do their work."""
+        return frozenset(
+            prog_id
+            for source in self._sources
+            if source.own_programs is not None
+            for prog_id in source.own_programs()
+        )
 
     def close(self) -> None:
         for source in self._sources:

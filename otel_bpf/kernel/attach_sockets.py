@@ -129,6 +129,11 @@ class SocketSource:
         self._raw, self._result, self._known = raw, result, known
         return result
 
+    def own_programs(self) -> tuple[int, ...]:
+        """The id of the iterator program, once loaded."""
+        it = self._iterator
+        return () if it is None else (it.prog_id,)
+
     def forget(self) -> None:
         """Drop the kept attachments: the next read decodes every record anew."""
         with self._lock:

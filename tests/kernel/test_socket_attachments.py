@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 
 import pytest
 from kernel_progs import PASS_ALL, holding_child
@@ -21,8 +22,11 @@ from otel_bpf.kernel.attach import Names
 from otel_bpf.kernel.attach_discovery import AttachmentDiscovery, DiscoveryContext
 from otel_bpf.kernel.attach_sockets import SocketSource
 from otel_bpf.kernel.fd import KernelFd
-from otel_bpf.kernel.iterator.sockets import SocketsIterator
+from otel_bpf.kernel.iterator.sockets import PROGRAM_NAME, SocketsIterator
+from otel_bpf.kernel.iterator.source import IteratorSource
 from otel_bpf.kernel.loader import attach_socket_filter, load_owned_program
+from otel_bpf.kernel.programs import SyscallSource
+from otel_bpf.kernel.source import SourceOptions
 from otel_bpf.records import Attachment
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
@@ -224,3 +228,27 @@ def test_accepted_connections_inherit_the_listeners_filter(source: SocketSource)
             sock_attachment(os.getpid(), listener.fileno()),
             sock_attachment(os.getpid(), accepted.fileno()),
         ], client
+
+
+@pytest.mark.parametrize("path", ["syscall", "iterator"])
+def test_the_sources_own_iterator_is_not_reported_as_a_host_program(path: str) -> None:
+    opened = SyscallSource() if path == "syscall" else IteratorSource()
+    with ExitStack() as stack:
+        source = stack.enter_context(opened)
+        prog = stack.enter_context(load("own"))
+        s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        attach_socket_filter(s, prog)
+        options = SourceOptions(attachments=True, memlock=False)
+        # The first pass lists the programs before its discovery loads the sockets
+        # iterator (other sockets iterators, such as this module's, are listed as any
+        # program); the second would list it.
+        first = source.read(options).records
+        others = {r.id for r in first if r.name == PROGRAM_NAME}
+        assert any(r.id == prog.id and r.attachments for r in first)
+        second = source.read(options).records
+        assert {r.id for r in second if r.name == PROGRAM_NAME} == others
+        mine = next(r for r in second if r.id == prog.id)
+        assert mine.attachments == (sock_attachment(os.getpid(), s.fileno()),)
+        # Asked for, it shows like the iterator path's own programs.
+        everything = source.read(replace(options, include_self=True)).records
+        assert len({r.id for r in everything if r.name == PROGRAM_NAME} - others) == 1

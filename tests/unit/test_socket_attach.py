@@ -11,7 +11,12 @@ from otel_bpf.cli import jsonl
 from otel_bpf.kernel import asm, attach_sockets
 from otel_bpf.kernel._uapi import AttachType
 from otel_bpf.kernel.attach import Names
-from otel_bpf.kernel.attach_discovery import DiscoveryContext, default_sources
+from otel_bpf.kernel.attach_discovery import (
+    AttachmentDiscovery,
+    DiscoveryContext,
+    Source,
+    default_sources,
+)
 from otel_bpf.kernel.attach_sockets import SocketSource, attachment
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.iterator import sockets
@@ -183,6 +188,7 @@ class FakeIterator:
 
     def __init__(self) -> None:
         FakeIterator.loads += 1
+        self.prog_id = 77
         self.reads = 0
         self.closed = False
 
@@ -284,3 +290,17 @@ def test_refused_in_a_pid_namespace_of_its_own(monkeypatch: pytest.MonkeyPatch) 
 def test_host_pid_namespace_passes_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sockets.os, "stat", lambda path: FakeStat(0xEFFFFFFC))
     sockets._check_pid_namespace()
+
+
+def test_discovery_names_the_sources_own_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attach_sockets, "SocketsIterator", FakeIterator)
+    src = SocketSource()
+    discovery = AttachmentDiscovery(
+        sources=[Source("sockets", src.read, src.close, src.own_programs)],
+        names=Names(cgroup_root="/sys/fs/cgroup"),
+    )
+    assert discovery.own_program_ids() == frozenset()  # nothing loaded before it is needed
+    discovery.get({40: "socket_filter"})
+    assert discovery.own_program_ids() == {77}
+    discovery.close()
+    assert discovery.own_program_ids() == frozenset()
