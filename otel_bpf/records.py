@@ -70,9 +70,10 @@ class Attachment:
     """One place a program is attached (a hook, a device, a cgroup, a function, ...)."""
 
     kind: str
-    """``xdp``, ``tcx``, ``netkit``, ``cgroup``, ``netns``, ``tracing``, ``raw_tracepoint``,
-    ``kprobe``, ``uprobe``, ``tracepoint``, ``perf_event``, ``netfilter``, ``struct_ops``,
-    ``iter``, ``sockmap``, or ``link_type_N`` for a link type this version does not know."""
+    """``xdp``, ``tcx``, ``netkit``, ``cgroup``, ``netns``, ``socket``, ``tracing``,
+    ``raw_tracepoint``, ``kprobe``, ``uprobe``, ``tracepoint``, ``perf_event``, ``netfilter``,
+    ``struct_ops``, ``iter``, ``sockmap``, or ``link_type_N`` for a link type this version
+    does not know."""
     via: str
     """How the program was attached, which is how it was found: ``link`` (a BPF link),
     ``netlink`` (a tc filter or action, or XDP set on a device without a link),
@@ -115,6 +116,8 @@ class Attachment:
     """The process holding the socket or perf event the program is attached to."""
     fd: int | None = None
     """That socket's or perf event's file descriptor number in process ``pid``."""
+    comm: str | None = None
+    """Process ``pid``'s name, as /proc shows it (untrusted text, not sanitised)."""
     map_id: int | None = None
     """The map a struct_ops, sockmap or map-iterator link uses."""
     target_prog_id: int | None = None

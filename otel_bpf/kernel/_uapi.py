@@ -243,6 +243,7 @@ class ProgType(enum.IntEnum):
     XDP = 6
     CGROUP_SKB = 8
     RAW_TRACEPOINT = 17
+    SK_REUSEPORT = 21
     TRACING = 26
 
 
@@ -290,6 +291,8 @@ class AttachType(enum.IntEnum):
     TRACE_FENTRY = 24
     TRACE_ITER = 28  # 5.8
     XDP = 37
+    SK_REUSEPORT_SELECT = 39  # 5.1
+    SK_REUSEPORT_SELECT_OR_MIGRATE = 40  # 5.14
     TCX_INGRESS = 46  # 6.6
     TCX_EGRESS = 47  # 6.6
 
@@ -444,6 +447,7 @@ class Helper(enum.IntEnum):
     GET_CURRENT_PID_TGID = 14
     PROBE_READ_KERNEL = 113  # 5.5
     SEQ_WRITE = 127  # 5.7
+    SOCK_FROM_FILE = 162  # 5.11
     MAP_LOOKUP_PERCPU_ELEM = 195  # 5.19
 
 
@@ -506,3 +510,5 @@ class ProgQueryAttr(ctypes.Structure):
 # a socket filter program by fd.
 SO_ATTACH_BPF = 50
 SO_DETACH_BPF = 27
+# ... and SO_ATTACH_REUSEPORT_EBPF the program that picks a socket of its reuseport group.
+SO_ATTACH_REUSEPORT_EBPF = 52

@@ -3,6 +3,8 @@
 A program can be attached in several ways, and each is found by its own read:
 
 * ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
+* ``sockets``: socket filters and reuseport programs on processes' sockets
+  (:mod:`otel_bpf.kernel.attach_sockets`);
 
 and, for what was attached without a link, the sources listed in :func:`default_sources`.
 They run in order, each seeing what the earlier ones found (:class:`DiscoveryContext`), so
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach_sockets import SocketSource
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.records import Attachment
 
@@ -64,6 +67,11 @@ class Source:
     read: Callable[[DiscoveryContext], Mapping[int, Iterable[Attachment]]]
     """Program id -> the attachments this source found.  Raises ``OSError`` or
     :class:`~otel_bpf.kernel.errors.BpfError` when the source cannot be read at all."""
+    close: Callable[[], None] | None = None
+    """Releases what the source keeps between reads (a loaded iterator program)."""
+    own_programs: Callable[[], Iterable[int]] | None = None
+    """Ids of the programs the source loaded itself, which the passes leave out like the
+    iterator path's own (unless ``SourceOptions.include_self``)."""
 
 
 def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
@@ -72,7 +80,11 @@ def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
 
 def default_sources() -> list[Source]:
     """The sources a discovery uses unless told otherwise, in the order they run."""
-    return [Source("links", _links)]
+    sockets = SocketSource()
+    return [
+        Source("links", _links),
+        Source("sockets", sockets.read, sockets.close, sockets.own_programs),
+    ]
 
 
 class AttachmentDiscovery:
@@ -148,5 +160,17 @@ class AttachmentDiscovery:
             if attachments:
                 ctx.found.setdefault(prog_id, []).extend(attachments)
 
+    def own_program_ids(self) -> frozenset[int]:
+        """Ids of the programs the sources loaded to do their work."""
+        return frozenset(
+            prog_id
+            for source in self._sources
+            if source.own_programs is not None
+            for prog_id in source.own_programs()
+        )
+
     def close(self) -> None:
+        for source in self._sources:
+            if source.close is not None:
+                source.close()
         self._names.close()

@@ -60,6 +60,11 @@ class Decorator:
                     from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 
                     self._attachments = AttachmentDiscovery()
+                if not options.include_self:
+                    # The discovery's own iterator program is ours, not the host's.
+                    own = self._attachments.own_program_ids()
+                    if own:
+                        records = [r for r in records if r.id not in own]
                 where = self._attachments.get({r.id: r.type for r in records}, errors)
             return self._extras.attach(records, by_prog, found, where)
 

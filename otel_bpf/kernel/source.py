@@ -51,7 +51,8 @@ class SourceOptions:
     memlock: bool = True
     """Each program's locked memory from fdinfo (``ProgramRecord.memlock_bytes``)."""
     include_self: bool = False
-    """The iterator path's own programs too (the self-check compares them)."""
+    """The source's own iterator programs too (the self-check compares them): the iterator
+    path's, and the one the attachment discovery loads to find programs on sockets."""
     per_cpu: bool = False
     """Each program's counters on every possible CPU (``ProgramRecord.per_cpu``).  Only the
     iterator path can read them: the syscall path refuses with :data:`PER_CPU_NEEDS_ITERATOR`."""
