@@ -72,7 +72,14 @@ def attachment_attributes(base: Attributes, attachment: Attachment) -> dict[str,
     attrs[names.ATTACH_KIND] = attachment.kind
     if attachment.attach_type is not None:
         attrs[names.ATTACH_TYPE] = attachment.attach_type
-    attrs[names.ATTACH_TARGET] = _utf8(attachment.target)
+    if attachment.kind == "socket" and attachment.pid is not None:
+        # One series per process, not per socket: a filtered listener passes its filter to
+        # every connection it accepts, and a series per connection would come and go with
+        # each of them.  The sockets of one process fold into one point (deduplicated).
+        attrs[names.ATTACH_TARGET] = f"pid {attachment.pid}"
+        attrs[names.PROCESS_PID] = attachment.pid
+    else:
+        attrs[names.ATTACH_TARGET] = _utf8(attachment.target)
     attrs[names.ATTACH_VIA] = attachment.via
     if attachment.ifname is not None:
         attrs[names.NETWORK_INTERFACE_NAME] = _utf8(attachment.ifname)

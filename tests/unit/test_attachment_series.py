@@ -111,7 +111,21 @@ def test_a_cgroup_outside_containers_has_neither_id_never_an_empty_one() -> None
 def test_an_attach_type_the_kernel_does_not_report_is_left_out() -> None:
     (got,) = series(ON, [attached(1, NO_TYPE)])
     assert names.ATTACH_TYPE not in got
-    assert got[names.ATTACH_TARGET] == "pid 1234 fd 5" and got[names.ATTACH_KIND] == "socket"
+    assert got[names.ATTACH_TARGET] == "pid 1234" and got[names.ATTACH_KIND] == "socket"
+
+
+def test_the_sockets_of_one_process_are_one_point() -> None:
+    # A filtered listener hands its filter to every connection it accepts: one series per
+    # process holding the sockets, not one per connection.
+    sockets = [
+        Attachment("socket", "socket", None, None, f"pid {pid} fd {fd}", pid=pid, fd=fd)
+        for pid, fd in ((812, 3), (812, 4), (812, 9), (900, 3))
+    ]
+    got = series(ON, [attached(1, *sockets)])
+    assert sorted((a[names.ATTACH_TARGET], a[names.PROCESS_PID]) for a in got) == [
+        ("pid 812", 812),
+        ("pid 900", 900),
+    ]
 
 
 def test_one_point_per_attach_point_none_for_a_program_attached_nowhere() -> None:
