@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from otel_bpf.live.sanitize import ELLIPSIS, display_width, sanitize, truncate
+from otel_bpf.live.sanitize import ELLIPSIS, char_width, display_width, sanitize, truncate
 from otel_bpf.records import Attachment, ProgramRecord
 
 SHORT_MAX = 48
@@ -134,9 +134,11 @@ def filter_words(a: Attachment) -> tuple[str, ...]:
     return tuple(words)
 
 
-def detail_line(a: Attachment) -> str:
-    """Everything about one attachment on one line, the target last (the longest, cut
-    first): ``tcx via link 5 type tcx_ingress ifindex 1 direction ingress target lo``."""
+def detail_line(a: Attachment, width: int | None = None) -> str:
+    """Everything about one attachment on one line, the target last (the longest):
+    ``tcx via link 5 type tcx_ingress ifindex 1 direction ingress target lo``.  When the line
+    is wider than ``width``, the target loses its start, not its end (``target ~/pod_x.slice/
+    cri-containerd-...scope``): the end of a path or name is what tells it apart."""
     parts = [sanitize(a.kind), "via", sanitize(a.via)]
     if a.link_id is not None:
         parts.append(str(a.link_id) if a.via == "link" else f"link {a.link_id}")
@@ -161,13 +163,33 @@ def detail_line(a: Attachment) -> str:
         ("qos", a.qos_class),
     )
     parts += [f"{name} {sanitize(str(value))}" for name, value in fields if value is not None]
-    parts += ["target", sanitize(a.target) or "-"]
-    return " ".join(parts)
+    head = " ".join([*parts, "target", ""])
+    target = sanitize(a.target) or "-"
+    room = width - display_width(head) if width is not None else None
+    if room is not None and display_width(target) > room > 1:
+        target = ELLIPSIS + keep_end(target, room - 1)
+    return head + target
 
 
-def detail_lines(attachments: Sequence[Attachment] | None, rows: int) -> list[str]:
+def keep_end(text: str, width: int) -> str:
+    """The longest end of sanitised ``text`` at most ``width`` columns wide."""
+    used = 0
+    start = len(text)
+    while start > 0:
+        w = char_width(text[start - 1])
+        if used + w > width:
+            break
+        used += w
+        start -= 1
+    return text[start:]
+
+
+def detail_lines(
+    attachments: Sequence[Attachment] | None, rows: int, width: int | None = None
+) -> list[str]:
     """The detail view's Attached section in at most ``rows`` lines (at least 3): a title,
-    one line per attachment, and ``+N more`` in the last line when they do not all fit."""
+    one line per attachment (at most ``width`` columns, :func:`detail_line`), and
+    ``+N more`` in the last line when they do not all fit."""
     if attachments is None:
         return ["Attached: not looked up"]
     if not attachments:
@@ -176,7 +198,8 @@ def detail_lines(attachments: Sequence[Attachment] | None, rows: int) -> list[st
     room = max(rows, 3) - 1
     # All when they fit, else one line fewer: the last says how many are left out.
     shown = len(attachments) if len(attachments) <= room else room - 1
-    lines += [f"  {detail_line(a)}" for a in attachments[:shown]]
+    inner = width - 2 if width is not None else None
+    lines += [f"  {detail_line(a, inner)}" for a in attachments[:shown]]
     if shown < len(attachments):
         lines.append(f"  +{len(attachments) - shown} more")
     return lines

@@ -107,7 +107,7 @@ def info_lines(
             owners.append(f"{sanitize(o.comm)}({o.pid}){exe} via {vias}{where}")
         owners = [o + "," for o in owners[:-1]] + owners[-1:]
         lines.extend(wrap_items(["Owners:", *owners], width, sep=" "))
-    lines.extend(detail_lines(p.attachments, attach_rows))
+    lines.extend(detail_lines(p.attachments, attach_rows, width))
     if p.maps is None:
         lines.append(f"Maps: {len(p.map_ids)} (ids {', '.join(map(str, p.map_ids)) or '-'})")
     elif not p.maps:

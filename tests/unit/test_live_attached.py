@@ -255,6 +255,24 @@ def test_the_detail_lists_every_attachment_with_its_fields() -> None:
     ]
 
 
+def test_a_long_target_keeps_its_end_in_the_detail() -> None:
+    history = snapshots([[program(5, "p", attachments=(CONTAINER_CG,))]])
+    detail = ViewState(mode=Mode.DETAIL, detail_id=5)
+    lines = texts(render(history, 160, 30, detail)[0])
+    head = (
+        f"  cgroup via link 7 type cgroup_inet_egress container c0ffee012345 pod {POD}"
+        " qos besteffort target ~"
+    )
+    line = next(t for t in lines if t.startswith("  cgroup via"))
+    assert line == head + SCOPE[-(160 - len(head)) :]
+    assert len(line) == 160 and line.endswith(f"{CONTAINER[-20:]}.scope")
+    # Wide characters: never wider than the line, and the end kept.
+    wide = Attachment("raw_tracepoint", "link", 9, None, "\u6f22" * 100 + "end")
+    (_, text) = detail_lines((wide,), 5, 42)
+    assert display_width(text) <= 42 and text.endswith("~\u6f22end")
+    assert text.startswith("  raw_tracepoint via link 9 target ~")
+
+
 def test_a_long_list_is_cut_to_the_rows_there_are_with_plus_n_more() -> None:
     many = tuple(
         Attachment("cgroup", "prog_attach", None, "cgroup_device", f"/sys/fs/cgroup/c{i}")
