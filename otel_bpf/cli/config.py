@@ -95,7 +95,7 @@ class Config:
     exported per-CPU counters."""
     attachments: bool = False
     """``--attachments``: look up where each program is attached (the ``attachments`` key of
-    ``--json``)."""
+    ``--json``).  The live view looks them up whatever this says."""
 
 
 def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
