@@ -124,7 +124,6 @@ def _process(a: Attachment) -> str:
     return f"pid {a.pid}"
 
 
-@lru_cache(maxsize=4096)
 def filter_words(a: Attachment) -> tuple[str, ...]:
     """What the filter matches of an attachment (lowercase): its target, interface name and
     short form, raw and sanitised (so both ``\\x1b`` as typed and the raw name match)."""
@@ -132,6 +131,46 @@ def filter_words(a: Attachment) -> tuple[str, ...]:
     if a.ifname:
         words.update((a.ifname.lower(), sanitize(a.ifname).lower()))
     return tuple(words)
+
+
+class _Haystacks:
+    """Per program, the text the filter searches for its attachments, kept while the
+    program's attachments read the same.
+
+    The filter runs over every program on every frame; building the words of thousands of
+    attachments each time (or hashing them for a cache) took 50 ms a frame at 2,000
+    programs.  The attachments change only when discovery runs (every 10 s), and between
+    runs a pass carries the very same objects, so the check is mostly an identity test.
+    """
+
+    LIMIT = 65_536
+    """Entries kept at most (programs that went are dropped when it is reached)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[tuple[Attachment, ...], str]] = {}
+
+    def get(self, program: ProgramRecord) -> str:
+        found = program.attachments or ()
+        entry = self._by_id.get(program.id)
+        if entry is not None and (entry[0] is found or entry[0] == found):
+            if entry[0] is not found:  # equal, not the same: same objects next time
+                self._by_id[program.id] = (found, entry[1])
+            return entry[1]
+        # One string: "\n" never comes from typing, so a match never spans two words.
+        text = "\n".join(w for a in found for w in filter_words(a))
+        if len(self._by_id) >= self.LIMIT:
+            self._by_id.clear()
+        self._by_id[program.id] = (found, text)
+        return text
+
+
+_haystacks = _Haystacks()
+
+
+def attachment_haystack(program: ProgramRecord) -> str:
+    """What the filter matches of a program's attachments (:func:`filter_words` of each,
+    lowercase, one string; empty for none)."""
+    return _haystacks.get(program)
 
 
 def detail_line(a: Attachment, width: int | None = None) -> str:

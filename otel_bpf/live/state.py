@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from operator import attrgetter, itemgetter
 from typing import overload
 
-from otel_bpf.live.attached import attached_text, filter_words
+from otel_bpf.live.attached import attached_text, attachment_haystack
 from otel_bpf.live.keys import Key, KeyEvent
 from otel_bpf.live.sanitize import sanitize
 from otel_bpf.records import ProgramRecord
@@ -198,7 +198,7 @@ def matches(sample: ProgramSample, needle: str) -> bool:
     ):
         return True
     if p.attachments:
-        return any(needle in word for a in p.attachments for word in filter_words(a))
+        return needle in attachment_haystack(p)
     return False
 
 

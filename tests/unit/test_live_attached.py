@@ -15,6 +15,7 @@ from otel_bpf.live.render_table import DROP_ORDER, LABELS
 from otel_bpf.live.sanitize import display_width
 from otel_bpf.live.state import Column, Mode, ViewState, visible_rows
 from otel_bpf.records import Attachment
+from otel_bpf.snapshot import Snapshot
 
 CONTAINER = "c0ffee" + "0123456789abcdef" * 3 + "0a1b2c3d4e"
 POD = "26988ab4-5b95-45c2-bf6d-29387c585ff9"
@@ -370,3 +371,25 @@ def test_the_live_view_asks_for_attachments() -> None:
 
     live = resolve(cli_args.parse_args(["--live"]), {})
     assert not live.attachments and _source_options(live, MetricsOptions()).attachments
+
+
+def test_the_filter_follows_attachments_that_change() -> None:
+    # The filter keeps each program's attachment text between frames: a program moved from
+    # eth0 to eth1 (same id) must be found by eth1 and no longer by eth0.
+    on_eth0 = KINDS[0][0]
+    on_eth1 = replace(on_eth0, target="eth1", ifname="eth1")
+    first, second, third = snapshots(
+        [
+            [program(1, "a", attachments=(on_eth0,))],
+            [program(1, "a", attachments=(on_eth1,))],
+            [program(1, "a", attachments=())],
+        ]
+    )
+
+    def shown(snap: Snapshot, text: str) -> list[int]:
+        return [s.id for s in visible_rows(snap.programs, ViewState(filter_text=text))]
+
+    assert shown(first, "eth0") == [1] and shown(first, "eth1") == []
+    assert shown(second, "eth0") == [] and shown(second, "eth1") == [1]
+    assert shown(first, "eth0") == [1]  # equal again: the older reading still matches
+    assert shown(third, "eth0") == [] and shown(third, "eth1") == []
