@@ -393,3 +393,18 @@ def test_the_filter_follows_attachments_that_change() -> None:
     assert shown(second, "eth0") == [] and shown(second, "eth1") == [1]
     assert shown(first, "eth0") == [1]  # equal again: the older reading still matches
     assert shown(third, "eth0") == [] and shown(third, "eth1") == []
+
+
+@pytest.mark.parametrize("mode", [Mode.TABLE, Mode.DETAIL, Mode.FILTER])
+def test_any_size_renders_exact_lines_with_attachments(mode: Mode) -> None:
+    many = tuple(a for a, _ in KINDS) + tuple(a for a, _ in HOSTILE)
+    history = snapshots(
+        [[program(5, "p", attachments=many), program(6, "q", attachments=many[:1])]] * 2
+    )
+    state = ViewState(mode=mode, detail_id=5, filter_text="eth")
+    for width in (1, 10, 20, 40, 80, 200):
+        for height in (1, 3, 5, 10, 24, 50):
+            lines = texts(render(history, width, height, state)[0])
+            assert len(lines) == height, (width, height)
+            assert all(display_width(t) == width for t in lines), (width, height)
+            assert not any("\x1b" in t for t in lines)
