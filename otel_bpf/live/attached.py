@@ -68,7 +68,7 @@ def attached_text(program: ProgramRecord) -> str:
 def short_form(a: Attachment) -> str:
     """One attachment in a few words: ``xdp eth0``, ``tc eth0 in``, ``cgroup .../x.slice``,
     ``sock python3(812)``, ``raw_tp sys_enter`` (sanitised, at most :data:`SHORT_MAX`
-    columns).  Cached: the filter asks for it on every frame."""
+    columns).  Cached: every discovery (each 10 s) brings equal attachments again."""
     kind = a.kind
     if kind in _DEVICE_KINDS:
         words = [kind, _device(a), _DIRECTIONS.get(a.direction or "", sanitize(a.direction or ""))]
@@ -130,7 +130,7 @@ def filter_words(a: Attachment) -> tuple[str, ...]:
     words = {a.target.lower(), sanitize(a.target).lower(), short_form(a).lower()}
     if a.ifname:
         words.update((a.ifname.lower(), sanitize(a.ifname).lower()))
-    return tuple(words)
+    return tuple(sorted(words))
 
 
 class _Haystacks:
