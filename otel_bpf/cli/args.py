@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--attachments",
         action="store_true",
         help="look up where each program is attached, from the BPF links (the `attachments` "
-        "key of --json; re-read every 10 s or when programs come or go; default: off)",
+        "key of --json; re-read every 10 s or when programs come or go; default: off; "
+        "--live always looks them up)",
     )
 
     exp = p.add_argument_group("export")

@@ -95,7 +95,8 @@ class Config:
     exported per-CPU counters."""
     attachments: bool = False
     """``--attachments``: look up where each program is attached (the ``attachments`` key of
-    ``--json``); also on with ``--attachment-series``."""
+    ``--json``); also on with ``--attachment-series``.  The live view looks them up
+    whatever this says."""
     owner_series: bool = False
     """``--owner-series``: export ``bpf.program.owner``."""
     attachment_series: bool = False

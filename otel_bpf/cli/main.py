@@ -302,12 +302,14 @@ async def _final_export(telemetry: Telemetry, hurry: anyio.Event | None = None) 
 def _source_options(config: Config, options: MetricsOptions) -> SourceOptions:
     from otel_bpf.kernel.source import SourceOptions
 
-    # The live view shows owners and maps; a source reads what it was opened with.
+    # The live view shows owners, maps and attach points; a source reads what it was opened
+    # with.  Attach discovery runs on its own slower cadence (10 s, or when the programs
+    # change), so the per-second pass of the view does not pay for it.
     return SourceOptions(
         owners=_reads_owners(config, options) or config.live,
         maps=_reads_maps(config, options) or config.live,
         per_cpu=config.per_cpu,
-        attachments=config.attachments or options.needs_attachments,
+        attachments=config.attachments or options.needs_attachments or config.live,
     )
 
 

@@ -3,6 +3,7 @@ three charts over the history window."""
 
 from __future__ import annotations
 
+from otel_bpf.live.attached import detail_lines
 from otel_bpf.live.charts import chart
 from otel_bpf.live.context import RenderContext, wrap_items
 from otel_bpf.live.format import fmt_age, fmt_bytes, fmt_int, fmt_time
@@ -23,6 +24,9 @@ CHARTS: tuple[tuple[str, str, str], ...] = (
 """Title, ProgramSample attribute and value kind of each chart."""
 
 MAX_MAP_LINES = 4
+
+MIN_ATTACH_LINES = 3
+"""Lines the Attached section always gets: its title, one attachment and ``+N more``."""
 
 
 def cpu_lines_allowed(room: int, cpus: int) -> int:
@@ -49,8 +53,17 @@ def window_text(history: ChartHistory) -> str:
     return f"Charts: last {len(history)} samples ({fmt_age(history.span)}), newest on the right"
 
 
-def info_lines(program: ProgramRecord, now: float, width: int) -> list[str]:
-    """The facts about a program, as text lines (sanitised)."""
+def attach_lines_allowed(room: int) -> int:
+    """Lines for the Attached section beyond the :data:`MIN_ATTACH_LINES` it always gets:
+    half the ``room`` left under the facts, the charts keep the rest."""
+    return MIN_ATTACH_LINES + max(room, 0) // 2
+
+
+def info_lines(
+    program: ProgramRecord, now: float, width: int, attach_rows: int = MIN_ATTACH_LINES
+) -> list[str]:
+    """The facts about a program, as text lines (sanitised); where it is attached in at
+    most ``attach_rows`` lines."""
     p = program
     items = [
         [f"ID {p.id}", f"Type {sanitize(p.type)}", f"Name {display_name(p)}"],
@@ -94,6 +107,7 @@ def info_lines(program: ProgramRecord, now: float, width: int) -> list[str]:
             owners.append(f"{sanitize(o.comm)}({o.pid}){exe} via {vias}{where}")
         owners = [o + "," for o in owners[:-1]] + owners[-1:]
         lines.extend(wrap_items(["Owners:", *owners], width, sep=" "))
+    lines.extend(detail_lines(p.attachments, attach_rows, width))
     if p.maps is None:
         lines.append(f"Maps: {len(p.map_ids)} (ids {', '.join(map(str, p.map_ids)) or '-'})")
     elif not p.maps:
@@ -134,7 +148,10 @@ def render_detail(ctx: RenderContext, state: ViewState) -> list[Line]:
             lines.append(Line(fit(gone, width), Style.WARN))
         else:
             lines.append(Line(fit(f"Program {prog_id} ({name})", width), Style.TITLE))
-        lines.extend(Line(fit(t, width)) for t in info_lines(sample.program, ctx.now, width))
+        fixed = info_lines(sample.program, ctx.now, width)
+        room = height - len(foot) - len(lines) - len(fixed) - len(CHARTS)
+        info = info_lines(sample.program, ctx.now, width, attach_lines_allowed(room))
+        lines.extend(Line(fit(t, width)) for t in info)
         if ctx.per_cpu:
             allowed = cpu_lines_allowed(
                 height - len(lines) - len(foot), len(sample.program.per_cpu or ())

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
+from otel_bpf.live.attached import attached_text
 from otel_bpf.live.context import RenderContext, wrap_items
 from otel_bpf.live.format import UNKNOWN, fmt_interval, fmt_ns, fmt_percent, fmt_rate
 from otel_bpf.live.options import Glyphs
@@ -38,6 +39,7 @@ LABELS: dict[Column, tuple[str, ...]] = {
     Column.CPU: ("CPU %",),
     Column.MAX_CPU: ("Busiest CPU %", "MaxCPU%"),
     Column.PROCESS: ("Process",),
+    Column.ATTACHED: ("Attached",),
 }
 """Header labels, longest first; shorter ones are used when the terminal is narrow."""
 
@@ -51,12 +53,14 @@ SHORT_NAMES: dict[Column, str] = {
     Column.CPU: "CPU %",
     Column.MAX_CPU: "Busiest CPU %",
     Column.PROCESS: "Process",
+    Column.ATTACHED: "Attached",
 }
 """Column names in the status line (``sort: CPU % desc``)."""
 
 DROP_ORDER: tuple[Column, ...] = (
     Column.TOTAL_AVG,
     Column.TYPE,
+    Column.ATTACHED,
     Column.PROCESS,
     Column.PERIOD_AVG,
     Column.MAX_CPU,
@@ -64,7 +68,7 @@ DROP_ORDER: tuple[Column, ...] = (
 )
 """On a narrow terminal these columns go first, in this order (ID, Name, CPU % stay)."""
 
-FLEXIBLE_MIN = {Column.NAME: 16, Column.PROCESS: 10, Column.TYPE: 10}
+FLEXIBLE_MIN = {Column.NAME: 16, Column.PROCESS: 10, Column.TYPE: 10, Column.ATTACHED: 10}
 """Text columns may be cut (ending in ``~``) down to these widths."""
 
 MARKER = "> "
@@ -92,6 +96,8 @@ def cell_text(sample: ProgramSample, column: Column) -> str:
         return display_name(p)
     if column is Column.PROCESS:
         return process_text(p)
+    if column is Column.ATTACHED:
+        return attached_text(p)
     if column is Column.PERIOD_AVG:
         return fmt_ns(sample.period_avg_runtime_ns)
     if column is Column.TOTAL_AVG:
@@ -126,7 +132,8 @@ def widest_max_cpu(rows: Iterable[ProgramSample]) -> int:
 
 
 TEXT_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if not c.numeric)
-"""The columns whose text comes from the program record (id, type, name, process)."""
+"""The columns whose text comes from the program record (id, type, name, process,
+attached)."""
 
 _MAX_CPU_AT = COLUMNS.index(Column.MAX_CPU)
 
@@ -145,12 +152,14 @@ _FORMAT = {"ns": fmt_ns, "rate": fmt_rate, "percent": fmt_percent}
 
 
 def _same_text(before: ProgramRecord, now: ProgramRecord) -> bool:
-    """Whether the text columns (id, type, name, process) of two records read the same."""
+    """Whether the text columns (id, type, name, process, attached) of two records read the
+    same."""
     return before is now or (
         before.id == now.id
         and before.type == now.type
         and before.name == now.name
         and before.owners == now.owners
+        and before.attachments == now.attachments
     )
 
 
@@ -161,7 +170,7 @@ class CellCache:
     frame's cost, and only a page of rows is on screen.  So the figures are formatted only
     for the rows drawn (:meth:`row`, kept while the snapshot is the same one), and the
     columns are sized from the figures' extreme values (:func:`widths.widest`, exact).  The
-    text cells (id, type, name, process) and their widths are kept per program while its
+    text cells (id, type, name, process, attached) and their widths are kept per program while its
     record reads the same, so names and owners are not formatted again every pass.
     """
 
@@ -258,7 +267,7 @@ def layout(
     Columns are dropped in :data:`DROP_ORDER` until the rest fit with their shortest
     labels and the text columns at their minimum widths.  Within that set the longest
     labels that leave every cell whole are used (else the shortest), and the room left goes
-    to the Name, then the Type, then the Process column.
+    to the Name, then the Type, then the Process, then the Attached column.
     """
     content = dict(zip(COLUMNS, content_widths, strict=True))
     usable = width - len(MARKER)
@@ -289,7 +298,7 @@ def layout(
         labels, wanted, minimum = chosen
         widths = list(minimum)
         spare = usable - sum(minimum) - gaps * (len(cols) - 1)
-        for flex in (Column.NAME, Column.TYPE, Column.PROCESS):
+        for flex in (Column.NAME, Column.TYPE, Column.PROCESS, Column.ATTACHED):
             if flex in cols and spare > 0:
                 k = cols.index(flex)
                 extra = min(spare, wanted[k] - widths[k])
@@ -364,7 +373,7 @@ def footer_items(mode: Mode, per_cpu: bool = False) -> list[str]:
     Busiest CPU % column)."""
     if mode is Mode.FILTER:
         return [
-            "type: filter name/type/process",
+            "type: filter name/type/process/attach point",
             "Backspace: delete",
             "Enter: keep",
             "Esc: clear",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from operator import attrgetter, itemgetter
 from typing import overload
 
+from otel_bpf.live.attached import attached_text, attachment_haystack
 from otel_bpf.live.keys import Key, KeyEvent
 from otel_bpf.live.sanitize import sanitize
 from otel_bpf.records import ProgramRecord
@@ -45,6 +46,8 @@ class Column(enum.Enum):
     MAX_CPU = "max_cpu"
     """The busiest CPU's share of its time and its number (with per-CPU figures only)."""
     PROCESS = "process"
+    ATTACHED = "attached"
+    """Where the program is attached (:func:`otel_bpf.live.attached.attached_text`)."""
 
     @property
     def numeric(self) -> bool:
@@ -110,6 +113,8 @@ def sort_value(sample: ProgramSample, column: Column) -> float | str | None:
         return p.name.lower() if p.name else None
     if column is Column.PROCESS:
         return process_text(p).lower() if p.owners else None
+    if column is Column.ATTACHED:
+        return attached_text(p).lower() if p.attachments else None
     if column is Column.PERIOD_AVG:
         return sample.period_avg_runtime_ns
     if column is Column.TOTAL_AVG:
@@ -177,7 +182,8 @@ class Action(enum.Enum):
 
 
 def matches(sample: ProgramSample, needle: str) -> bool:
-    """Whether the filter text ``needle`` matches name, type or process (any case)."""
+    """Whether the filter text ``needle`` matches name, type, process or where the program
+    is attached (an attach target, an interface name, the Attached text; any case)."""
     if not needle:
         return True
     needle = needle.lower()
@@ -186,11 +192,13 @@ def matches(sample: ProgramSample, needle: str) -> bool:
         return True
     if needle in p.type.lower():
         return True
-    if p.owners:
-        return any(
-            needle in o.comm.lower() or needle in f"{sanitize(o.comm)}({o.pid})".lower()
-            for o in p.owners
-        )
+    if p.owners and any(
+        needle in o.comm.lower() or needle in f"{sanitize(o.comm)}({o.pid})".lower()
+        for o in p.owners
+    ):
+        return True
+    if p.attachments:
+        return needle in attachment_haystack(p)
     return False
 
 

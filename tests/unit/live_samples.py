@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from otel_bpf.records import CpuCounters, MapRecord, Owner, ProgramRecord, StatsState
+from otel_bpf.records import (
+    Attachment,
+    CpuCounters,
+    MapRecord,
+    Owner,
+    ProgramRecord,
+    StatsState,
+)
 from otel_bpf.snapshot import Snapshot, build_snapshot
 
 STATS_ON = StatsState(ours=True, sysctl=False, others=False)
@@ -21,6 +28,7 @@ def program(
     owners: tuple[Owner, ...] | None = (),
     maps: tuple[MapRecord, ...] | None = None,
     per_cpu: Sequence[tuple[int, int]] | None = None,
+    attachments: tuple[Attachment, ...] | None = None,
 ) -> ProgramRecord:
     """A program reading with plausible fixed facts; ``per_cpu`` gives ``(run_cnt,
     run_time_ns)`` on each CPU from 0 (the totals are then their sums)."""
@@ -48,6 +56,7 @@ def program(
         memlock_bytes=4096,
         owners=owners,
         maps=maps,
+        attachments=attachments,
         per_cpu=cpus,
     )
 

@@ -157,7 +157,8 @@ def test_numbers_right_aligned_and_process_column() -> None:
     assert "python3(1234)" in xdp
     assert "\\x1b[2J\\x1b]0;x\\x07(4242)" in row_of(lines, "otel_demo_slow")
     unnamed = row_of(lines, " cgroup_device ")
-    assert unnamed.rstrip().endswith("-")  # no owners looked up: "-"
+    # No owners looked up: "-"; no attachments looked up: "?".
+    assert unnamed.split()[-2:] == ["-", "?"]
 
 
 def test_first_sample_shows_unknown_not_zero() -> None:
@@ -254,7 +255,7 @@ def test_help_lists_every_key() -> None:
 
 def test_detail_view_info_and_three_charts() -> None:
     state = ViewState(mode=Mode.DETAIL, detail_id=10)
-    lines, _, _ = render(demo_history(), 100, 40, state)
+    lines, _, _ = render(demo_history(), 100, 41, state)
     body = "\n".join(texts(lines))
     assert all(len(t) == 100 for t in texts(lines))
     for fact in (

@@ -119,9 +119,9 @@ def test_sort_mode_arrows_and_direct_keys() -> None:
     assert state.mode is Mode.SORT and state.sort_cursor is Column.CPU
     state = press(state, [Key.RIGHT], [])
     assert state.sort_cursor is Column.PROCESS
-    state = press(state, [Key.RIGHT], [])
-    assert state.sort_cursor is Column.ID  # wraps
-    state = press(state, [Key.LEFT, Key.LEFT, Key.LEFT, Key.LEFT], [])
+    state = press(state, [Key.RIGHT, Key.RIGHT], [])
+    assert state.sort_cursor is Column.ID  # wraps, past Attached
+    state = press(state, [Key.LEFT] * 5, [])
     assert state.sort_cursor is Column.TOTAL_AVG
     state = press(state, [Key.UP], [])
     assert (state.sort_column, state.sort_desc, state.mode) == (Column.TOTAL_AVG, False, Mode.SORT)

@@ -277,7 +277,7 @@ async def test_run_live_keys_selection_and_quit(pty: Pty) -> None:
         programs.unload_2 = True
         await wait_for(lambda: "GONE: program 2" in pty.text(), 3.0)
         os.write(pty.master, b"\x1b")  # lone Escape: back after the quiet time
-        await wait_for(lambda: "Period Avg" in pty.text(), 1.0)
+        await wait_for(lambda: "rows " in pty.text(), 1.0)
         os.write(pty.master, b"fotel_test_1")
         await wait_for(lambda: "filter: otel_test_1_" in pty.text(), 1.0)
         assert "otel_test_3" not in pty.text()
