@@ -114,6 +114,7 @@ _ATTACHMENT_DETAILS = (
     "mode",
     "pid",
     "fd",
+    "attach_flags",
 )
 
 

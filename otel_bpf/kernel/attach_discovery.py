@@ -3,6 +3,9 @@
 A program can be attached in several ways, and each is found by its own read:
 
 * ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
+* ``prog_attach``: ``BPF_PROG_QUERY`` on cgroups, network namespaces and sockmaps, and
+  ``perf_event``: ``BPF_TASK_FD_QUERY`` on processes' perf events
+  (:mod:`otel_bpf.kernel.attach_query`);
 
 and, for what was attached without a link, the sources listed in :func:`default_sources`.
 They run in order, each seeing what the earlier ones found (:class:`DiscoveryContext`), so
@@ -25,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach_query import PerfEventSource, ProgAttachSource
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.records import Attachment
 
@@ -72,7 +76,11 @@ def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
 
 def default_sources() -> list[Source]:
     """The sources a discovery uses unless told otherwise, in the order they run."""
-    return [Source("links", _links)]
+    return [
+        Source("links", _links),
+        Source(ProgAttachSource.name, ProgAttachSource().read),
+        Source(PerfEventSource.name, PerfEventSource().read),
+    ]
 
 
 class AttachmentDiscovery:
