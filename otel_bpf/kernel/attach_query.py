@@ -29,7 +29,6 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from otel_bpf.kernel._uapi import (
@@ -174,28 +173,45 @@ class QueryError(OSError):
     """A ``BPF_PROG_QUERY`` failed for one target and attach type."""
 
 
-def query(target_fd: int, attach_type: int) -> tuple[list[int], int]:
-    """``(program ids, attach flags)`` attached directly (not inherited) at ``attach_type``
-    of ``target_fd`` (a cgroup directory, a network namespace or a map)."""
-    size = _IDS
-    while True:
-        ids = (u32 * size)()
-        flags = (u32 * size)()
-        attr = ProgQueryAttr(
-            target=target_fd, attach_type=attach_type, prog_ids=ctypes.addressof(ids), count=size
-        )
-        if attach_type == _LSM_CGROUP:
+class Querier:
+    """``BPF_PROG_QUERY`` with one attr and buffer reused call after call (a discovery makes
+    hundreds: one per cgroup and attach type)."""
+
+    def __init__(self) -> None:
+        self._attr = ProgQueryAttr()
+        self._args = prepared(Cmd.PROG_QUERY, self._attr)
+        self._size = 0
+        self._grow(_IDS)
+
+    def _grow(self, size: int) -> None:
+        self._size = size
+        self._ids = (u32 * size)()
+        self._flags = (u32 * size)()
+
+    def __call__(self, target_fd: int, attach_type: int) -> tuple[list[int], int]:
+        """``(program ids, attach flags)`` attached directly (not inherited) at
+        ``attach_type`` of ``target_fd`` (a cgroup directory, a network namespace or a
+        map)."""
+        attr = self._attr
+        while True:
+            attr.target = target_fd
+            attr.attach_type = attach_type
+            attr.attach_flags = 0
+            attr.prog_ids = ctypes.addressof(self._ids)
+            attr.count = self._size
             # lsm_cgroup lists its programs only with their flags asked for as well.
-            attr.prog_attach_flags = ctypes.addressof(flags)
-        ret = raw_bpf(prepared(Cmd.PROG_QUERY, attr))
-        if ret == -errno.ENOSPC and size < attr.count:
-            size = attr.count
-            continue
-        if ret < 0:
-            if -ret in (errno.EPERM, errno.EACCES):
-                raise BpfPermissionError(-ret, "BPF_PROG_QUERY needs CAP_NET_ADMIN")
-            raise QueryError(-ret, os.strerror(-ret))
-        return list(ids[: min(attr.count, size)]), int(attr.attach_flags)
+            lsm = attach_type == _LSM_CGROUP
+            attr.prog_attach_flags = ctypes.addressof(self._flags) if lsm else 0
+            ret = raw_bpf(self._args)
+            if ret == -errno.ENOSPC and self._size < attr.count:
+                self._grow(attr.count)
+                continue
+            if ret < 0:
+                if -ret in (errno.EPERM, errno.EACCES):
+                    raise BpfPermissionError(-ret, "BPF_PROG_QUERY needs CAP_NET_ADMIN")
+                raise QueryError(-ret, os.strerror(-ret))
+            count = min(attr.count, self._size)
+            return (self._ids[:count] if count else []), int(attr.attach_flags)
 
 
 class ProgAttachSource:
@@ -209,6 +225,10 @@ class ProgAttachSource:
         self._unknown: set[int] = set()
         # Map id -> whether it is a sockmap or sockhash: a map's type never changes.
         self._sock_maps: dict[int, bool] = {}
+        # Cgroup id -> (its directory, its target and fields): parsing a path for its
+        # container and pod is dearer than the query.
+        self._cgroup_targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
+        self._querier = Querier()
         self.queries = 0
         """How many BPF_PROG_QUERY calls the last read made (tests and benchmarks read it)."""
 
@@ -232,7 +252,7 @@ class ProgAttachSource:
     def _query(self, target_fd: int, attach_type: int) -> tuple[list[int], int]:
         self.queries += 1
         try:
-            return query(target_fd, attach_type)
+            return self._querier(target_fd, attach_type)
         except QueryError as err:
             if err.errno == errno.EINVAL:
                 self._unknown.add(attach_type)
@@ -241,20 +261,23 @@ class ProgAttachSource:
     def _cgroups(
         self, ctx: DiscoveryContext, attach_types: list[int]
     ) -> Iterator[tuple[int, Attachment]]:
-        for fd, cgroup_id in _walk_cgroups(ctx.names.cgroup_root):
-            try:
-                for attach_type in attach_types:
-                    ids, flags = self._query(fd, attach_type)
-                    if not ids:
-                        continue
-                    target, fields = cgroup_target(cgroup_id, ctx.names)
-                    for prog_id in ids:
-                        yield prog_id, Attachment(
-                            "cgroup", "prog_attach", None, ATTACH_TYPE_NAMES[attach_type],
-                            target, attach_flags=attach_flags_name(flags), **fields,
-                        )  # fmt: skip
-            finally:
-                os.close(fd)
+        targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
+        for fd, cgroup_id, path in _walk_cgroups(ctx.names.cgroup_root):
+            for attach_type in attach_types:
+                ids, flags = self._query(fd, attach_type)
+                if not ids:
+                    continue
+                known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
+                if known is None or known[0] != path:
+                    known = (path, cgroup_target(cgroup_id, ctx.names))
+                targets[cgroup_id] = known
+                target, fields = known[1]
+                for prog_id in ids:
+                    yield prog_id, Attachment(
+                        "cgroup", "prog_attach", None, ATTACH_TYPE_NAMES[attach_type],
+                        target, attach_flags=attach_flags_name(flags), **fields,
+                    )  # fmt: skip
+        self._cgroup_targets = targets
 
     def _namespaces(self, attach_types: list[int]) -> Iterator[tuple[int, Attachment]]:
         for inode, path in network_namespaces().items():
@@ -303,37 +326,63 @@ class ProgAttachSource:
         self._sock_maps = seen
 
 
-def _walk_cgroups(root: str) -> Iterator[tuple[int, int]]:
-    """``(open directory fd, cgroup id)`` of every cgroup under ``root`` (itself first); the
-    caller closes each fd.  The id is the directory's inode, which the parent's listing
-    gives without a stat; a directory removed meanwhile is skipped."""
+def _walk_cgroups(root: str) -> Iterator[tuple[int, int, str]]:
+    """``(open directory fd, cgroup id, path)`` of every cgroup under ``root`` (itself
+    first); each fd is closed when the next is asked for.  The id is the directory's inode;
+    a directory removed meanwhile is skipped.
+
+    Each child is opened relative to its parent's fd (one path component to look up), so
+    the parents of the directory being read stay open: as many fds as the tree is deep."""
     fd = os.open(root, _DIR_FLAGS)
-    pending: list[tuple[str, int]] = []
-    yield_fd: int | None = fd
-    cgroup_id = os.fstat(fd).st_ino
-    path = root
-    while True:
-        if yield_fd is not None:
-            children = _subdirectories(yield_fd, path)
-            yield yield_fd, cgroup_id
-            pending.extend(children)
-        if not pending:
-            return
-        path, cgroup_id = pending.pop()
+    try:
+        yield from _walk_below(fd, root)
+    finally:
+        os.close(fd)
+
+
+def _walk_below(fd: int, path: str) -> Iterator[tuple[int, int, str]]:
+    st = os.fstat(fd)
+    yield fd, st.st_ino, path
+    for name in _children(fd, st.st_nlink):
         try:
-            yield_fd = os.open(path, _DIR_FLAGS)
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
         except OSError:
-            yield_fd = None
+            continue  # removed since listed
+        try:
+            yield from _walk_below(child, f"{path}/{name}")
+        finally:
+            os.close(child)
 
 
-def _subdirectories(fd: int, path: str) -> list[tuple[str, int]]:
-    with suppress(OSError), os.scandir(fd) as entries:
-        return [
-            (os.path.join(path, entry.name), entry.inode())
-            for entry in entries
-            if entry.is_dir(follow_symlinks=False)
+# A cgroup2 directory's files are named <controller>.<file> (cgroup.procs, memory.max, ...);
+# its subdirectories, the child cgroups, may be named anything.
+_CONTROL_PREFIXES = frozenset(
+    {"cgroup", "cpu", "cpuset", "io", "memory", "pids", "rdma", "hugetlb", "misc", "dmem", "irq"}
+)
+
+
+def _children(fd: int, nlink: int) -> list[str]:
+    """The names of the child cgroups of directory ``fd``, whose link count is ``nlink``.
+
+    A kernfs directory's link count is 2 plus its subdirectories: a leaf (most cgroups) is
+    not listed at all.  A listing of names is several times cheaper than one that tells
+    files from directories; the files are told by their controller prefix, and when that
+    guess does not account for every subdirectory (a controller this list does not know, a
+    child named like a file) the directory is listed again with the entries' types."""
+    if nlink <= 2:
+        return []
+    try:
+        names = [
+            name
+            for name in os.listdir(fd)
+            if "." not in name or name.partition(".")[0] not in _CONTROL_PREFIXES
         ]
-    return []  # the directory went away while listed
+        if len(names) == nlink - 2:
+            return names
+        with os.scandir(fd) as entries:
+            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []  # removed while listed
 
 
 def _map_ids() -> Iterator[int]:

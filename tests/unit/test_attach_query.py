@@ -152,10 +152,12 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, int], tuple[
         fds[fd] = target
         return fd
 
-    def walk(root: str) -> Iterator[tuple[int, int]]:
+    def walk(root: str) -> Iterator[tuple[int, int, str]]:
         assert root == ROOT
-        for cgroup_id in (1, 50):
-            yield opened(f"cg{cgroup_id}"), cgroup_id
+        # The walk closes its own fds: these are never opened.
+        fds.update({-1: "cg1", -50: "cg50"})
+        yield -1, 1, ROOT
+        yield -50, 50, POD_CGROUP
 
     def query(fd: int, attach_type: int) -> tuple[list[int], int]:
         if attach_type == at("cgroup_unix_connect"):
@@ -173,7 +175,7 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, int], tuple[
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(attach_query, "_walk_cgroups", walk)
-    monkeypatch.setattr(attach_query, "query", query)
+    monkeypatch.setattr(attach_query, "Querier", lambda: query)
     monkeypatch.setattr(attach_query, "_map_ids", lambda: iter([3, 4]))
     monkeypatch.setattr(attach_query, "_open_map", open_map)
     monkeypatch.setattr(
