@@ -94,7 +94,8 @@ class Attachment:
     with that index here has the program attached (the device may live in another namespace,
     where the index means another device)."""
     netns: int | None = None
-    """The network namespace's inode number (netns links)."""
+    """The network namespace's inode number (netns links, and programs a namespace query
+    finds)."""
     direction: str | None = None
     """``ingress``/``egress`` (tcx), ``primary``/``peer`` (netkit)."""
     cgroup_id: int | None = None

@@ -210,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--attachments",
         action="store_true",
-        help="look up where each program is attached, from the BPF links (the `attachments` "
-        "key of --json; re-read every 10 s or when programs come or go; default: off)",
+        help="look up where each program is attached, from the BPF links, BPF_PROG_QUERY "
+        "(cgroups, network namespaces, sockmaps) and processes' perf events (the "
+        "`attachments` key of --json; re-read every 10 s or when programs come or go; "
+        "default: off)",
     )
 
     exp = p.add_argument_group("export")

@@ -229,11 +229,13 @@ class ProgAttachSource:
         # container and pod is dearer than the query.
         self._cgroup_targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
         self._querier = Querier()
+        self._errors: list[str] = []
         self.queries = 0
         """How many BPF_PROG_QUERY calls the last read made (tests and benchmarks read it)."""
 
     def read(self, ctx: DiscoveryContext) -> dict[int, list[Attachment]]:
         self.queries = 0
+        self._errors = ctx.errors
         queried: list[tuple[int, Attachment]] = []
         cgroup_types = self._known(attach_types_for(ctx.programs, CGROUP_ATTACH_TYPES))
         if cgroup_types:
@@ -256,6 +258,10 @@ class ProgAttachSource:
         except QueryError as err:
             if err.errno == errno.EINVAL:
                 self._unknown.add(attach_type)
+            elif err.errno not in (errno.ENOENT, errno.EBADF):
+                # A target that went away since it was listed is not worth a line.
+                name = ATTACH_TYPE_NAMES[attach_type]
+                self._errors.append(f"BPF_PROG_QUERY {name}: {err.strerror}")
             return [], 0
 
     def _cgroups(

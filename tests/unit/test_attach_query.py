@@ -162,6 +162,10 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, int], tuple[
     def query(fd: int, attach_type: int) -> tuple[list[int], int]:
         if attach_type == at("cgroup_unix_connect"):
             raise QueryError(errno.EINVAL, "an attach type this kernel does not know")
+        if attach_type == at("cgroup_inet4_bind") and fd == -50:
+            raise QueryError(errno.ENOMEM, "Cannot allocate memory")
+        if attach_type == at("cgroup_inet6_bind") and fd == -50:
+            raise QueryError(errno.ENOENT, "gone since listed")
         return answers.get((fds[fd], attach_type), ([], 0))
 
     def open_map(map_id: int) -> tuple[int, int]:
@@ -251,6 +255,8 @@ def test_an_attach_type_the_kernel_does_not_know_is_not_asked_again(
     ctx = DiscoveryContext(FakeNames(), {1: "cgroup_sock_addr"})
     source.read(ctx)
     assert source.queries == 2 * 17
+    # Neither the unknown attach type nor a cgroup gone since listed is an error.
+    assert ctx.errors == ["BPF_PROG_QUERY cgroup_inet4_bind: Cannot allocate memory"]
     source.read(ctx)
     assert source.queries == 2 * 16
 
