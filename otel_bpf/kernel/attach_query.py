@@ -109,8 +109,12 @@ SOCKMAP_ATTACH_TYPES: dict[str, tuple[str, ...]] = {
     "sk_skb": ("sk_skb_stream_parser", "sk_skb_stream_verdict", "sk_skb_verdict"),
     "sk_msg": ("sk_msg_verdict",),
 }
-PERF_EVENT_PROG_TYPES = frozenset({"kprobe", "tracepoint", "perf_event"})
-"""Program types ``PERF_EVENT_IOC_SET_BPF`` sets on a perf event."""
+PERF_EVENT_PROG_TYPES = frozenset({"kprobe", "tracepoint"})
+"""Program types set on a perf event with ``PERF_EVENT_IOC_SET_BPF`` that
+``BPF_TASK_FD_QUERY`` names (kprobes and uprobes are ``kprobe`` programs).  The
+``perf_event`` type is set on perf events too, but the kernel never says which program of
+that type an event has (EOPNOTSUPP): scanning every process's fds for it would find
+nothing, so its being loaded does not start a scan."""
 
 PERF_EVENT_FD_TARGET = "anon_inode:[perf_event]"
 _LSM_CGROUP = ATTACH_TYPE_NAMES.index("lsm_cgroup")
@@ -258,8 +262,10 @@ class ProgAttachSource:
         except QueryError as err:
             if err.errno == errno.EINVAL:
                 self._unknown.add(attach_type)
-            elif err.errno not in (errno.ENOENT, errno.EBADF):
-                # A target that went away since it was listed is not worth a line.
+            elif err.errno not in (errno.ENOENT, errno.EBADF, errno.EBUSY):
+                # A target that went away since it was listed is not worth a line, nor is
+                # EBUSY: a sockmap asked for its stream verdict program while it has an
+                # sk_skb_verdict one (or the other way round), which excludes it.
                 name = ATTACH_TYPE_NAMES[attach_type]
                 self._errors.append(f"BPF_PROG_QUERY {name}: {err.strerror}")
             return [], 0

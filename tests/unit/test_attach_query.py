@@ -166,6 +166,8 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, int], tuple[
             raise QueryError(errno.ENOMEM, "Cannot allocate memory")
         if attach_type == at("cgroup_inet6_bind") and fd == -50:
             raise QueryError(errno.ENOENT, "gone since listed")
+        if attach_type == at("sk_skb_stream_verdict"):
+            raise QueryError(errno.EBUSY, "the map has an sk_skb_verdict program instead")
         return answers.get((fds[fd], attach_type), ([], 0))
 
     def open_map(map_id: int) -> tuple[int, int]:
@@ -279,6 +281,8 @@ def test_sockmap_types_are_remembered(
     source.read(ctx)
     # Map 3 is known not to be a sockmap: only the sockmap is opened again.
     assert opened == [3, 4, 4]
+    # EBUSY (the other kind of verdict program is attached) is no error.
+    assert ctx.errors == []
 
 
 def test_decode_task_fd_query_answers() -> None:
@@ -368,6 +372,7 @@ def test_perf_event_source_asks_only_for_unfound_perf_programs(
     assert asked == [(100, 3), (300, 9), (300, 10)]
     # Nothing to look for: no process is looked at.
     asked.clear()
-    ctx = DiscoveryContext(FakeNames(), {7: "tracepoint", 8: "xdp"}, found={7: [link]})
+    # A perf_event program is never named by the kernel: no scan for it either.
+    ctx = DiscoveryContext(FakeNames(), {7: "tracepoint", 9: "perf_event"}, found={7: [link]})
     assert source.read(ctx) == {}
     assert asked == [] and source.queries == 0
