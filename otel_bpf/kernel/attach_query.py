@@ -44,7 +44,7 @@ from otel_bpf.kernel._uapi import (
     TaskFdType,
     u32,
 )
-from otel_bpf.kernel.attach import cgroup_target
+from otel_bpf.kernel.attach import Names, cgroup_target
 from otel_bpf.kernel.errors import BpfPermissionError
 from otel_bpf.kernel.namespaces import network_namespaces
 from otel_bpf.kernel.owners import fd_targets, process_ids
@@ -281,7 +281,8 @@ class ProgAttachSource:
                     continue
                 known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
                 if known is None or known[0] != path:
-                    known = (path, cgroup_target(cgroup_id, ctx.names))
+                    walked = _WalkedCgroup(ctx.names.cgroup_root, cgroup_id, path)
+                    known = (path, cgroup_target(cgroup_id, walked))
                 targets[cgroup_id] = known
                 target, fields = known[1]
                 for prog_id in ids:
@@ -336,6 +337,19 @@ class ProgAttachSource:
             finally:
                 close(fd)
         self._sock_maps = seen
+
+
+class _WalkedCgroup(Names):
+    """The path of the one cgroup the walk is at, for :func:`cgroup_target`: asking the
+    shared :class:`Names` would rescan the whole hierarchy for a cgroup made since its last
+    scan (a new container), and the walk has just read the path."""
+
+    def __init__(self, root: str, cgroup_id: int, path: str) -> None:
+        super().__init__(cgroup_root=root)
+        self._id, self._path = cgroup_id, path
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        return self._path if cgroup_id == self._id else None
 
 
 def _walk_cgroups(root: str) -> Iterator[tuple[int, int, str]]:

@@ -376,3 +376,23 @@ def test_perf_event_source_asks_only_for_unfound_perf_programs(
     ctx = DiscoveryContext(FakeNames(), {7: "tracepoint", 9: "perf_event"}, found={7: [link]})
     assert source.read(ctx) == {}
     assert asked == [] and source.queries == 0
+
+
+def test_a_cgroup_the_shared_names_do_not_know_yet_is_named_from_the_walk(
+    fake_kernel: dict[tuple[str, int], tuple[list[int], int]],
+) -> None:
+    # A container's cgroup made since the names' last scan (rescanned at most once a
+    # second): the walk has its path.
+    fake_kernel[("cg50", at("cgroup_device"))] = ([8], 0)
+    names = FakeNames()
+    names.cgroups = {}
+    found = ProgAttachSource().read(DiscoveryContext(names, {8: "cgroup_device"}))
+    assert found == {
+        8: [
+            Attachment(
+                "cgroup", "prog_attach", None, "cgroup_device", POD_CGROUP, cgroup_id=50,
+                cgroup_path=POD_CGROUP, container_id=CONTAINER_ID, pod_uid=POD_UID,
+                qos_class="besteffort",
+            )
+        ]
+    }  # fmt: skip
