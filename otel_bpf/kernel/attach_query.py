@@ -191,31 +191,36 @@ class Querier:
         self._size = size
         self._ids = (u32 * size)()
         self._flags = (u32 * size)()
+        self._attr.prog_ids = ctypes.addressof(self._ids)
 
     def __call__(self, target_fd: int, attach_type: int) -> tuple[list[int], int]:
         """``(program ids, attach flags)`` attached directly (not inherited) at
         ``attach_type`` of ``target_fd`` (a cgroup directory, a network namespace or a
         map)."""
+        # Only the inputs are set: the kernel writes attach_flags and count back on every
+        # answer.  A discovery may make thousands of these calls.
         attr = self._attr
+        attr.target = target_fd
+        attr.attach_type = attach_type
+        # lsm_cgroup lists its programs only with their flags asked for as well.
+        lsm = attach_type == _LSM_CGROUP
+        attr.prog_attach_flags = ctypes.addressof(self._flags) if lsm else 0
         while True:
-            attr.target = target_fd
-            attr.attach_type = attach_type
-            attr.attach_flags = 0
-            attr.prog_ids = ctypes.addressof(self._ids)
             attr.count = self._size
-            # lsm_cgroup lists its programs only with their flags asked for as well.
-            lsm = attach_type == _LSM_CGROUP
-            attr.prog_attach_flags = ctypes.addressof(self._flags) if lsm else 0
             ret = raw_bpf(self._args)
+            if ret >= 0:
+                count = attr.count
+                if not count:
+                    return [], 0
+                return self._ids[: min(count, self._size)], int(attr.attach_flags)
             if ret == -errno.ENOSPC and self._size < attr.count:
                 self._grow(attr.count)
+                if lsm:
+                    attr.prog_attach_flags = ctypes.addressof(self._flags)
                 continue
-            if ret < 0:
-                if -ret in (errno.EPERM, errno.EACCES):
-                    raise BpfPermissionError(-ret, "BPF_PROG_QUERY needs CAP_NET_ADMIN")
-                raise QueryError(-ret, os.strerror(-ret))
-            count = min(attr.count, self._size)
-            return (self._ids[:count] if count else []), int(attr.attach_flags)
+            if -ret in (errno.EPERM, errno.EACCES):
+                raise BpfPermissionError(-ret, "BPF_PROG_QUERY needs CAP_NET_ADMIN")
+            raise QueryError(-ret, os.strerror(-ret))
 
 
 class ProgAttachSource:
