@@ -95,7 +95,8 @@ class Attachment:
     with that index here has the program attached (the device may live in another namespace,
     where the index means another device)."""
     netns: int | None = None
-    """The network namespace's inode number (netns links)."""
+    """The network namespace's inode number (netns links, and programs a namespace query
+    finds)."""
     direction: str | None = None
     """``ingress``/``egress`` (tcx), ``primary``/``peer`` (netkit)."""
     cgroup_id: int | None = None
@@ -122,6 +123,11 @@ class Attachment:
     """The map a struct_ops, sockmap or map-iterator link uses."""
     target_prog_id: int | None = None
     """The program a tracing program (fentry/fexit on a BPF program, freplace) is attached to."""
+    attach_flags: str | None = None
+    """How a cgroup attach type of the target cgroup takes programs (``BPF_PROG_ATTACH``
+    flags, as bpftool names them): ``multi`` (``BPF_F_ALLOW_MULTI``: several programs, the
+    subtree's too), ``override`` (``BPF_F_ALLOW_OVERRIDE``: a program below replaces this
+    one); None without either (the only program of its subtree) or for another kind."""
 
 
 class CpuCounters(NamedTuple):

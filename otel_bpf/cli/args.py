@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--attachments",
         action="store_true",
-        help="look up where each program is attached, from the BPF links (the `attachments` "
-        "key of --json; re-read every 10 s or when programs come or go; default: off; "
-        "--live always looks them up)",
+        help="look up where each program is attached, from the BPF links, BPF_PROG_QUERY "
+        "(cgroups, network namespaces, sockmaps), processes' perf events and sockets (the "
+        "`attachments` key of --json; re-read every 10 s or when programs come or go; "
+        "default: off; --live always looks them up)",
     )
 
     exp = p.add_argument_group("export")

@@ -115,6 +115,7 @@ _ATTACHMENT_DETAILS = (
     "pid",
     "fd",
     "comm",
+    "attach_flags",
 )
 
 

@@ -280,6 +280,8 @@ class MapType(enum.IntEnum):
     HASH = 1
     ARRAY = 2
     PERCPU_ARRAY = 6
+    SOCKMAP = 15
+    SOCKHASH = 18
 
 
 class AttachType(enum.IntEnum):
@@ -504,6 +506,54 @@ class ProgQueryAttr(ctypes.Structure):
         ("link_attach_flags", u64),
         ("revision", u64),
     ]
+
+
+class ProgAttachAttr(ctypes.Structure):
+    """The ``bpf_attr`` member used by ``BPF_PROG_ATTACH`` and ``BPF_PROG_DETACH``
+    (``relative_fd`` and ``expected_revision``: 6.6)."""
+
+    _fields_ = [
+        ("target_fd", u32),  # also target_ifindex
+        ("attach_bpf_fd", u32),
+        ("attach_type", u32),
+        ("attach_flags", u32),
+        ("replace_bpf_fd", u32),
+        ("relative_fd", u32),  # also relative_id
+        ("expected_revision", u64),
+    ]
+
+
+# BPF_PROG_ATTACH flags a cgroup keeps per attach type (``query.attach_flags``): without
+# either, the cgroup's program is the only one of its subtree.
+BPF_F_ALLOW_OVERRIDE = 1 << 0
+BPF_F_ALLOW_MULTI = 1 << 1
+
+
+class TaskFdQueryAttr(ctypes.Structure):
+    """The ``bpf_attr.task_fd_query`` member used by ``BPF_TASK_FD_QUERY`` (4.18)."""
+
+    _fields_ = [
+        ("pid", u32),
+        ("fd", u32),
+        ("flags", u32),
+        ("buf_len", u32),  # in: buffer size; out: the name's length
+        ("buf", u64),  # tracepoint name, kprobe function or uprobe file
+        ("prog_id", u32),
+        ("fd_type", u32),
+        ("probe_offset", u64),
+        ("probe_addr", u64),
+    ]
+
+
+class TaskFdType(enum.IntEnum):
+    """``enum bpf_task_fd_type`` (``task_fd_query.fd_type``)."""
+
+    RAW_TRACEPOINT = 0
+    TRACEPOINT = 1
+    KPROBE = 2
+    KRETPROBE = 3
+    UPROBE = 4
+    URETPROBE = 5
 
 
 # include/uapi/asm-generic/socket.h: setsockopt(SOL_SOCKET, SO_ATTACH_BPF, &prog_fd) attaches

@@ -3,6 +3,9 @@
 A program can be attached in several ways, and each is found by its own read:
 
 * ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
+* ``prog_attach``: ``BPF_PROG_QUERY`` on cgroups, network namespaces and sockmaps, and
+  ``perf_event``: ``BPF_TASK_FD_QUERY`` on processes' perf events
+  (:mod:`otel_bpf.kernel.attach_query`);
 * ``sockets``: socket filters and reuseport programs on processes' sockets
   (:mod:`otel_bpf.kernel.attach_sockets`);
 
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach_query import PerfEventSource, ProgAttachSource
 from otel_bpf.kernel.attach_sockets import SocketSource
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.records import Attachment
@@ -83,6 +87,8 @@ def default_sources() -> list[Source]:
     sockets = SocketSource()
     return [
         Source("links", _links),
+        Source(ProgAttachSource.name, ProgAttachSource().read),
+        Source(PerfEventSource.name, PerfEventSource().read),
         Source("sockets", sockets.read, sockets.close, sockets.own_programs),
     ]
 
