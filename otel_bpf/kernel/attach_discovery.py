@@ -3,6 +3,8 @@
 A program can be attached in several ways, and each is found by its own read:
 
 * ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
+* ``netlink``: legacy XDP and tc ``cls_bpf``/``act_bpf`` programs in every network namespace
+  (:mod:`otel_bpf.kernel.attach_netlink`);
 
 and, for what was attached without a link, the sources listed in :func:`default_sources`.
 They run in order, each seeing what the earlier ones found (:class:`DiscoveryContext`), so
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach_netlink import netlink_attachments
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.records import Attachment
 
@@ -70,9 +73,19 @@ def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
     return read_link_attachments(ctx.names, ctx.errors)
 
 
+def _netlink(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
+    if not set(ctx.programs.values()) & {"xdp", "sched_cls", "sched_act"}:
+        return {}  # nothing loaded could be attached there
+    scans = ctx.names.namespace_scans().values()
+    return netlink_attachments(scans, ctx.found)
+
+
 def default_sources() -> list[Source]:
     """The sources a discovery uses unless told otherwise, in the order they run."""
-    return [Source("links", _links)]
+    return [
+        Source("links", _links),
+        Source("netlink", _netlink),
+    ]
 
 
 class AttachmentDiscovery:
@@ -117,6 +130,7 @@ class AttachmentDiscovery:
             now = self._clock()
             due = self._at is None or now - self._at >= self._interval or ids != self._prog_ids
             if due:
+                self._names.new_discovery(programs.values())
                 ctx = DiscoveryContext(self._names, programs)
                 for source in self._sources:
                     self._run(source, ctx)
