@@ -88,8 +88,8 @@ class Attachment:
     target: str
     """What it is attached to, readable: ``lo``, ``eth0@netns:4026532280`` (a device in
     another network namespace than this process's), ``/sys/fs/cgroup/test``,
-    ``tcp_v4_connect``, ``sys_enter``, ``net:[4026531840]``.  Names come from the kernel (untrusted text, not
-    sanitised)."""
+    ``tcp_v4_connect``, ``sys_enter``, ``net:[4026531840]``.  Names come from the kernel
+    (untrusted text, not sanitised)."""
     ifindex: int | None = None
     ifname: str | None = None
     """The interface's name in its own network namespace (``netns``); None when no namespace

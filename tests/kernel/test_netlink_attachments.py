@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from kernel_progs import TREE
+from kernel_progs import netlink_child
 
 from otel_bpf.kernel.attach import Names
 from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
@@ -35,95 +30,9 @@ from otel_bpf.records import Attachment
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
-CHILD = """
-import dataclasses, json, os, sys
-from otel_bpf.demo import netns
-from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, ProgType
-from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
-from otel_bpf.kernel.links import create_owned_link
-from otel_bpf.kernel.loader import load_owned_program, program_id
-
-XDP_PASS = asm.assemble([asm.mov64_imm(asm.R0, 2), asm.exit_()])
-RETURN_0 = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
-netns.unshare_net()
-netns.disable_ipv6()
-for a, b in (("nla0", "nlb0"), ("nla1", "nlb1")):
-    netns.create_veth(a, b)
-xdp = load_owned_program(ProgType.XDP, XDP_PASS, "otel_nl_xdp", expected_attach_type=AttachType.XDP)
-xdpl = load_owned_program(ProgType.XDP, XDP_PASS, "otel_nl_xdpl", expected_attach_type=AttachType.XDP)
-cls = load_owned_program(ProgType.SCHED_CLS, RETURN_0, "otel_nl_cls")
-tcx = load_owned_program(ProgType.SCHED_CLS, RETURN_0, "otel_nl_tcx")
-netns.set_xdp(xdp, "nla0", generic=True)
-netns.add_clsact("nla1")
-netns.add_bpf_filter(cls, "nla1", ingress=True, priority=1)
-netns.add_bpf_filter(cls, "nla1", ingress=False, priority=2)
-links = {
-    "xdp_link": netns.attach_xdp(xdpl, "nlb0"),
-    "tcx_link": create_owned_link(tcx, netns.ifindex("nlb1"), AttachType.TCX_INGRESS),
-}
-print(json.dumps({
-    "netns": os.stat("/proc/self/ns/net").st_ino,
-    "ids": {"xdp": program_id(xdp), "xdpl": program_id(xdpl), "cls": program_id(cls),
-            "tcx": program_id(tcx)},
-    "ifindex": {n: netns.ifindex(n) for n in ("nla0", "nla1", "nlb0", "nlb1")},
-    "links": {k: v.id for k, v in links.items()},
-}), flush=True)
-for line in sys.stdin:
-    cmd = line.strip()
-    if cmd == "xdp":
-        netns.set_xdp(None, "nla0")
-    elif cmd == "ingress":
-        netns.delete_filters("nla1", ingress=True, priority=1)
-    elif cmd == "egress":
-        netns.delete_filters("nla1", ingress=False, priority=2)
-    elif cmd in links:
-        links.pop(cmd).close()
-    elif cmd == "here":
-        # Seen from inside: this namespace's devices are plain names.
-        found = AttachmentDiscovery(0.0).get({program_id(cls): "sched_cls"})
-        print(json.dumps([dataclasses.asdict(a) for a in found[program_id(cls)]]), flush=True)
-        continue
-    print("ok", flush=True)
-"""
-
-
-@dataclass
-class Child:
-    process: subprocess.Popen[str]
-    state: dict[str, Any]
-
-    def ask(self, command: str) -> str:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self.process.stdout.readline().strip()
-
-
-@contextmanager
-def child_namespace() -> Iterator[Child]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": TREE},
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("{"), f"child failed to set up: {line!r}"
-        yield Child(process, json.loads(line))
-    finally:
-        process.kill()
-        process.wait(30)
-        for pipe in (process.stdin, process.stdout):
-            if pipe is not None:
-                pipe.close()
-
 
 def test_netlink_and_link_attachments_in_another_namespace() -> None:
-    with child_namespace() as child:
+    with netlink_child() as child:
         ino, ids, ifx = child.state["netns"], child.state["ids"], child.state["ifindex"]
         assert ino != os.stat("/proc/self/ns/net").st_ino
         programs = {

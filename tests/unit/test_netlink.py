@@ -14,9 +14,9 @@ import pytest
 
 from otel_bpf.kernel import attach_netlink as an
 from otel_bpf.kernel import netlink as nl
+from otel_bpf.kernel._uapi import AttachType, LinkType
 from otel_bpf.kernel.attach import Names, decode_link_info
 from otel_bpf.kernel.attach_discovery import DiscoveryContext, default_sources
-from otel_bpf.kernel._uapi import AttachType, LinkType
 from otel_bpf.records import Attachment
 
 A = nl.attr
@@ -327,7 +327,12 @@ def test_netlink_attachments_name_devices_per_namespace() -> None:
     }
     found = an.netlink_attachments(scans().values(), linked)
     assert found == {
-        70: [Attachment("xdp", "netlink", None, "xdp", "eth0", ifindex=2, ifname="eth0", netns=OWN, mode="drv")],
+        70: [
+            Attachment(
+                "xdp", "netlink", None, "xdp", "eth0", ifindex=2, ifname="eth0", netns=OWN,
+                mode="drv",
+            )
+        ],
         71: [
             Attachment(
                 "xdp", "netlink", None, "xdp", f"veth0@netns:{OTHER}",
@@ -350,7 +355,8 @@ def test_netlink_attachments_name_devices_per_namespace() -> None:
         ],
         83: [
             Attachment(
-                "tc", "netlink", None, None, f"if9@netns:{OTHER}", ifindex=9, netns=OTHER, priority=2
+                "tc", "netlink", None, None, f"if9@netns:{OTHER}", ifindex=9, netns=OTHER,
+                priority=2,
             )
         ],
     }  # fmt: skip
