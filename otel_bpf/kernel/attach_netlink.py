@@ -398,24 +398,27 @@ def scan_namespaces(
     else:
         try:
             scans[own] = scan_namespace(own, True, wants)
-        except OSError as err:
+        except Exception as err:  # as for the other namespaces, below
             warn_once("network devices of this namespace are not reported: %s", err)
     if own_only:
         return scans
     scans.update((ino, known[ino]) for ino in others if ino in known)
-    visited = nl.in_network_namespaces(
-        {ino: spaces[ino] for ino in others if ino not in known},
-        lambda ino: scan_namespace(ino, False, wants),
-    )
+    try:
+        visited = nl.in_network_namespaces(
+            {ino: spaces[ino] for ino in others if ino not in known},
+            lambda ino: scan_namespace(ino, False, wants),
+        )
+    except OSError as err:  # the worker did not finish in time
+        warn_once("other network namespaces are not visited: %s", err)
+        return scans
     for ino, outcome in visited.items():
         if isinstance(outcome, NamespaceScan):
             scans[ino] = outcome
-        elif isinstance(outcome, OSError):
-            if outcome.errno == errno.ENOENT:
-                continue  # its last process left meanwhile
-            warn_once("network namespace %d is not visited: %s", ino, outcome)
+        elif isinstance(outcome, OSError) and outcome.errno == errno.ENOENT:
+            continue  # its last process left meanwhile
         else:
-            raise outcome
+            # Whatever a namespace's replies hold, the others and the links still report.
+            warn_once("network namespace %d is not visited: %s", ino, outcome)
     return scans
 
 

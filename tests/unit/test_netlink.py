@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -445,19 +446,19 @@ def test_a_namespace_that_may_not_be_entered_is_left_out_with_one_warning(
     def scan(inode: int, own: bool, wants: an.ScanWants) -> an.NamespaceScan:
         return an.NamespaceScan(inode, own, {1: an.Device(1, "lo")})
 
+    outcomes: dict[int, object] = {
+        2: PermissionError(errno.EPERM, "setns(CLONE_NEWNET): Operation not permitted"),
+        3: FileNotFoundError(errno.ENOENT, "gone"),
+        5: ValueError("a reply nothing here expected"),
+    }
+
     def visit(paths: dict[int, str], work: object) -> dict[int, object]:
-        return {
-            ino: PermissionError(errno.EPERM, "setns(CLONE_NEWNET): Operation not permitted")
-            if ino == 2
-            else FileNotFoundError(errno.ENOENT, "gone")
-            if ino == 3
-            else an.NamespaceScan(ino, False)
-            for ino in paths
-        }
+        return {ino: outcomes.get(ino, an.NamespaceScan(ino, False)) for ino in paths}
 
     monkeypatch.setattr(an, "scan_namespace", scan)
     monkeypatch.setattr(an.nl, "in_network_namespaces", visit)
-    spaces = {1: "/proc/self/ns/net", 2: "/proc/20/ns/net", 3: "/proc/30/ns/net", 4: "/run/netns/x"}
+    spaces = {1: "/proc/self/ns/net", 2: "/proc/2/ns/net", 3: "/proc/3/ns/net", 4: "/run/netns/x"}
+    spaces[5] = "/proc/5/ns/net"
     with caplog.at_level(logging.WARNING, logger="otel_bpf.attach"):
         for _ in range(3):
             found = an.scan_namespaces(an.ScanWants(), spaces)
@@ -465,3 +466,31 @@ def test_a_namespace_that_may_not_be_entered_is_left_out_with_one_warning(
     warnings = [r for r in caplog.records if r.name == "otel_bpf.attach"]
     assert len(warnings) == 1, warnings
     assert "network namespace 2 is not visited" in warnings[0].getMessage()
+
+
+def test_a_worker_that_does_not_finish_leaves_the_own_namespace(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_warning: None
+) -> None:
+    def visit(paths: dict[int, str], work: object) -> dict[int, object]:
+        raise nl.NetlinkError(errno.ETIMEDOUT, "network namespaces: no answer in 10s")
+
+    monkeypatch.setattr(an, "scan_namespace", lambda i, own, w: an.NamespaceScan(i, own))
+    monkeypatch.setattr(an.nl, "in_network_namespaces", visit)
+    with caplog.at_level(logging.WARNING, logger="otel_bpf.attach"):
+        found = an.scan_namespaces(an.ScanWants(), {1: "/proc/self/ns/net", 2: "/proc/2/ns/net"})
+    assert list(found) == [1]
+    assert len(caplog.records) == 1
+
+
+def test_the_worker_thread_enters_namespaces_and_the_caller_stays() -> None:
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    found = nl.in_network_namespaces(
+        {"self": "/proc/self/ns/net", "missing": "/nonexistent/ns"},
+        lambda key: os.stat("/proc/thread-self/ns/net").st_ino,
+    )
+    assert isinstance(found["missing"], FileNotFoundError)
+    # Entering needs CAP_SYS_ADMIN: as root the worker is in it, otherwise it is refused.
+    assert found["self"] == own or isinstance(found["self"], PermissionError)
+    assert os.stat("/proc/thread-self/ns/net").st_ino == own
+    with pytest.raises(FileNotFoundError):
+        nl.in_network_namespace("/nonexistent/ns", lambda: 1)
