@@ -224,18 +224,23 @@ class HoldingChild:
         assert self.process.wait(30) == 0
 
 
-@contextmanager
-def holding_child(code: str) -> Iterator[HoldingChild]:
-    """Run ``code`` in a child Python; it prints the id of the program it holds, then waits
-    for stdin to close.  Released at the end of the block if the test did not; killed if the
-    block failed."""
-    child = subprocess.Popen(
+def python_child(code: str) -> subprocess.Popen[str]:
+    """A child Python running ``code`` from this checkout, its stdin and stdout piped."""
+    return subprocess.Popen(
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": TREE},
     )
+
+
+@contextmanager
+def holding_child(code: str) -> Iterator[HoldingChild]:
+    """Run ``code`` in a child Python; it prints the id of the program it holds, then waits
+    for stdin to close.  Released at the end of the block if the test did not; killed if the
+    block failed."""
+    child = python_child(code)
     try:
         assert child.stdout is not None and child.stdin is not None
         line = child.stdout.readline()
@@ -328,13 +333,7 @@ def netlink_child() -> Iterator[NetlinkChild]:
     egress (priority 2), an XDP link on ``nlb0`` and a tcx link on ``nlb1``; its first line
     (``state``) gives the namespace inode, program ids, ifindexes and link ids.  Commands
     detach one each (``xdp``, ``ingress``, ``egress``, ``xdp_link``, ``tcx_link``)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", NETLINK_CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": TREE},
-    )
+    process = python_child(NETLINK_CHILD)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
