@@ -134,6 +134,9 @@ class NamespaceScan:
     tc: list[TcProgram] = field(default_factory=list)
     queried: dict[tuple[int, int], frozenset[int]] = field(default_factory=dict)
     """``(ifindex, attach type)`` -> the tcx/netkit programs ``BPF_PROG_QUERY`` lists."""
+    query_later: bool = False
+    """The own namespace: the calling thread is in it, so a device is queried only when a
+    link asks about it, instead of every device at the visit."""
 
     def target(self, name: str) -> str:
         """How a device of this namespace is written: plain here, ``name@netns:<inode>``
@@ -146,7 +149,10 @@ class NamespaceScan:
         if attach_type is None:
             device = self.devices.get(ifindex)
             return device is not None and any(p == prog_id for _m, p in device.xdp)
-        return prog_id in self.queried.get((ifindex, attach_type), ())
+        key = (ifindex, attach_type)
+        if self.query_later and key not in self.queried:
+            self.queried[key] = _queried(ifindex, attach_type)
+        return prog_id in self.queried.get(key, ())
 
 
 # --- parsing (pure: tested on hand-built messages) ---------------------------------------
@@ -321,15 +327,16 @@ def _queried(ifindex: int, attach_type: int) -> frozenset[int]:
 
 
 def scan_namespace(inode: int, own: bool, wants: ScanWants) -> NamespaceScan:
-    """Visit the calling thread's network namespace (known as ``inode``).  Raises
+    """Visit the calling thread's network namespace (known as ``inode``; ``own``: the
+    process's own, whose devices are queried later, by :meth:`NamespaceScan.runs`).  Raises
     ``OSError`` when its devices cannot be listed; a failing tc dump is skipped with the
     one warning."""
-    scan = NamespaceScan(inode, own)
+    scan = NamespaceScan(inode, own, query_later=own and wants.query)
     with nl.RouteSocket() as sock:
         for message in sock.dump(nl.RTM_GETLINK, link_dump_request()):
             if message.type == nl.RTM_NEWLINK and (device := parse_link(message.payload)):
                 scan.devices[device.ifindex] = device
-        if wants.query:
+        if wants.query and not own:
             for device in scan.devices.values():
                 types = _TCX + (_NETKIT if device.kind == "netkit" else ())
                 for at in types:

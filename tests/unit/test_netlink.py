@@ -494,3 +494,23 @@ def test_the_worker_thread_enters_namespaces_and_the_caller_stays() -> None:
     assert os.stat("/proc/thread-self/ns/net").st_ino == own
     with pytest.raises(FileNotFoundError):
         nl.in_network_namespace("/nonexistent/ns", lambda: 1)
+
+
+def test_the_own_namespace_is_queried_only_for_what_a_link_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[int, int]] = []
+
+    def query(ifindex: int, attach_type: int) -> frozenset[int]:
+        asked.append((ifindex, attach_type))
+        return frozenset({90}) if ifindex == 2 else frozenset()
+
+    monkeypatch.setattr(an, "_queried", query)
+    own = an.NamespaceScan(OWN, True, {2: an.Device(2, "eth0")}, query_later=True)
+    ingress = int(AttachType.TCX_INGRESS)
+    assert own.runs(2, 90, ingress) and not own.runs(2, 91, ingress)
+    assert not own.runs(3, 90, ingress)
+    assert asked == [(2, ingress), (3, ingress)]  # once each
+    # Another namespace's devices were queried at the visit: nothing is asked later.
+    assert not scans()[OTHER].runs(3, 90, ingress)
+    assert asked == [(2, ingress), (3, ingress)]
