@@ -70,10 +70,10 @@ class Attachment:
     """One place a program is attached (a hook, a device, a cgroup, a function, ...)."""
 
     kind: str
-    """``xdp``, ``tcx``, ``netkit``, ``cgroup``, ``netns``, ``socket``, ``tracing``,
-    ``raw_tracepoint``, ``kprobe``, ``uprobe``, ``tracepoint``, ``perf_event``, ``netfilter``,
-    ``struct_ops``, ``iter``, ``sockmap``, or ``link_type_N`` for a link type this version
-    does not know."""
+    """``xdp``, ``tc`` (a legacy tc filter or action), ``tcx``, ``netkit``, ``cgroup``,
+    ``netns``, ``socket``, ``tracing``, ``raw_tracepoint``, ``kprobe``, ``uprobe``,
+    ``tracepoint``, ``perf_event``, ``netfilter``, ``struct_ops``, ``iter``, ``sockmap``, or
+    ``link_type_N`` for a link type this version does not know."""
     via: str
     """How the program was attached, which is how it was found: ``link`` (a BPF link),
     ``netlink`` (a tc filter or action, or XDP set on a device without a link),
@@ -86,19 +86,21 @@ class Attachment:
     """The kernel's ``enum bpf_attach_type`` name, lowercase, without ``BPF_``
     (``xdp``, ``tcx_ingress``, ``cgroup_inet_egress``, ``trace_fentry``, ...)."""
     target: str
-    """What it is attached to, readable: ``lo``, ``/sys/fs/cgroup/test``, ``tcp_v4_connect``,
-    ``sys_enter``, ``net:[4026531840]``.  Names come from the kernel (untrusted text, not
-    sanitised)."""
+    """What it is attached to, readable: ``lo``, ``eth0@netns:4026532280`` (a device in
+    another network namespace than this process's), ``/sys/fs/cgroup/test``,
+    ``tcp_v4_connect``, ``sys_enter``, ``net:[4026531840]``.  Names come from the kernel
+    (untrusted text, not sanitised)."""
     ifindex: int | None = None
     ifname: str | None = None
-    """The interface's name in this process's network namespace; None unless the interface
-    with that index here has the program attached (the device may live in another namespace,
-    where the index means another device)."""
+    """The interface's name in its own network namespace (``netns``); None when no namespace
+    has a device with that index running the program (an index means another device in
+    another namespace)."""
     netns: int | None = None
-    """The network namespace's inode number (netns links, and programs a namespace query
-    finds)."""
+    """The network namespace's inode number: the one the device lives in (xdp, tc, tcx,
+    netkit), or the one a netns link or query is attached to."""
     direction: str | None = None
-    """``ingress``/``egress`` (tcx), ``primary``/``peer`` (netkit)."""
+    """``ingress``/``egress`` (tcx; tc on a clsact or ingress qdisc), ``primary``/``peer``
+    (netkit)."""
     cgroup_id: int | None = None
     cgroup_path: str | None = None
     """The cgroup2 directory whose inode is ``cgroup_id``; None when not found."""

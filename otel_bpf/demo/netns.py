@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 
+from otel_bpf.kernel import netlink as nl
 from otel_bpf.kernel.fd import KernelFd
 from otel_bpf.kernel.links import create_owned_link
 from otel_bpf.kernel.syscall import libc
@@ -26,23 +27,8 @@ SIOCGIFHWADDR = 0x8927
 IFF_UP = 0x1
 IFNAMSIZ = 16
 
-# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/veth.h
-NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
-RTM_NEWLINK = 16
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLA_F_NESTED = 0x8000
-IFLA_IFNAME = 3
-IFLA_LINKINFO = 18
-IFLA_INFO_KIND = 1
-IFLA_INFO_DATA = 2
+# linux/veth.h
 VETH_INFO_PEER = 1
-# XDP attach modes (link_create.flags for BPF_XDP) and the attach type itself.
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
 BPF_XDP = 37
 
 
@@ -91,39 +77,92 @@ def set_link_up(ifname: str) -> None:
             raise NetnsError(err.errno, f"bringing {ifname} up: {err.strerror}") from None
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _ifinfomsg() -> bytes:
+def _ifinfomsg(index: int = 0) -> bytes:
     # family, pad, type, index, flags, change
-    return struct.pack("BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)
+    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)
+
+
+def _request(kind: int, body: bytes, what: str, flags: int = 0) -> None:
+    try:
+        with nl.RouteSocket() as sock:
+            sock.request(kind, body, flags)
+    except OSError as err:
+        raise NetnsError(err.errno or errno.EPROTO, f"{what}: {err.strerror or err}") from None
 
 
 def create_veth(name: str, peer: str) -> None:
     """Create a veth pair ``name`` <-> ``peer`` in the current namespace (rtnetlink)."""
-    peer_info = _ifinfomsg() + _attr(IFLA_IFNAME, peer.encode() + b"\0")
-    linkinfo = _attr(IFLA_INFO_KIND, b"veth") + _attr(
-        IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
+    peer_info = _ifinfomsg() + nl.attr(nl.IFLA_IFNAME, peer.encode() + b"\0")
+    linkinfo = nl.attr(nl.IFLA_INFO_KIND, b"veth") + nl.attr(
+        nl.IFLA_INFO_DATA | nl.NLA_F_NESTED, nl.attr(VETH_INFO_PEER | nl.NLA_F_NESTED, peer_info)
     )
     body = (
         _ifinfomsg()
-        + _attr(IFLA_IFNAME, name.encode() + b"\0")
-        + _attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
+        + nl.attr(nl.IFLA_IFNAME, name.encode() + b"\0")
+        + nl.attr(nl.IFLA_LINKINFO | nl.NLA_F_NESTED, linkinfo)
     )
-    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-    msg = struct.pack("IHHII", 16 + len(body), RTM_NEWLINK, flags, 1, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as nl:
-        nl.bind((0, 0))
-        nl.send(msg)
-        reply = nl.recv(65536)
-    _, kind, _, _, _ = struct.unpack_from("IHHII", reply)
-    if kind != NLMSG_ERROR:
-        raise NetnsError(errno.EPROTO, f"creating veth {name}: unexpected netlink reply {kind}")
-    (err,) = struct.unpack_from("i", reply, 16)
-    if err != 0:
-        raise NetnsError(-err, f"creating veth {name}/{peer}: {os.strerror(-err)}")
+    flags = nl.NLM_F_CREATE | nl.NLM_F_EXCL
+    _request(nl.RTM_NEWLINK, body, f"creating veth {name}/{peer}", flags)
+
+
+def set_xdp(prog: KernelFd | int | None, ifname: str, *, generic: bool = True) -> None:
+    """Attach an XDP program to ``ifname`` without a link (rtnetlink ``IFLA_XDP``, as
+    ``ip link set dev IFNAME xdpgeneric fd FD`` does); None detaches the one there.  It stays
+    until detached, or until the interface goes."""
+    fd = -1 if prog is None else (prog if isinstance(prog, int) else prog.fileno())
+    flags = nl.XDP_FLAGS_SKB_MODE if generic else nl.XDP_FLAGS_DRV_MODE
+    xdp = nl.attr(nl.IFLA_XDP_FD, struct.pack("=i", fd)) + nl.attr(
+        nl.IFLA_XDP_FLAGS, struct.pack("=I", flags)
+    )
+    body = _ifinfomsg(ifindex(ifname)) + nl.attr(nl.IFLA_XDP | nl.NLA_F_NESTED, xdp)
+    _request(nl.RTM_SETLINK, body, f"setting XDP on {ifname}")
+
+
+def _tcmsg(ifname: str, handle: int, parent: int, info: int = 0) -> bytes:
+    return struct.pack("=BxxxiIII", socket.AF_UNSPEC, ifindex(ifname), handle, parent, info)
+
+
+def add_clsact(ifname: str) -> None:
+    """Give ``ifname`` a clsact qdisc (``tc qdisc add dev IFNAME clsact``)."""
+    body = _tcmsg(ifname, nl.tc_handle(nl.TC_H_CLSACT, 0), nl.TC_H_CLSACT) + nl.attr(
+        nl.TCA_KIND, b"clsact\0"
+    )
+    _request(nl.RTM_NEWQDISC, body, f"adding clsact to {ifname}", nl.NLM_F_CREATE | nl.NLM_F_EXCL)
+
+
+def _filter_info(priority: int) -> int:
+    # tcm_info: the priority in the upper half, the protocol (network order) in the lower.
+    return (priority << 16) | socket.htons(nl.ETH_P_ALL)
+
+
+def _hook(ingress: bool) -> int:
+    return nl.TC_INGRESS_PARENT if ingress else nl.TC_EGRESS_PARENT
+
+
+def add_bpf_filter(
+    prog: KernelFd | int, ifname: str, *, ingress: bool, priority: int, name: str = "otel"
+) -> None:
+    """A direct-action ``cls_bpf`` filter on ``ifname``'s clsact hook
+    (``tc filter add dev IFNAME ingress|egress prio P bpf da fd FD``)."""
+    fd = prog if isinstance(prog, int) else prog.fileno()
+    options = (
+        nl.attr(nl.TCA_BPF_FD, struct.pack("=I", fd))
+        + nl.attr(nl.TCA_BPF_NAME, name.encode() + b"\0")
+        + nl.attr(nl.TCA_BPF_FLAGS, struct.pack("=I", nl.TCA_BPF_FLAG_ACT_DIRECT))
+    )
+    body = (
+        _tcmsg(ifname, 1, _hook(ingress), _filter_info(priority))
+        + nl.attr(nl.TCA_KIND, b"bpf\0")
+        + nl.attr(nl.TCA_OPTIONS | nl.NLA_F_NESTED, options)
+    )
+    flags = nl.NLM_F_CREATE | nl.NLM_F_EXCL
+    _request(nl.RTM_NEWTFILTER, body, f"adding a bpf filter to {ifname}", flags)
+
+
+def delete_filters(ifname: str, *, ingress: bool, priority: int) -> None:
+    """Remove the filters of ``priority`` from ``ifname``'s clsact hook."""
+    body = _tcmsg(ifname, 0, _hook(ingress), _filter_info(priority))
+    _request(nl.RTM_DELTFILTER, body, f"deleting filters of {ifname}")
 
 
 def ifindex(ifname: str) -> int:
@@ -149,5 +188,5 @@ def attach_xdp(prog: KernelFd | int, ifname: str, *, generic: bool = True) -> Ke
     Generic (SKB) mode by default, which every driver supports.  The link goes away with
     its fd, or with the interface when the namespace is destroyed.
     """
-    flags = XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
+    flags = nl.XDP_FLAGS_SKB_MODE if generic else nl.XDP_FLAGS_DRV_MODE
     return create_owned_link(prog, ifindex(ifname), BPF_XDP, flags)

@@ -22,12 +22,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import socket
 import struct
 import time
 from collections.abc import Iterable
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otel_bpf.kernel._uapi import (
     BPF_LINK_INFO_SIZE,
@@ -38,7 +37,6 @@ from otel_bpf.kernel._uapi import (
     LinkType,
     PerfEventType,
     ProgInfo,
-    ProgQueryAttr,
     attach_type_name,
     filled,
 )
@@ -47,6 +45,9 @@ from otel_bpf.kernel.syscall import bpf, close, command_error, prepared, raw_bpf
 from otel_bpf.kernel.system import cgroup2_mount_point
 from otel_bpf.records import Attachment
 from otel_bpf.workload import workload_of_path
+
+if TYPE_CHECKING:
+    from otel_bpf.kernel.attach_netlink import NamespaceScan, ScanWants
 
 __all__ = [
     "DISCOVERY_INTERVAL",
@@ -163,33 +164,74 @@ class Names:
         self._btf_objects: dict[int, tuple[str, bool] | None] = {}
         # A program's attach target never changes: (prog id, obj id, btf id) -> target.
         self._targets: dict[tuple[int, int, int], tuple[str, int | None]] = {}
+        # This discovery's visits of the network namespaces (new_discovery forgets them).
+        self._scans: dict[int, NamespaceScan] | None = None
+        self._scans_complete = False
+        self._wants: ScanWants | None = None
 
     @property
     def cgroup_root(self) -> str:
         """Where the cgroup2 hierarchy is mounted (paths are under it)."""
         return self._cgroup_root
 
-    def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
-        """The name of interface ``ifindex`` in this process's network namespace.
+    def new_discovery(self, program_types: Iterable[str] | None = None) -> None:
+        """Forget the last discovery's visits of the network namespaces: the next look-up
+        visits them again, asking what ``program_types`` (the loaded programs' types; all
+        when None) can be attached to."""
+        from otel_bpf.kernel.attach_netlink import ScanWants
 
-        A link reports the index its device has in the device's own namespace: the same
-        index here may be another device.  With ``prog_id``, the name is given only when the
-        device here really has that program attached (XDP: ``RTM_GETLINK``; tcx and netkit:
-        ``BPF_PROG_QUERY`` with ``attach_type``).
+        self._scans = None
+        self._scans_complete = False
+        self._wants = ScanWants() if program_types is None else ScanWants.for_types(program_types)
+
+    def namespace_scans(self) -> dict[int, NamespaceScan]:
+        """Inode -> what this discovery's visit of each network namespace found (the own
+        one first); each namespace is visited at most once per discovery."""
+        if self._scans is None or not self._scans_complete:
+            self._scans = self._scan(own_only=False)
+            self._scans_complete = True
+        return self._scans
+
+    def _own_scan(self) -> dict[int, NamespaceScan]:
+        if self._scans is None:
+            self._scans = self._scan(own_only=True)
+        return self._scans
+
+    def _scan(self, *, own_only: bool) -> dict[int, NamespaceScan]:
+        from otel_bpf.kernel.attach_netlink import ScanWants, scan_namespaces
+
+        wants = self._wants or ScanWants()
+        return scan_namespaces(wants, own_only=own_only, known=self._scans)
+
+    def device(
+        self, ifindex: int, prog_id: int = 0, attach_type: int | None = None
+    ) -> tuple[str, int, str] | None:
+        """``(name, network namespace inode, target text)`` of the device ``ifindex`` that
+        runs ``prog_id`` (XDP when ``attach_type`` is None, else that tcx/netkit hook); None
+        when no namespace has one.
+
+        A link reports the index its device has in the device's own namespace, where the
+        same index may be another device elsewhere: the namespace is the one whose device
+        with that index has the program attached (the own one first).  Without
+        ``prog_id``, the own namespace's device.  The target is the plain name in the own
+        namespace, ``name@netns:<inode>`` in any other.
         """
-        try:
-            name = socket.if_indextoname(ifindex)
-        except OSError:
-            return None
-        if prog_id:
-            here = (
-                _xdp_prog_ids(ifindex)
-                if attach_type is None
-                else _queried_prog_ids(ifindex, attach_type)
-            )
-            if prog_id not in here:
-                return None
-        return name
+        # The own namespace alone first: the others are visited only when it does not
+        # have the device (or the program on it).
+        for scans in (self._own_scan, self.namespace_scans) if prog_id else (self._own_scan,):
+            for scan in scans().values():
+                found = scan.devices.get(ifindex)
+                here = scan.runs(ifindex, prog_id, attach_type) if prog_id else scan.own
+                if found is not None and here:
+                    return found.name, scan.inode, scan.target(found.name)
+        return None
+
+    def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
+        """The name of interface ``ifindex`` in this process's network namespace (with
+        ``prog_id``: only when that device runs it, see :meth:`device`)."""
+        found = self.device(ifindex, prog_id, attach_type)
+        own = {scan.inode for scan in self._own_scan().values() if scan.own}
+        return found[0] if found is not None and found[1] in own else None
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         """The cgroup2 directory whose inode number is ``cgroup_id`` (the kernel's cgroup id
@@ -266,62 +308,6 @@ def cgroup2_root(mounts: str = "/proc/mounts") -> str:
     with suppress(OSError):
         mount = cgroup2_mount_point(mounts)
     return mount or CGROUP2_ROOT
-
-
-# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h
-_NETLINK_ROUTE = 0
-_RTM_NEWLINK, _RTM_GETLINK = 16, 18
-_NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
-_IFLA_XDP = 43
-_IFLA_XDP_PROG_IDS = (4, 5, 6, 7)  # IFLA_XDP_PROG_ID, _DRV_, _SKB_, _HW_PROG_ID
-_NLA_TYPE_MASK = 0x3FFF
-
-
-def _xdp_prog_ids(ifindex: int) -> set[int]:
-    """The XDP programs attached to interface ``ifindex`` of this network namespace."""
-    ifinfo = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
-    msg = struct.pack("=IHHII", 16 + len(ifinfo), _RTM_GETLINK, _NLM_F_REQUEST, 1, 0) + ifinfo
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE) as sock:
-            sock.settimeout(1.0)
-            sock.send(msg)
-            reply = sock.recv(1 << 16)
-    except OSError:
-        return set()
-    if len(reply) < 32 or struct.unpack_from("=H", reply, 4)[0] != _RTM_NEWLINK:
-        return set()  # NLMSG_ERROR: no such device here
-    end = min(len(reply), struct.unpack_from("=I", reply)[0])
-    return {
-        value
-        for kind, body in _rtattrs(reply, 32, end)
-        if kind == _IFLA_XDP
-        for sub, inner in _rtattrs(body, 0, len(body))
-        if sub in _IFLA_XDP_PROG_IDS and len(inner) >= 4
-        for value in struct.unpack_from("=I", inner)
-    }
-
-
-def _rtattrs(data: bytes, pos: int, end: int) -> Iterable[tuple[int, bytes]]:
-    """``(type, payload)`` of each ``struct rtattr`` in ``data[pos:end]``."""
-    while pos + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, pos)
-        if length < 4 or pos + length > end:
-            return
-        yield kind & _NLA_TYPE_MASK, data[pos + 4 : pos + length]
-        pos += (length + 3) & ~3
-
-
-def _queried_prog_ids(ifindex: int, attach_type: int) -> set[int]:
-    """The programs attached at ``attach_type`` (tcx, netkit) of interface ``ifindex`` of
-    this network namespace (``BPF_PROG_QUERY``)."""
-    ids = (ctypes.c_uint32 * 64)()
-    attr = ProgQueryAttr(
-        target=ifindex, attach_type=attach_type, prog_ids=ctypes.addressof(ids), count=64
-    )
-    if raw_bpf(prepared(Cmd.PROG_QUERY, attr)) < 0:
-        return set()
-    return set(ids[: min(attr.count, 64)])
 
 
 def _scan_cgroups(root: str) -> dict[int, str]:
@@ -470,8 +456,11 @@ def _device(
     if not ifindex:
         # The device went away; the link stays until its holder closes it.
         return "detached", {"ifindex": None, "ifname": None}
-    ifname = names.ifname(ifindex, prog_id, attach_type)
-    return ifname or f"if{ifindex}", {"ifindex": ifindex, "ifname": ifname}
+    found = names.device(ifindex, prog_id, attach_type)
+    if found is None:
+        return f"if{ifindex}", {"ifindex": ifindex, "ifname": None}
+    ifname, netns, target = found
+    return target, {"ifindex": ifindex, "ifname": ifname, "netns": netns}
 
 
 def _netfilter_target(pf: int, hook: int) -> str:

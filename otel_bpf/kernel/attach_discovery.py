@@ -3,6 +3,8 @@
 A program can be attached in several ways, and each is found by its own read:
 
 * ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
+* ``netlink``: legacy XDP and tc ``cls_bpf``/``act_bpf`` programs in every network namespace
+  (:mod:`otel_bpf.kernel.attach_netlink`);
 * ``prog_attach``: ``BPF_PROG_QUERY`` on cgroups, network namespaces and sockmaps, and
   ``perf_event``: ``BPF_TASK_FD_QUERY`` on processes' perf events
   (:mod:`otel_bpf.kernel.attach_query`);
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach_netlink import netlink_attachments
 from otel_bpf.kernel.attach_query import PerfEventSource, ProgAttachSource
 from otel_bpf.kernel.attach_sockets import SocketSource
 from otel_bpf.kernel.errors import BpfError
@@ -82,11 +85,19 @@ def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
     return read_link_attachments(ctx.names, ctx.errors)
 
 
+def _netlink(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
+    if not set(ctx.programs.values()) & {"xdp", "sched_cls", "sched_act"}:
+        return {}  # nothing loaded could be attached there
+    scans = ctx.names.namespace_scans().values()
+    return netlink_attachments(scans, ctx.found)
+
+
 def default_sources() -> list[Source]:
     """The sources a discovery uses unless told otherwise, in the order they run."""
     sockets = SocketSource()
     return [
         Source("links", _links),
+        Source("netlink", _netlink),
         Source(ProgAttachSource.name, ProgAttachSource().read),
         Source(PerfEventSource.name, PerfEventSource().read),
         Source("sockets", sockets.read, sockets.close, sockets.own_programs),
@@ -135,6 +146,7 @@ class AttachmentDiscovery:
             now = self._clock()
             due = self._at is None or now - self._at >= self._interval or ids != self._prog_ids
             if due:
+                self._names.new_discovery(programs.values())
                 ctx = DiscoveryContext(self._names, programs)
                 for source in self._sources:
                     self._run(source, ctx)

@@ -12,6 +12,7 @@ import pytest
 from peers import cli_env, run_cli
 
 from otel_bpf.demo import programs
+from otel_bpf.demo import worker as demo_worker
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import ProgType
 from otel_bpf.kernel.attach import cgroup2_root
@@ -39,9 +40,10 @@ def test_demo_attachments_in_json() -> None:
     (xdp,) = found[programs.XDP]
     assert (xdp["kind"], xdp["via"], xdp["attach_type"]) == ("xdp", "link", "xdp"), xdp
     assert isinstance(xdp["link_id"], int) and isinstance(xdp["ifindex"], int), xdp
-    # The demo's veth lives in the worker's own network namespace: its index names nothing
-    # (or another device) here, so no name is claimed.
-    assert "ifname" not in xdp and xdp["target"] == f"if{xdp['ifindex']}", xdp
+    # The demo's veth lives in the worker's own network namespace: named there, with it.
+    assert isinstance(xdp["netns"], int) and xdp["netns"] != os.stat("/proc/self/ns/net").st_ino
+    assert xdp["ifname"] == demo_worker.VETH, xdp
+    assert xdp["target"] == f"{demo_worker.VETH}@netns:{xdp['netns']}", xdp
     (cg,) = found[programs.CGROUP_SKB]
     assert (cg["kind"], cg["via"], cg["attach_type"]) == ("cgroup", "link", "cgroup_inet_egress")
     # The worker's own cgroup, which it made under the cgroup2 root.

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from otel_bpf.kernel import asm, btf
 from otel_bpf.kernel._uapi import Cmd, MapType, ProgType, TestRunAttr
@@ -223,18 +224,23 @@ class HoldingChild:
         assert self.process.wait(30) == 0
 
 
-@contextmanager
-def holding_child(code: str) -> Iterator[HoldingChild]:
-    """Run ``code`` in a child Python; it prints the id of the program it holds, then waits
-    for stdin to close.  Released at the end of the block if the test did not; killed if the
-    block failed."""
-    child = subprocess.Popen(
+def python_child(code: str) -> subprocess.Popen[str]:
+    """A child Python running ``code`` from this checkout, its stdin and stdout piped."""
+    return subprocess.Popen(
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": TREE},
     )
+
+
+@contextmanager
+def holding_child(code: str) -> Iterator[HoldingChild]:
+    """Run ``code`` in a child Python; it prints the id of the program it holds, then waits
+    for stdin to close.  Released at the end of the block if the test did not; killed if the
+    block failed."""
+    child = python_child(code)
     try:
         assert child.stdout is not None and child.stdin is not None
         line = child.stdout.readline()
@@ -247,5 +253,95 @@ def holding_child(code: str) -> Iterator[HoldingChild]:
         child.kill()
         child.wait(30)
         for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+NETLINK_CHILD = """
+import dataclasses, json, os, sys
+from otel_bpf.demo import netns
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import AttachType, ProgType
+from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
+from otel_bpf.kernel.links import create_owned_link
+from otel_bpf.kernel.loader import load_owned_program, program_id
+
+XDP_PASS = asm.assemble([asm.mov64_imm(asm.R0, 2), asm.exit_()])
+RETURN_0 = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
+netns.unshare_net()
+netns.disable_ipv6()
+for a, b in (("nla0", "nlb0"), ("nla1", "nlb1")):
+    netns.create_veth(a, b)
+at = AttachType.XDP
+xdp = load_owned_program(ProgType.XDP, XDP_PASS, "otel_nl_xdp", expected_attach_type=at)
+xdpl = load_owned_program(ProgType.XDP, XDP_PASS, "otel_nl_xdpl", expected_attach_type=at)
+cls = load_owned_program(ProgType.SCHED_CLS, RETURN_0, "otel_nl_cls")
+tcx = load_owned_program(ProgType.SCHED_CLS, RETURN_0, "otel_nl_tcx")
+netns.set_xdp(xdp, "nla0", generic=True)
+netns.add_clsact("nla1")
+netns.add_bpf_filter(cls, "nla1", ingress=True, priority=1)
+netns.add_bpf_filter(cls, "nla1", ingress=False, priority=2)
+links = {
+    "xdp_link": netns.attach_xdp(xdpl, "nlb0"),
+    "tcx_link": create_owned_link(tcx, netns.ifindex("nlb1"), AttachType.TCX_INGRESS),
+}
+print(json.dumps({
+    "netns": os.stat("/proc/self/ns/net").st_ino,
+    "ids": {"xdp": program_id(xdp), "xdpl": program_id(xdpl), "cls": program_id(cls),
+            "tcx": program_id(tcx)},
+    "ifindex": {n: netns.ifindex(n) for n in ("nla0", "nla1", "nlb0", "nlb1")},
+    "links": {k: v.id for k, v in links.items()},
+}), flush=True)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "xdp":
+        netns.set_xdp(None, "nla0")
+    elif cmd == "ingress":
+        netns.delete_filters("nla1", ingress=True, priority=1)
+    elif cmd == "egress":
+        netns.delete_filters("nla1", ingress=False, priority=2)
+    elif cmd in links:
+        links.pop(cmd).close()
+    elif cmd == "here":
+        # Seen from inside: this namespace's devices are plain names.
+        found = AttachmentDiscovery(0.0).get({program_id(cls): "sched_cls"})
+        print(json.dumps([dataclasses.asdict(a) for a in found[program_id(cls)]]), flush=True)
+        continue
+    print("ok", flush=True)
+"""
+
+
+@dataclass
+class NetlinkChild:
+    """A child process in a network namespace of its own, with programs attached there
+    (:func:`netlink_child`); ``ask`` sends it a command and reads its answer."""
+
+    process: subprocess.Popen[str]
+    state: dict[str, Any]
+
+    def ask(self, command: str) -> str:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.process.stdout.readline().strip()
+
+
+@contextmanager
+def netlink_child() -> Iterator[NetlinkChild]:
+    """A child that unshares a network namespace and attaches there: XDP without a link on
+    ``nla0`` (generic mode), cls_bpf filters on ``nla1``'s clsact ingress (priority 1) and
+    egress (priority 2), an XDP link on ``nlb0`` and a tcx link on ``nlb1``; its first line
+    (``state``) gives the namespace inode, program ids, ifindexes and link ids.  Commands
+    detach one each (``xdp``, ``ingress``, ``egress``, ``xdp_link``, ``tcx_link``)."""
+    process = python_child(NETLINK_CHILD)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("{"), f"child failed to set up: {line!r}"
+        yield NetlinkChild(process, json.loads(line))
+    finally:
+        process.kill()
+        process.wait(30)
+        for pipe in (process.stdin, process.stdout):
             if pipe is not None:
                 pipe.close()

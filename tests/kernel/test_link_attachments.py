@@ -97,12 +97,13 @@ def test_links_read_back(cgroup: str) -> None:
         found = read_link_attachments(errors=errors)
         assert errors == []
 
+        own_netns = os.stat("/proc/self/ns/net").st_ino
         assert only(found, xdp) == Attachment(
-            "xdp", "link", xdp_link.id, "xdp", "lo", ifindex=1, ifname="lo"
+            "xdp", "link", xdp_link.id, "xdp", "lo", ifindex=1, ifname="lo", netns=own_netns
         )
         assert only(found, tcx) == Attachment(
             "tcx", "link", tcx_link.id, "tcx_ingress", "lo", ifindex=1, ifname="lo",
-            direction="ingress",
+            netns=own_netns, direction="ingress",
         )  # fmt: skip
         cgroup_id = os.stat(cgroup).st_ino
         assert only(found, skb) == Attachment(

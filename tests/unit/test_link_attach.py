@@ -38,6 +38,12 @@ class FakeNames(Names):
     def ifname(self, ifindex: int, prog_id: int = 0, attach_type: int | None = None) -> str | None:
         return self.ifnames.get(ifindex)
 
+    def device(
+        self, ifindex: int, prog_id: int = 0, attach_type: int | None = None
+    ) -> tuple[str, int, str] | None:
+        name = self.ifnames.get(ifindex)
+        return None if name is None else (name, OWN_NETNS, name)
+
     def cgroup_path(self, cgroup_id: int) -> str | None:
         return self.cgroups.get(cgroup_id)
 
@@ -47,6 +53,7 @@ class FakeNames(Names):
         return (name, None) if name else (f"prog {obj_id} btf_id {btf_id}", obj_id)
 
 
+OWN_NETNS = 4026531840
 POD_UID = "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5"
 CONTAINER_ID = "ab" * 32
 CONTAINER_CGROUP = (
@@ -84,7 +91,7 @@ def test_attach_type_names_follow_the_kernel_enum() -> None:
 def test_xdp_link_names_the_interface() -> None:
     prog_id, a = decode(info(LinkType.XDP, 3, 41, struct.pack("<I", 1)))
     assert prog_id == 41
-    assert a == Attachment("xdp", "link", 3, "xdp", "lo", ifindex=1, ifname="lo")
+    assert a == Attachment("xdp", "link", 3, "xdp", "lo", ifindex=1, ifname="lo", netns=OWN_NETNS)
 
 
 def test_xdp_link_on_an_interface_not_in_our_namespace() -> None:
@@ -292,23 +299,6 @@ def test_names_scan_finds_a_cgroup_by_inode(tmp_path: Path) -> None:
 def test_names_ifname_of_loopback() -> None:
     assert Names().ifname(1) == "lo"
     assert Names().ifname(1 << 30) is None
-
-
-def test_rtattrs_walk_nested_attributes() -> None:
-    def rta(kind: int, body: bytes) -> bytes:
-        raw = struct.pack("=HH", 4 + len(body), kind) + body
-        return raw + b"\0" * (-len(raw) % 4)
-
-    xdp = rta(attach._IFLA_XDP | 0x8000, rta(1, b"\x02") + rta(6, struct.pack("=I", 77)))
-    data = rta(3, b"lo\0") + xdp
-    walked = list(attach._rtattrs(data, 0, len(data)))
-    assert [k for k, _ in walked] == [3, attach._IFLA_XDP]
-    assert list(attach._rtattrs(walked[1][1], 0, len(walked[1][1]))) == [
-        (1, b"\x02"),
-        (6, struct.pack("=I", 77)),
-    ]
-    # A length running past the end stops the walk.
-    assert list(attach._rtattrs(b"\xff\x00\x01\x00", 0, 4)) == []
 
 
 class Clock:
