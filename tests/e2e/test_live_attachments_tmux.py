@@ -160,7 +160,9 @@ def test_attach_points_in_the_table_detail_and_filter(
         set_filter(pane, "xdp lo")
         pane.wait(lambda t: attached(t, f"{PREFIX}xdp", "xdp lo"), 5, "the XDP program")
         pane.keys("Enter")
-        listing = f"  xdp via link {xdp_link.id} ifindex 1 target lo"
+        # lo of this process's own network namespace: the plain name, with the namespace.
+        netns = os.stat("/proc/self/ns/net").st_ino
+        listing = f"  xdp via link {xdp_link.id} ifindex 1 netns {netns} target lo"
         pane.wait(lambda t: listing in [ln.rstrip() for ln in t.splitlines()], 3, "xdp listing")
         pane.keys("Escape")
         pane.wait(lambda t: "rows " in t, 3, "the table again")
