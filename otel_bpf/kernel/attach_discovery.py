@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, LinkWalk, Names
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.records import Attachment
 
@@ -66,13 +66,24 @@ class Source:
     :class:`~otel_bpf.kernel.errors.BpfError` when the source cannot be read at all."""
 
 
-def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
-    return read_link_attachments(ctx.names, ctx.errors)
+class _Links:
+    """The BPF links, through a :class:`~otel_bpf.kernel.attach.LinkWalk` kept between runs
+    (only new or changed links cost syscalls)."""
+
+    def __init__(self) -> None:
+        self.walk = LinkWalk()
+
+    def __call__(self, ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
+        return self.walk.read(ctx.names, ctx.errors)
+
+    def close(self) -> None:
+        self.walk.close()
 
 
 def default_sources() -> list[Source]:
-    """The sources a discovery uses unless told otherwise, in the order they run."""
-    return [Source("links", _links)]
+    """The sources a discovery uses unless told otherwise, in the order they run.  Each
+    call makes new ones: a source may keep state between runs (closed with the discovery)."""
+    return [Source("links", _Links())]
 
 
 class AttachmentDiscovery:
@@ -149,4 +160,8 @@ class AttachmentDiscovery:
                 ctx.found.setdefault(prog_id, []).extend(attachments)
 
     def close(self) -> None:
+        for source in self._sources:
+            close = getattr(source.read, "close", None)
+            if close is not None:
+                close()
         self._names.close()
