@@ -633,6 +633,12 @@ class LinkWalk:
         """Whether the iterator is in use (known after the first walk)."""
         return self._iterator is not None
 
+    @property
+    def prog_ids(self) -> frozenset[int]:
+        """The id of the iterator program this walk loaded (none before the first walk or
+        without the iterator): the tool's own, not reported like the sampling iterators'."""
+        return frozenset() if self._iterator is None else frozenset({self._iterator.prog_id})
+
     def read(
         self, names: Names | None = None, errors: list[str] | None = None
     ) -> dict[int, list[Attachment]]:

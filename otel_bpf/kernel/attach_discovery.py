@@ -76,6 +76,10 @@ class _Links:
     def __call__(self, ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
         return self.walk.read(ctx.names, ctx.errors)
 
+    @property
+    def prog_ids(self) -> frozenset[int]:
+        return self.walk.prog_ids
+
     def close(self) -> None:
         self.walk.close()
 
@@ -158,6 +162,15 @@ class AttachmentDiscovery:
         for prog_id, attachments in found.items():
             if attachments:
                 ctx.found.setdefault(prog_id, []).extend(attachments)
+
+    @property
+    def own_prog_ids(self) -> frozenset[int]:
+        """Programs the sources loaded to do their work (the links' iterator), which the
+        sampling sources leave out of the records like their own."""
+        ids: frozenset[int] = frozenset()
+        for source in self._sources:
+            ids |= getattr(source.read, "prog_ids", frozenset())
+        return ids
 
     def close(self) -> None:
         for source in self._sources:

@@ -60,6 +60,9 @@ class Decorator:
                     from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 
                     self._attachments = AttachmentDiscovery()
+                own = self._attachments.own_prog_ids
+                if own and not options.include_self:
+                    records = [r for r in records if r.id not in own]
                 where = self._attachments.get({r.id: r.type for r in records}, errors)
             return self._extras.attach(records, by_prog, found, where)
 

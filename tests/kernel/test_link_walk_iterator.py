@@ -11,6 +11,7 @@ import os
 import struct
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 
 import pytest
 from test_link_attachments import (
@@ -147,3 +148,17 @@ def test_iterator_walk_equals_syscall_walk(cgroup: str) -> None:
         again = stack.enter_context(raw_tracepoint_open(raw, "sys_exit"))
         found = same_as_syscall_walk(walk, names)
         assert [(a.link_id, a.target) for a in found[program_id(raw)]] == [(again.id, "sys_exit")]
+
+
+def test_the_walks_own_iterator_is_not_reported() -> None:
+    from otel_bpf.kernel.iterator.links import PROGRAM_NAME
+    from otel_bpf.kernel.programs import SyscallSource
+    from otel_bpf.kernel.source import SourceOptions
+
+    options = SourceOptions(attachments=True, memlock=False)
+    with SyscallSource(options) as source:
+        for _ in range(2):  # the first read loads the link iterator
+            names = [r.name for r in source.read().records]
+            assert PROGRAM_NAME not in names
+        shown = source.read(replace(options, include_self=True)).records
+        assert PROGRAM_NAME in [r.name for r in shown]
