@@ -616,8 +616,8 @@ class LinkWalk:
     lists every link's id, type, program and target state, and only the links that are new
     or whose record changed are asked about with syscalls (about 18 µs a link).
 
-    Where the iterator cannot be loaded (a kernel before 5.19, no vmlinux BTF, no
-    ``CAP_BPF``/``CAP_PERFMON``), every walk is the syscall walk.  Close it (or use ``with``).
+    Where the iterator cannot be loaded (a kernel before 5.19, no vmlinux BTF, a loader
+    refused), every walk is the syscall walk.  Close it (or use ``with``).
     """
 
     def __init__(self, *, iterator: bool = True) -> None:
