@@ -82,7 +82,9 @@ class RawTracepointOpenAttr(ctypes.Structure):
 # The child: a private network namespace, veth pairs, XDP (link or netlink) and tcx links on
 # every interface; it prints "ready <programs>" and holds everything until stdin closes.
 CHILD = r"""
-import os, socket, struct, sys
+import os, signal, socket, struct, sys
+# Ctrl-C reaches the whole process group: the parent cleans up and kills this child.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 from otel_bpf.demo import netns
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import AttachType, ProgType
