@@ -13,7 +13,14 @@ from test_link_attach import FakeNames, info
 from otel_bpf.kernel import attach
 from otel_bpf.kernel._uapi import LinkType
 from otel_bpf.kernel.attach import LinkWalk, Names, decode_link_info
-from otel_bpf.kernel.iterator.links import RECORD, LinkIterLayout, build_program, decode
+from otel_bpf.kernel.iterator.links import (
+    FLAG,
+    RECORD,
+    LinkIterLayout,
+    build_program,
+    decode,
+)
+from otel_bpf.kernel.vmlinux_btf import VmlinuxBtfError
 from otel_bpf.records import Attachment
 
 RAW_TP, CGROUP = LinkType.RAW_TRACEPOINT, LinkType.CGROUP
@@ -182,3 +189,50 @@ def test_iterator_records_decode_and_program_builds() -> None:
     compared = [i.imm for i in insns if i.code == 0x55]  # jne imm
     assert XDP in compared and CGROUP in compared
     assert len(build_program(LinkIterLayout(**{**layout.__dict__, "chains": {}}))) < len(insns)
+
+
+class FakeBtf:
+    """Member offsets from a dict; what it lacks raises like vmlinux BTF does."""
+
+    def __init__(self, offsets: dict[tuple[str, str], int]) -> None:
+        self.offsets = offsets
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        pass
+
+    def func_id(self, name: str) -> int:
+        return 77
+
+    def member_offset(self, struct_name: str, member: str) -> int:
+        try:
+            return self.offsets[struct_name, member]
+        except KeyError:
+            raise VmlinuxBtfError(2, f"no {struct_name}.{member}") from None
+
+
+def test_layout_leaves_out_links_whose_struct_btf_lacks() -> None:
+    offsets = {
+        ("bpf_iter__bpf_link", "meta"): 0,
+        ("bpf_iter__bpf_link", "link"): 8,
+        ("bpf_iter_meta", "seq"): 0,
+        ("bpf_link", "id"): 8,
+        ("bpf_link", "type"): 16,
+        ("bpf_link", "prog"): 32,
+        ("bpf_prog", "aux"): 80,
+        ("bpf_prog_aux", "id"): 32,
+        ("bpf_xdp_link", "link"): 0,
+        ("bpf_xdp_link", "dev"): 88,
+        ("net_device", "ifindex"): 224,
+        ("bpf_netns_link", "link"): 0,
+        ("bpf_netns_link", "net"): 96,
+        ("net", "ns"): 160,
+        ("ns_common", "inum"): 24,
+        ("bpf_cgroup_link", "link"): 0,
+        ("bpf_cgroup_link", "cgroup"): 88,
+        # The link is not the first member: the iterator's pointer is not the container's.
+        ("tcx_link", "link"): 8,
+        ("tcx_link", "dev"): 0,
+    }
+    layout = LinkIterLayout.from_btf(FakeBtf(offsets))  # type: ignore[arg-type]
+    assert layout.attach_btf_id == 77
+    assert layout.chains == {XDP: (88, 224), LinkType.NETNS: (96, 184), CGROUP: (88, FLAG)}
