@@ -1,8 +1,8 @@
 """The link walk through ``iter/bpf_link`` (``LinkWalk``) gives what the syscall walk gives,
 on a mix of link types (xdp and tcx on lo, cgroup_skb, raw tracepoint, iter, sk_lookup,
 netfilter), and again after links change under it: a program replaced
-(``BPF_LINK_UPDATE``), an xdp and a cgroup link detached (``BPF_LINK_DETACH``), a link
-closed, a link added."""
+(``BPF_LINK_UPDATE``), xdp, tcx, cgroup and netns links detached (``BPF_LINK_DETACH``), a
+link closed, a link added."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_iterator_walk_equals_syscall_walk(cgroup: str) -> None:
             create_owned_link(xdp, 1, AttachType.XDP, XDP_FLAGS_SKB_MODE)
         )
         tcx = load(ProgType.SCHED_CLS, RETURN_0, "wtcx")
-        stack.enter_context(create_owned_link(tcx, 1, AttachType.TCX_EGRESS))
+        tcx_link = stack.enter_context(create_owned_link(tcx, 1, AttachType.TCX_EGRESS))
         skb = load(ProgType.CGROUP_SKB, RETURN_1, "wskb", AttachType.CGROUP_INET_INGRESS)
         skb2 = load(ProgType.CGROUP_SKB, RETURN_1, "wskb2", AttachType.CGROUP_INET_INGRESS)
         cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
@@ -111,7 +111,9 @@ def test_iterator_walk_equals_syscall_walk(cgroup: str) -> None:
         lookup = load(SK_LOOKUP_PROG_TYPE, RETURN_1, "wskl", SK_LOOKUP_ATTACH_TYPE)
         netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
         try:
-            stack.enter_context(create_owned_link(lookup, netns_fd, SK_LOOKUP_ATTACH_TYPE))
+            ns_link = stack.enter_context(
+                create_owned_link(lookup, netns_fd, SK_LOOKUP_ATTACH_TYPE)
+            )
         finally:
             os.close(netns_fd)
         nf = load(NETFILTER_PROG_TYPE, RETURN_1, "wnf", NETFILTER_ATTACH_TYPE)
@@ -135,11 +137,13 @@ def test_iterator_walk_equals_syscall_walk(cgroup: str) -> None:
         assert [a.link_id for a in found[program_id(skb2)]] == [cg_link.id]
 
         # Detached: the links stay (their fds are open) but name no target.
-        bpf(Cmd.LINK_DETACH, LinkDetachAttr(xdp_link.fileno()), "detach xdp")
-        bpf(Cmd.LINK_DETACH, LinkDetachAttr(cg_link.fileno()), "detach cgroup")
+        for link in (xdp_link, tcx_link, cg_link, ns_link):
+            bpf(Cmd.LINK_DETACH, LinkDetachAttr(link.fileno()), "detach")
         found = same_as_syscall_walk(walk, names)
         assert found[program_id(xdp)][0].target == "detached"
+        assert found[program_id(tcx)][0].target == "detached"
         assert found[program_id(skb2)][0].cgroup_id == 0
+        assert found[program_id(lookup)][0].netns == 0
 
         # A link closed, one added.
         raw_link.close()
