@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import struct
 import time
 from collections.abc import Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from otel_bpf.kernel._uapi import (
     BPF_LINK_INFO_SIZE,
@@ -51,11 +52,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DISCOVERY_INTERVAL",
+    "LinkWalk",
     "Names",
     "cgroup_target",
     "decode_link_info",
     "read_link_attachments",
 ]
+
+log = logging.getLogger("otel_bpf.attach")
 
 CGROUP2_ROOT = "/sys/fs/cgroup"
 DISCOVERY_INTERVAL = 10.0
@@ -516,11 +520,231 @@ def read_link_attachments(
     return found
 
 
+# Link types whose target may change after creation (detach, a device or cgroup going away,
+# a map replaced): cached only where the iterator reports that target's state.
+_MUTABLE_TARGET = frozenset(
+    {
+        LinkType.XDP,
+        LinkType.TCX,
+        LinkType.NETKIT,
+        LinkType.CGROUP,
+        LinkType.NETNS,
+        LinkType.SOCKMAP,
+        LinkType.STRUCT_OPS,
+    }
+)
+# Link types whose decoding asks Names (an interface's or a cgroup's name, which a rename
+# changes): their info is kept, and decoded again every walk.
+_NAMED_TARGET = frozenset({LinkType.XDP, LinkType.TCX, LinkType.NETKIT, LinkType.CGROUP})
+
+
+class _Known:
+    """What one link's syscalls told the last time: the iterator's record it was read for,
+    the info and name bytes, and their decoding with the name look-up's answer it used."""
+
+    __slots__ = ("record", "data", "name", "decoded", "answer")
+
+    def __init__(self, record: tuple[int, int, int], data: bytes, name: bytes) -> None:
+        self.record = record
+        self.data = data
+        self.name = name
+        self.decoded: tuple[int, Attachment] | str | None = None
+        self.answer: tuple[Names, _Answer] | None = None
+
+
+class _Answered:
+    """A :class:`Names` whose interface or cgroup answer for the one link being decoded is
+    already known: decoding then asks nothing twice."""
+
+    __slots__ = ("_names", "_answer")
+
+    def __init__(self, names: Names, answer: _Answer) -> None:
+        self._names = names
+        self._answer = answer
+
+    @property
+    def cgroup_root(self) -> str:
+        return self._names.cgroup_root
+
+    def device(
+        self, ifindex: int, prog_id: int = 0, attach_type: int | None = None
+    ) -> tuple[str, int, str] | None:
+        return self._answer if isinstance(self._answer, tuple) else None
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        return self._answer if isinstance(self._answer, str) else None
+
+    def btf_function(self, prog_id: int, obj_id: int, btf_id: int) -> tuple[str, int | None]:
+        return self._names.btf_function(prog_id, obj_id, btf_id)
+
+
+_Answer = str | tuple[str, int, str] | None
+"""A cgroup's path, or a device's ``(name, netns inode, target)``, or None."""
+
+
+def _name_answer(link_type: int, data: bytes, names: Names) -> _Answer:
+    """What ``names`` says about the interface or cgroup of a link of the types in
+    :data:`_NAMED_TARGET` (None for a detached one: then nothing is asked)."""
+    if len(data) < BPF_LINK_INFO_SIZE:
+        data = data.ljust(BPF_LINK_INFO_SIZE, b"\0")  # an older kernel's: as decoding reads it
+    if link_type == LinkType.CGROUP:
+        cgroup_id = _U64.unpack_from(data, 16)[0]
+        return names.cgroup_path(cgroup_id) if cgroup_id else None
+    ifindex, at = _U32X2.unpack_from(data, 16)
+    if not ifindex:
+        return None
+    prog_id = _HEAD.unpack_from(data)[2]
+    return names.device(ifindex, prog_id, None if link_type == LinkType.XDP else at)
+
+
+def _decode(link_id: int, entry: _Known, names: Names) -> tuple[int, Attachment] | str:
+    """What :func:`decode_link_info` makes of the entry, or the error text."""
+    try:
+        return decode_link_info(entry.data, names, entry.name)
+    except (struct.error, ValueError) as err:
+        return f"link {link_id}: {err}"
+
+
+class LinkWalk:
+    """The link walk of :func:`read_link_attachments`, with the same results, kept between
+    walks: one read of an ``iter/bpf_link`` program (:mod:`otel_bpf.kernel.iterator.links`)
+    lists every link's id, type, program and target state, and only the links that are new
+    or whose record changed are asked about with syscalls (about 18 µs a link).
+
+    Where the iterator cannot be loaded (a kernel before 5.19, no vmlinux BTF, a loader
+    refused), every walk is the syscall walk.  Close it (or use ``with``).
+    """
+
+    def __init__(self, *, iterator: bool = True) -> None:
+        self._use_iterator = iterator
+        self._iterator: Any = None
+        self._known: dict[int, _Known] = {}
+        self._stateful: frozenset[int] = frozenset()
+        self.fetched = 0
+        """How many links the last walk asked the kernel about one by one."""
+
+    @property
+    def fast(self) -> bool:
+        """Whether the iterator is in use (known after the first walk)."""
+        return self._iterator is not None
+
+    @property
+    def prog_ids(self) -> frozenset[int]:
+        """The id of the iterator program this walk loaded (none before the first walk or
+        without the iterator): the tool's own, not reported like the sampling iterators'."""
+        return frozenset() if self._iterator is None else frozenset({self._iterator.prog_id})
+
+    def read(
+        self, names: Names | None = None, errors: list[str] | None = None
+    ) -> dict[int, list[Attachment]]:
+        """Program id -> attachments in link id order, as :func:`read_link_attachments`."""
+        records = self._records()
+        if records is None:
+            self._known.clear()
+            found = read_link_attachments(names, errors)
+            self.fetched = sum(len(a) for a in found.values())
+            return found
+        own_names = names is None
+        names = names or Names()
+        try:
+            return self._walk(records, names, errors)
+        finally:
+            if own_names:
+                names.close()
+
+    def _walk(
+        self, records: Iterable[tuple[int, int, int, int]], names: Names, errors: list[str] | None
+    ) -> dict[int, list[Attachment]]:
+        found: dict[int, list[Attachment]] = {}
+        known, kept = self._known, {}
+        reader: _LinkReader | None = None
+        stateful = self._stateful
+        fetched = 0
+        for link_id, link_type, prog_id, state in sorted(records):
+            record = (link_type, prog_id, state)
+            entry = known.get(link_id)
+            if entry is None or entry.record != record:
+                reader = reader or _LinkReader()
+                got = self._fetch(reader, link_id, errors)
+                fetched += 1
+                if got is None:
+                    continue
+                entry = _Known(record, *got)
+            if link_type in _KIND and (link_type not in _MUTABLE_TARGET or link_type in stateful):
+                kept[link_id] = entry  # else asked again next walk
+            decoded = entry.decoded
+            if link_type in _NAMED_TARGET:
+                # Interface and cgroup names can change (a rename): asked every walk, and
+                # decoded again only when the answer differs.
+                answer = (names, _name_answer(link_type, entry.data, names))
+                if decoded is None or entry.answer != answer:
+                    entry.answer = answer
+                    decoded = _decode(link_id, entry, cast(Names, _Answered(*answer)))
+            elif decoded is None:
+                decoded = _decode(link_id, entry, names)
+            entry.decoded = decoded
+            if isinstance(decoded, str):
+                if errors is not None:
+                    errors.append(decoded)
+                continue
+            found.setdefault(decoded[0], []).append(decoded[1])
+        self._known = kept
+        self.fetched = fetched
+        return found
+
+    def _fetch(
+        self, reader: _LinkReader, link_id: int, errors: list[str] | None
+    ) -> tuple[bytes, bytes] | None:
+        """Link ``link_id``'s info and name bytes, None when it is gone."""
+        failures: list[str] = []
+        got = reader.read(link_id, failures)
+        if failures and reader.denied:
+            raise BpfPermissionError(errno.EPERM, LIST_LINKS_PERMISSION_MESSAGE)
+        if errors is not None:
+            errors.extend(failures)
+        return got
+
+    def _records(self) -> Iterable[tuple[int, int, int, int]] | None:
+        """Every link's ``(id, type, prog_id, state)`` from the iterator; None when there is
+        none (the syscall walk is used)."""
+        if self._iterator is None:
+            if not self._use_iterator:
+                return None
+            from otel_bpf.kernel.iterator.links import LinkIterator
+
+            try:
+                self._iterator = LinkIterator.open()
+            except (BpfError, OSError) as err:
+                self._use_iterator = False
+                log.info("BPF links are read one by one (no iter/bpf_link program: %s)", err)
+                return None
+            self._stateful = frozenset(self._iterator.layout.chains)
+        try:
+            records: Iterable[tuple[int, int, int, int]] = self._iterator.read_tuples()
+        except (BpfError, OSError) as err:
+            log.debug("iter/bpf_link read failed, this walk is the syscall walk: %s", err)
+            return None
+        return records
+
+    def close(self) -> None:
+        """Release the iterator."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+        self._known.clear()
+
+    def __enter__(self) -> LinkWalk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _walk_links(errors: list[str] | None) -> Iterable[tuple[int, bytes, bytes]]:
     """``(link id, info bytes, name bytes)`` of every link, in id order."""
     id_attr = GetIdAttr()
     next_args = prepared(Cmd.LINK_GET_NEXT_ID, id_attr)
-    fd_args = prepared(Cmd.LINK_GET_FD_BY_ID, id_attr)
+    reader = _LinkReader()
     while True:
         if (ret := raw_bpf(next_args)) < 0:
             if -ret == errno.ENOENT:
@@ -530,31 +754,57 @@ def _walk_links(errors: list[str] | None) -> Iterable[tuple[int, bytes, bytes]]:
             raise command_error(-ret, Cmd.LINK_GET_NEXT_ID)
         link_id = id_attr.start_id = id_attr.next_id
         id_attr.next_id = 0
-        if (fd := raw_bpf(fd_args)) < 0:
+        got = reader.read(link_id, errors)
+        if got is not None:
+            yield link_id, got[0], got[1]
+
+
+class _LinkReader:
+    """Reads one link's info by id: fd, info (and name), close, with the attr buffers made
+    once for every link of a walk."""
+
+    def __init__(self) -> None:
+        self._id = GetIdAttr()
+        self._fd_args = prepared(Cmd.LINK_GET_FD_BY_ID, self._id)
+        self._buf = ctypes.create_string_buffer(BPF_LINK_INFO_SIZE)
+        self._info = InfoByFdAttr(info=ctypes.addressof(self._buf))
+        self._info_args = prepared(Cmd.OBJ_GET_INFO_BY_FD, self._info)
+        self.denied = False
+        """The last fd-by-id call was refused for want of a privilege."""
+
+    def read(self, link_id: int, errors: list[str] | None) -> tuple[bytes, bytes] | None:
+        """``(info bytes, name bytes)`` of link ``link_id``; None when it is gone (or failed:
+        reported in ``errors``)."""
+        self._id.start_id = link_id
+        if (fd := raw_bpf(self._fd_args)) < 0:
+            self.denied = fd in (-errno.EPERM, -errno.EACCES)
             if fd != -errno.ENOENT and errors is not None:
                 errors.append(f"link {link_id}: {command_error(-fd, Cmd.LINK_GET_FD_BY_ID)}")
-            continue
+            return None
         try:
-            data, name = _link_info(fd)
-        except BpfError as err:
-            if err.errno != errno.ENOENT and errors is not None:
-                errors.append(f"link {link_id}: {err}")
-            continue
+            buf, info = self._buf, self._info
+            ctypes.memset(buf, 0, BPF_LINK_INFO_SIZE)
+            info.bpf_fd, info.info_len = fd, BPF_LINK_INFO_SIZE
+            if (ret := raw_bpf(self._info_args)) < 0:
+                if ret != -errno.ENOENT and errors is not None:
+                    err = command_error(-ret, Cmd.OBJ_GET_INFO_BY_FD, "link info")
+                    errors.append(f"link {link_id}: {err}")
+                return None
+            raw = buf.raw
+            data = raw[: info.info_len]
+            if name_request(raw) is None:
+                return data, b""
+            return _link_name(fd, data, raw)
         finally:
             close(fd)
-        yield link_id, data, name
 
 
-def _link_info(fd: int) -> tuple[bytes, bytes]:
-    """The info of link ``fd`` (as many bytes as the kernel filled) and the text behind its
-    name pointer, fetched by a second call for the link types that have one."""
+def _link_name(fd: int, data: bytes, raw: bytes) -> tuple[bytes, bytes]:
+    """The info of link ``fd`` again, with the text behind its name pointer (a second call,
+    for the link types that have one); ``data`` alone when that call fails."""
+    request = name_request(raw)
+    assert request is not None
     buf = ctypes.create_string_buffer(BPF_LINK_INFO_SIZE)
-    attr = InfoByFdAttr(bpf_fd=fd, info_len=BPF_LINK_INFO_SIZE, info=ctypes.addressof(buf))
-    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "link info")
-    data = buf.raw[: attr.info_len]
-    request = name_request(buf.raw)
-    if request is None:
-        return data, b""
     ptr_off, len_off, size = request
     for _attempt in range(2):
         name = ctypes.create_string_buffer(size)

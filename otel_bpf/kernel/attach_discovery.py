@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, Names, read_link_attachments
+from otel_bpf.kernel.attach import DISCOVERY_INTERVAL, LinkWalk, Names
 from otel_bpf.kernel.attach_netlink import netlink_attachments
 from otel_bpf.kernel.attach_query import PerfEventSource, ProgAttachSource
 from otel_bpf.kernel.attach_sockets import SocketSource
@@ -81,8 +81,21 @@ class Source:
     iterator path's own (unless ``SourceOptions.include_self``)."""
 
 
-def _links(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
-    return read_link_attachments(ctx.names, ctx.errors)
+class _Links:
+    """The BPF links, through a :class:`~otel_bpf.kernel.attach.LinkWalk` kept between runs
+    (only new or changed links cost syscalls)."""
+
+    def __init__(self) -> None:
+        self.walk = LinkWalk()
+
+    def __call__(self, ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
+        return self.walk.read(ctx.names, ctx.errors)
+
+    def own_programs(self) -> frozenset[int]:
+        return self.walk.prog_ids
+
+    def close(self) -> None:
+        self.walk.close()
 
 
 def _netlink(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
@@ -93,10 +106,12 @@ def _netlink(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
 
 
 def default_sources() -> list[Source]:
-    """The sources a discovery uses unless told otherwise, in the order they run."""
+    """The sources a discovery uses unless told otherwise, in the order they run.  Each
+    call makes new ones: a source may keep state between runs (closed with the discovery)."""
+    links = _Links()
     sockets = SocketSource()
     return [
-        Source("links", _links),
+        Source("links", links, links.close, links.own_programs),
         Source("netlink", _netlink),
         Source(ProgAttachSource.name, ProgAttachSource().read),
         Source(PerfEventSource.name, PerfEventSource().read),

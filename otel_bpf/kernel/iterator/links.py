@@ -1,0 +1,243 @@
+"""The ``iter/bpf_link`` program (5.19): id, type, program and target state of every link.
+
+The link walk (:class:`otel_bpf.kernel.attach.LinkWalk`) reads this once per discovery and
+spends ``bpf(2)`` calls (fd by id, info, name, close: about 18 µs a link) only on the links
+that are new or whose answer may have changed since the last discovery.
+
+One 24-byte record per link: ``u32 id, u32 type, u32 prog_id, u32 0, u64 state``.  A link's
+type and target are fixed when it is created; what can change afterwards is its program
+(``BPF_LINK_UPDATE``: ``prog_id``) and, for the link types of :data:`STATE_CHAINS`, its target
+(detached by ``BPF_LINK_DETACH``, or by the device, cgroup or namespace going away; a
+struct_ops or sockmap link's map).  ``state`` is the value the kernel's ``fill_link_info``
+reports for that target, read the same way it reads it:
+
+* xdp, tcx, netkit: ``link->dev ? link->dev->ifindex : 0`` (a device moved to another
+  namespace may change its index);
+* struct_ops, sockmap: ``link->map ? link->map->id : 0``;
+* netns: ``link->net ? link->net->ns.inum : 0``;
+* cgroup: ``link->cgroup != NULL`` (the id of a cgroup never changes; detach clears it).
+
+Other link types get 0.  The container structs (``struct bpf_xdp_link`` ...) are private to
+their .c files, so the fields past ``struct bpf_link`` are read with
+``bpf_probe_read_kernel`` from the link's address (an integer, see
+:mod:`otel_bpf.kernel.iterator.progs`); a link type whose struct vmlinux BTF lacks (netkit
+built as a module) has no chain, and the walk asks the kernel about those links every time.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import AttachType, Helper, LinkType, ProgType
+from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
+from otel_bpf.kernel.iterator._common import OwnedFds, attach_iterator, read_iterator
+from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
+
+PROGRAM_NAME = "otel_bpf_links"
+
+# Native byte order: the program stores the kernel's values as they are.
+RECORD = struct.Struct("=IIIIQ")
+
+# Stack layout (offsets from R10).
+_REC = -24  # the record, 24 bytes
+_SCRATCH = -32  # an 8-byte value read back by probe_read_kernel
+_SPILL = -40  # the link pointer, spilled to become an integer
+
+FLAG = -1
+"""Second offset of a chain whose state is only whether the pointer is set."""
+
+# link type -> (container struct, pointer member, struct the pointer leads to, its member
+# path) whose value fill_link_info reports; None: whether the pointer is set.
+_CHAINS: dict[int, tuple[str, str, str | None, tuple[tuple[str, str], ...]]] = {
+    LinkType.XDP: ("bpf_xdp_link", "dev", "net_device", (("net_device", "ifindex"),)),
+    LinkType.TCX: ("tcx_link", "dev", "net_device", (("net_device", "ifindex"),)),
+    LinkType.NETKIT: ("netkit_link", "dev", "net_device", (("net_device", "ifindex"),)),
+    LinkType.STRUCT_OPS: ("bpf_struct_ops_link", "map", "bpf_map", (("bpf_map", "id"),)),
+    LinkType.SOCKMAP: ("sockmap_link", "map", "bpf_map", (("bpf_map", "id"),)),
+    LinkType.NETNS: ("bpf_netns_link", "net", "net", (("net", "ns"), ("ns_common", "inum"))),
+    LinkType.CGROUP: ("bpf_cgroup_link", "cgroup", None, ()),
+}
+
+BTF_NAMES = (
+    "bpf_iter_bpf_link",
+    "bpf_iter__bpf_link",
+    "bpf_iter_meta",
+    "bpf_link",
+    "bpf_prog",
+    "bpf_prog_aux",
+    "net_device",
+    "bpf_map",
+    "net",
+    "ns_common",
+    *(chain[0] for chain in _CHAINS.values()),
+)
+
+
+class LinkRecord(NamedTuple):
+    """What the iterator reports for one link."""
+
+    id: int
+    type: int
+    prog_id: int
+    state: int
+
+
+@dataclass(frozen=True)
+class LinkIterLayout:
+    """BTF ids and byte offsets the program is assembled with (all from vmlinux BTF)."""
+
+    attach_btf_id: int  # FUNC bpf_iter_bpf_link
+    ctx_meta: int
+    ctx_link: int
+    meta_seq: int
+    link_id: int
+    link_type: int
+    link_prog: int
+    prog_aux: int
+    aux_id: int
+    chains: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Link type -> (offset of the target pointer in the link's struct, offset of the u32
+    value behind it, or :data:`FLAG`)."""
+
+    @classmethod
+    def from_btf(cls, btf: VmlinuxBtf) -> LinkIterLayout:
+        """Read every id and offset; raises :class:`VmlinuxBtfError` without the iterator."""
+        btf.prefetch(BTF_NAMES)
+        off = btf.member_offset
+        chains: dict[int, tuple[int, int]] = {}
+        for link_type, (container, pointer, _target, path) in _CHAINS.items():
+            try:
+                # The container starts with its struct bpf_link: the iterator's pointer to
+                # the link is the container's address.
+                if off(container, "link") != 0:
+                    continue
+                value = sum(off(s, m) for s, m in path) if path else FLAG
+                chains[int(link_type)] = (off(container, pointer), value)
+            except VmlinuxBtfError:
+                continue  # not in this kernel's BTF: those links are re-read every time
+        return cls(
+            attach_btf_id=btf.func_id("bpf_iter_bpf_link"),
+            ctx_meta=off("bpf_iter__bpf_link", "meta"),
+            ctx_link=off("bpf_iter__bpf_link", "link"),
+            meta_seq=off("bpf_iter_meta", "seq"),
+            link_id=off("bpf_link", "id"),
+            link_type=off("bpf_link", "type"),
+            link_prog=off("bpf_link", "prog"),
+            prog_aux=off("bpf_prog", "aux"),
+            aux_id=off("bpf_prog_aux", "id"),
+            chains=chains,
+        )
+
+
+def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
+    """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
+    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
+    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
+
+
+def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
+    """The iterator program."""
+    lay = layout
+    b = Builder()
+    # R6 = ctx, R7 = link (NULL on the final call), R8 = type, R9 = the link's address.
+    b.emit(asm.mov64_reg(R6, R1))
+    b.emit(asm.ldx_mem(8, R7, R6, lay.ctx_link))
+    b.jmp_imm("jeq", R7, 0, "out")
+    b.emit(asm.st_mem(8, R10, _REC + 8, 0), asm.st_mem(8, R10, _REC + 16, 0))
+    b.emit(asm.ldx_mem(4, R1, R7, lay.link_id), asm.stx_mem(4, R10, R1, _REC))
+    b.emit(asm.ldx_mem(4, R8, R7, lay.link_type), asm.stx_mem(4, R10, R8, _REC + 4))
+    # link->prog->aux->id: plain BTF loads, fault-safe (a NULL reads as 0).
+    b.emit(asm.ldx_mem(8, R1, R7, lay.link_prog))
+    b.jmp_imm("jeq", R1, 0, "no_prog")
+    b.emit(asm.ldx_mem(8, R1, R1, lay.prog_aux))
+    b.jmp_imm("jeq", R1, 0, "no_prog")
+    b.emit(asm.ldx_mem(4, R1, R1, lay.aux_id), asm.stx_mem(4, R10, R1, _REC + 8))
+    b.label("no_prog")
+    if lay.chains:
+        # The link's address as an integer: constant offsets past struct bpf_link are then
+        # plain arithmetic for probe_read_kernel.
+        b.emit(asm.stx_mem(8, R10, R7, _SPILL))
+        b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
+        _probe_read(b, _SCRATCH, 8)
+        b.jmp_imm("jne", R0, 0, "write")
+        b.emit(asm.ldx_mem(8, R9, R10, _SCRATCH))
+        for link_type, (pointer, value) in sorted(lay.chains.items()):
+            skip = f"not_{link_type}"
+            b.jmp_imm("jne", R8, link_type, skip)
+            b.emit(asm.mov64_reg(R3, R9), asm.alu64_imm("add", R3, pointer))
+            _probe_read(b, _SCRATCH, 8)
+            b.jmp_imm("jne", R0, 0, "write")
+            b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
+            b.jmp_imm("jeq", R3, 0, "write")
+            if value == FLAG:
+                b.emit(asm.st_mem(8, R10, _REC + 16, 1))
+            else:
+                b.emit(asm.alu64_imm("add", R3, value))
+                _probe_read(b, _REC + 16, 4)  # the upper half stays 0
+                b.jmp_imm("jeq", R0, 0, "write")
+                b.emit(asm.st_mem(8, R10, _REC + 16, 0))
+            b.ja("write")
+            b.label(skip)
+    b.label("write")
+    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
+    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
+    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(Helper.SEQ_WRITE))
+    b.label("out")
+    b.emit(asm.mov64_imm(R0, 0), asm.exit_())
+    return b.insns()
+
+
+def decode(data: bytes) -> list[LinkRecord]:
+    """Records of one pass (a torn tail, which the kernel never writes, is ignored)."""
+    usable = len(data) - len(data) % RECORD.size
+    return [
+        LinkRecord(link_id, link_type, prog_id, state)
+        for link_id, link_type, prog_id, _pad, state in RECORD.iter_unpack(data[:usable])
+    ]
+
+
+class LinkIterator(OwnedFds):
+    """The loaded ``iter/bpf_link`` program and its link.  Close it (or use ``with``)."""
+
+    def __init__(self, layout: LinkIterLayout) -> None:
+        self.layout = layout
+        super().__init__()
+        try:
+            insns = build_program(layout)
+            self.insn_count = len(insns)
+            self.prog = self._keep(
+                load_owned_program(
+                    ProgType.TRACING,
+                    asm.assemble(insns),
+                    PROGRAM_NAME,
+                    license="GPL",  # probe_read_kernel and seq_write are GPL-only
+                    expected_attach_type=AttachType.TRACE_ITER,
+                    attach_btf_id=layout.attach_btf_id,
+                )
+            )
+            self.prog_id = program_id(self.prog)
+            self.link = self._keep(attach_iterator(self.prog))
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls) -> LinkIterator:
+        """Load it with offsets from this kernel's vmlinux BTF."""
+        with VmlinuxBtf() as btf:
+            return cls(LinkIterLayout.from_btf(btf))
+
+    def read(self) -> list[LinkRecord]:
+        """One pass: a record per link present right now (this iterator's own included), in
+        id order."""
+        return decode(read_iterator(self.link))
+
+    def read_tuples(self) -> list[tuple[int, int, int, int]]:
+        """:meth:`read` as plain ``(id, type, prog_id, state)`` tuples (cheaper to make)."""
+        data = read_iterator(self.link)
+        usable = len(data) - len(data) % RECORD.size
+        return [(i, t, p, s) for i, t, p, _pad, s in RECORD.iter_unpack(data[:usable])]
