@@ -13,10 +13,11 @@ discovery) with every source :func:`default_sources` lists, in total and per sou
   a link (``BPF_LINK_CREATE``), inet egress by ``BPF_PROG_ATTACH`` with
   ``BPF_F_ALLOW_MULTI``;
 * ``--interfaces`` interfaces (veth pairs in a private network namespace, made by a child
-  process that holds their programs), each with an XDP program (by link on even ones, by
-  netlink in generic mode on odd ones) and tcx ingress and egress links;
+  process that holds their programs): even ones with an XDP link and tcx ingress and egress
+  links, odd ones with XDP set through netlink (generic mode) and a clsact qdisc with
+  ``cls_bpf`` ingress and egress filters;
 * the rest of ``--programs``: half attached to rarely firing raw tracepoints by link, half
-  loaded and attached nowhere (socket filters).
+  socket filters, every other one attached to a UDP socket of this process.
 
 ``--baseline REF`` times the same host again with the otel_bpf of a commit (or a checkout
 directory) in a child Python, alternating with this one, so both are measured under the
@@ -32,6 +33,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +58,7 @@ TREE = HERE.parent
 RETURN_0 = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
 RETURN_1 = asm.assemble([asm.mov64_imm(asm.R0, 1), asm.exit_()])
 BPF_F_ALLOW_MULTI = 1 << 1
+SO_ATTACH_BPF = 50
 # Raw tracepoints that fire seldom: hundreds of programs on them cost the host nothing.
 QUIET_TRACEPOINTS = ("sched_process_hang", "sched_kthread_stop")
 PREFIX = "bench_ad"
@@ -79,14 +82,16 @@ class RawTracepointOpenAttr(ctypes.Structure):
     _fields_ = [("name", ctypes.c_uint64), ("prog_fd", u32), ("_pad", u32)]
 
 
-# The child: a private network namespace, veth pairs, XDP (link or netlink) and tcx links on
-# every interface; it prints "ready <programs>" and holds everything until stdin closes.
+# The child: a private network namespace, veth pairs, XDP and tcx links or XDP and tc
+# filters through netlink on every interface; it prints "ready <programs>" and holds everything
+# until stdin closes.
 CHILD = r"""
 import os, signal, socket, struct, sys
 # Ctrl-C reaches the whole process group: the parent cleans up and kills this child.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 from otel_bpf.demo import netns
 from otel_bpf.kernel import asm
+from otel_bpf.kernel import netlink as nl
 from otel_bpf.kernel._uapi import AttachType, ProgType
 from otel_bpf.kernel.links import link_create
 from otel_bpf.kernel.loader import load_program
@@ -106,24 +111,6 @@ for name in names:
     netns.set_link_up(name)
 
 
-def rta(kind, payload):
-    length = 4 + len(payload)
-    return struct.pack("HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def xdp_by_netlink(prog, ifindex):
-    # RTM_SETLINK with IFLA_XDP {IFLA_XDP_FD, IFLA_XDP_FLAGS = XDP_FLAGS_SKB_MODE}
-    xdp = rta(1, struct.pack("i", prog)) + rta(3, struct.pack("I", netns.XDP_FLAGS_SKB_MODE))
-    body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0) + rta(43 | 0x8000, xdp)
-    msg = struct.pack("IHHII", 16 + len(body), 19, 0x1 | 0x4, 1, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as nl:
-        nl.send(msg)
-        reply = nl.recv(65536)
-    (err,) = struct.unpack_from("i", reply, 16)
-    if err:
-        raise OSError(-err, f"XDP on {ifindex} by netlink")
-
-
 held = []
 for i, name in enumerate(names):
     ifindex = netns.ifindex(name)
@@ -132,12 +119,18 @@ for i, name in enumerate(names):
     )
     held.append(xdp)
     if i % 2:
-        xdp_by_netlink(xdp, ifindex)
+        # Odd interfaces: what older loaders and `ip`/`tc` do, through netlink.
+        netns.set_xdp(xdp, name, generic=True)
+        netns.add_clsact(name)
+        for ingress in (True, False):
+            tc = load_program(ProgType.SCHED_CLS, RETURN_0, f"bench_ad_tc{i}")
+            held.append(tc)
+            netns.add_bpf_filter(tc, name, ingress=ingress, priority=1)
     else:
-        held.append(link_create(xdp, ifindex, AttachType.XDP, netns.XDP_FLAGS_SKB_MODE))
-    for at in (AttachType.TCX_INGRESS, AttachType.TCX_EGRESS):
-        tc = load_program(ProgType.SCHED_CLS, RETURN_0, f"bench_ad_tcx{i}")
-        held += [tc, link_create(tc, ifindex, at)]
+        held.append(link_create(xdp, ifindex, AttachType.XDP, nl.XDP_FLAGS_SKB_MODE))
+        for at in (AttachType.TCX_INGRESS, AttachType.TCX_EGRESS):
+            tc = load_program(ProgType.SCHED_CLS, RETURN_0, f"bench_ad_tcx{i}")
+            held += [tc, link_create(tc, ifindex, at)]
 print("ready", 3 * len(names), flush=True)
 sys.stdin.read()
 """
@@ -244,6 +237,7 @@ def build(host: Host, programs: int, cgroups: int, interfaces: int) -> None:
             os.close(cg)
 
     rest = max(0, programs - net_programs - 2 * cgroups)
+    sockets = 0
     raw_tp = rest // 2
     for i in range(rest):
         if i < raw_tp:
@@ -252,11 +246,19 @@ def build(host: Host, programs: int, cgroups: int, interfaces: int) -> None:
             open_attr = RawTracepointOpenAttr(name=ctypes.addressof(tp), prog_fd=prog)
             host.keep(bpf(Cmd.RAW_TRACEPOINT_OPEN, open_attr, "raw tracepoint"))
         else:
-            host.keep(load_program(ProgType.SOCKET_FILTER, RETURN_0, f"{PREFIX}_idle{i}"))
+            prog = host.keep(load_program(ProgType.SOCKET_FILTER, RETURN_0, f"{PREFIX}_idle{i}"))
+            if i % 2:
+                # Every other one on a socket of ours (SO_ATTACH_BPF), like a packet capture.
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog)
+                host.keep(sock.detach())
+                sockets += 1
     host.counts = {
         "programs": net_programs + 2 * cgroups + rest,
-        "links": interfaces // 2 + interfaces % 2 + 2 * interfaces + cgroups + raw_tp,
+        "links": 3 * ((interfaces + 1) // 2) + cgroups + raw_tp,
+        "netlink": 3 * (interfaces // 2),
         "prog_attach": cgroups,
+        "sockets": sockets,
         "cgroups": cgroups,
         "cgroup_dirs": len(host.cgroup_dirs),
         "interfaces": interfaces,
@@ -284,7 +286,7 @@ def _timed(source: Source, times: dict[str, list[float]]) -> Source:
         finally:
             spent.append(time.perf_counter() - t0)
 
-    return Source(source.name, read)
+    return Source(source.name, read, source.close, source.own_programs)
 
 
 def time_discovery(runs: int) -> dict[str, Any]:

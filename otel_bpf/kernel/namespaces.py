@@ -10,9 +10,16 @@ number (what ``ls -l /proc/<pid>/ns/net`` shows as ``net:[<inode>]``).
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import suppress
 
-__all__ = ["NAMED_NETNS_DIRS", "host_netns", "network_namespaces"]
+__all__ = [
+    "FULL_RESCAN_EVERY",
+    "NAMED_NETNS_DIRS",
+    "ProcessNamespaces",
+    "host_netns",
+    "network_namespaces",
+]
 
 NAMED_NETNS_DIRS = ("/run/netns", "/var/run/netns")
 """Where ``ip netns`` keeps the namespaces it names."""
@@ -31,20 +38,68 @@ def network_namespaces(
     every network namespace that a visible process is in or that ``ip netns`` names.
 
     The process's own namespace comes first, then process 1's, so that a namespace is opened
-    through the most stable path.  Processes that exit during the scan are skipped.
+    through the most stable path.  Processes that exit during the scan are skipped.  Each
+    process's namespace is read once and remembered (:class:`ProcessNamespaces`): a listing
+    stats only the processes it has not seen, plus all of them every
+    :data:`FULL_RESCAN_EVERY` listings, for the rare process that moves to another namespace.
     """
-    found: dict[int, str] = {}
-    candidates = [f"{proc}/self/ns/net", f"{proc}/1/ns/net"]
-    for directory in named_dirs:
-        with suppress(OSError):
-            candidates.extend(os.path.join(directory, n) for n in sorted(os.listdir(directory)))
-    with suppress(OSError):
-        candidates.extend(f"{proc}/{p}/ns/net" for p in os.listdir(proc) if p.isdigit())
-    for path in candidates:
-        inode = _netns_inode(path)
-        if inode is not None and inode not in found:
-            found[inode] = path
-    return found
+    with _shared_lock:
+        known = _shared.setdefault(proc, ProcessNamespaces(proc))
+        return known.list(named_dirs)
+
+
+FULL_RESCAN_EVERY = 32
+"""Listings between two that read every process's namespace again (a process can enter
+another namespace with ``setns`` or ``unshare``; a discovery lists two or three times)."""
+
+
+class ProcessNamespaces:
+    """The network namespace of each process under ``proc``, kept between listings.
+
+    A namespace inode is a ``stat`` per process (about 5 µs): a host with thousands of
+    processes would pay milliseconds per listing for what almost never changes.
+    """
+
+    def __init__(self, proc: str = "/proc", full_rescan_every: int = FULL_RESCAN_EVERY) -> None:
+        self._proc = proc
+        self._every = full_rescan_every
+        self._listings = 0
+        self._by_pid: dict[str, int | None] = {}
+
+    def list(self, named_dirs: tuple[str, ...] = NAMED_NETNS_DIRS) -> dict[int, str]:
+        proc = self._proc
+        found: dict[int, str] = {}
+        for path in (f"{proc}/self/ns/net", f"{proc}/1/ns/net"):
+            inode = _netns_inode(path)
+            if inode is not None and inode not in found:
+                found[inode] = path
+        for directory in named_dirs:
+            with suppress(OSError):
+                for name in sorted(os.listdir(directory)):
+                    path = os.path.join(directory, name)
+                    inode = _netns_inode(path)
+                    if inode is not None and inode not in found:
+                        found[inode] = path
+        try:
+            # Lowest pid first: the longest-lived process, usually, opens its namespace.
+            pids = sorted((p for p in os.listdir(proc) if p.isdigit()), key=int)
+        except OSError:
+            pids = []
+        full = self._listings % self._every == 0
+        self._listings += 1
+        previous = {} if full else self._by_pid
+        by_pid: dict[str, int | None] = {}
+        for pid in pids:
+            inode = previous[pid] if pid in previous else _netns_inode(f"{proc}/{pid}/ns/net")
+            by_pid[pid] = inode
+            if inode is not None and inode not in found:
+                found[inode] = f"{proc}/{pid}/ns/net"
+        self._by_pid = by_pid  # exited processes are forgotten
+        return found
+
+
+_shared: dict[str, ProcessNamespaces] = {}
+_shared_lock = threading.Lock()
 
 
 def _netns_inode(path: str) -> int | None:
