@@ -552,6 +552,14 @@ class _Known:
         self.answer: tuple[Names, _Answer] | None = None
 
 
+def _own_netns() -> int:
+    """The inode of this process's network namespace (0 when it cannot be read)."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
 class _Answered:
     """A :class:`Names` whose interface or cgroup answer for the one link being decoded is
     already known: decoding then asks nothing twice."""
@@ -653,14 +661,15 @@ class LinkWalk:
                 names.close()
 
     def _walk(
-        self, records: Iterable[tuple[int, int, int, int]], names: Names, errors: list[str] | None
+        self, records: Iterable[tuple[Any, ...]], names: Names, errors: list[str] | None
     ) -> dict[int, list[Attachment]]:
         found: dict[int, list[Attachment]] = {}
         known, kept = self._known, {}
         reader: _LinkReader | None = None
         stateful = self._stateful
         fetched = 0
-        for link_id, link_type, prog_id, state in sorted(records):
+        own_netns: int | None = None
+        for link_id, link_type, prog_id, state, *where in sorted(records):
             record = (link_type, prog_id, state)
             entry = known.get(link_id)
             if entry is None or entry.record != record:
@@ -676,7 +685,15 @@ class LinkWalk:
             if link_type in _NAMED_TARGET:
                 # Interface and cgroup names can change (a rename): asked every walk, and
                 # decoded again only when the answer differs.
-                answer = (names, _name_answer(link_type, entry.data, names))
+                if where and where[0] and state:
+                    # The iterator named the device and its namespace: no namespace visit.
+                    if own_netns is None:
+                        own_netns = _own_netns()
+                    netns, device = where[0], where[1]
+                    target = device if netns == own_netns else f"{device}@netns:{netns}"
+                    answer: tuple[Names, _Answer] = (names, (device, netns, target))
+                else:
+                    answer = (names, _name_answer(link_type, entry.data, names))
                 if decoded is None or entry.answer != answer:
                     entry.answer = answer
                     decoded = _decode(link_id, entry, cast(Names, _Answered(*answer)))
@@ -704,9 +721,9 @@ class LinkWalk:
             errors.extend(failures)
         return got
 
-    def _records(self) -> Iterable[tuple[int, int, int, int]] | None:
-        """Every link's ``(id, type, prog_id, state)`` from the iterator; None when there is
-        none (the syscall walk is used)."""
+    def _records(self) -> Iterable[tuple[int, ...]] | None:
+        """Every link's ``(id, type, prog_id, state[, netns, device])`` from the iterator;
+        None when there is none (the syscall walk is used)."""
         if self._iterator is None:
             if not self._use_iterator:
                 return None
@@ -720,7 +737,7 @@ class LinkWalk:
                 return None
             self._stateful = frozenset(self._iterator.layout.chains)
         try:
-            records: Iterable[tuple[int, int, int, int]] = self._iterator.read_tuples()
+            records: Iterable[tuple[int, ...]] = self._iterator.read_tuples()
         except (BpfError, OSError) as err:
             log.debug("iter/bpf_link read failed, this walk is the syscall walk: %s", err)
             return None

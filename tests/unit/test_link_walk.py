@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from test_link_attach import FakeNames, info
@@ -169,9 +170,22 @@ def test_without_the_iterator_every_walk_is_the_syscall_walk(
     assert calls[0] is names
 
 
+def count_calls(insns: list[Any]) -> int:
+    return sum(1 for i in insns if i.code == 0x85)  # BPF_JMP | BPF_CALL
+
+
 def test_iterator_records_decode_and_program_builds() -> None:
-    data = RECORD.pack(7, XDP, 70, 0, 3) + RECORD.pack(8, CGROUP, 80, 0, 1) + b"\1\2"
-    assert [tuple(r) for r in decode(data)] == [(7, XDP, 70, 3), (8, CGROUP, 80, 1)]
+    data = (
+        RECORD.pack(7, XDP, 70, 4026532280, 3, b"veth0\0garbage!!")
+        + RECORD.pack(8, CGROUP, 80, 0, 1, b"")
+        + RECORD.pack(9, XDP, 90, 0, 0, b"")  # detached: no device
+        + b"\1\2"
+    )
+    assert [tuple(r) for r in decode(data)] == [
+        (7, XDP, 70, 3, 4026532280, "veth0"),
+        (8, CGROUP, 80, 1, 0, ""),
+        (9, XDP, 90, 0, 0, ""),
+    ]
     layout = LinkIterLayout(
         attach_btf_id=1,
         ctx_meta=0,
@@ -184,6 +198,9 @@ def test_iterator_records_decode_and_program_builds() -> None:
         aux_id=32,
         chains={XDP: (88, 224), CGROUP: (88, -1)},
     )
+    with_device = LinkIterLayout(**{**layout.__dict__, "device": (0, 296, 120)})
+    # The device's name and namespace take three more reads.
+    assert count_calls(build_program(with_device)) == count_calls(build_program(layout)) + 3
     insns = build_program(layout)
     # Every chain compares the link type once.
     compared = [i.imm for i in insns if i.code == 0x55]  # jne imm

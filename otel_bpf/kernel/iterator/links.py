@@ -4,7 +4,8 @@ The link walk (:class:`otel_bpf.kernel.attach.LinkWalk`) reads this once per dis
 spends ``bpf(2)`` calls (fd by id, info, name, close: about 18 µs a link) only on the links
 that are new or whose answer may have changed since the last discovery.
 
-One 24-byte record per link: ``u32 id, u32 type, u32 prog_id, u32 0, u64 state``.  A link's
+One 40-byte record per link: ``u32 id, u32 type, u32 prog_id, u32 netns, u64 state,
+char name[16]``.  A link's
 type and target are fixed when it is created; what can change afterwards is its program
 (``BPF_LINK_UPDATE``: ``prog_id``) and, for the link types of :data:`STATE_CHAINS`, its target
 (detached by ``BPF_LINK_DETACH``, or by the device, cgroup or namespace going away; a
@@ -17,15 +18,19 @@ reports for that target, read the same way it reads it:
 * netns: ``link->net ? link->net->ns.inum : 0``;
 * cgroup: ``link->cgroup != NULL`` (the id of a cgroup never changes; detach clears it).
 
-Other link types get 0.  The container structs (``struct bpf_xdp_link`` ...) are private to
-their .c files, so the fields past ``struct bpf_link`` are read with
-``bpf_probe_read_kernel`` from the link's address (an integer, see
+Other link types get 0.  For xdp, tcx and netkit links the record also names the device as
+the kernel knows it: ``dev->name`` and the inode of its network namespace
+(``dev_net(dev)->ns.inum``), so that a device in another namespace is named without visiting
+that namespace (an index alone means nothing outside its namespace).  The container
+structs (``struct bpf_xdp_link`` ...) are private to their .c files, so the fields past
+``struct bpf_link`` are read with ``bpf_probe_read_kernel`` from the link's address (an integer, see
 :mod:`otel_bpf.kernel.iterator.progs`); a link type whose struct vmlinux BTF lacks (netkit
 built as a module) has no chain, and the walk asks the kernel about those links every time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -40,12 +45,14 @@ from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
 PROGRAM_NAME = "otel_bpf_links"
 
 # Native byte order: the program stores the kernel's values as they are.
-RECORD = struct.Struct("=IIIIQ")
+RECORD = struct.Struct("=IIIIQ16s")
+_NAME_SIZE = 16  # IFNAMSIZ
 
 # Stack layout (offsets from R10).
-_REC = -24  # the record, 24 bytes
-_SCRATCH = -32  # an 8-byte value read back by probe_read_kernel
-_SPILL = -40  # the link pointer, spilled to become an integer
+_REC = -40  # the record, 40 bytes
+_SCRATCH = -48  # an 8-byte value read back by probe_read_kernel
+_SPILL = -56  # the link pointer, spilled to become an integer
+_DEVICE_TYPES = frozenset({LinkType.XDP, LinkType.TCX, LinkType.NETKIT})
 
 FLAG = -1
 """Second offset of a chain whose state is only whether the pointer is set."""
@@ -84,6 +91,10 @@ class LinkRecord(NamedTuple):
     type: int
     prog_id: int
     state: int
+    netns: int = 0
+    """The network namespace inode of an xdp, tcx or netkit link's device (0: none)."""
+    device: str = ""
+    """That device's name (empty: none)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,9 @@ class LinkIterLayout:
     chains: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Link type -> (offset of the target pointer in the link's struct, offset of the u32
     value behind it, or :data:`FLAG`)."""
+    device: tuple[int, int, int] | None = None
+    """``(net_device.name, net_device.nd_net, net.ns.inum)`` offsets: a device link's name
+    and namespace; None when BTF lacks one (those links are named by visiting namespaces)."""
 
     @classmethod
     def from_btf(cls, btf: VmlinuxBtf) -> LinkIterLayout:
@@ -119,6 +133,15 @@ class LinkIterLayout:
                 chains[int(link_type)] = (off(container, pointer), value)
             except VmlinuxBtfError:
                 continue  # not in this kernel's BTF: those links are re-read every time
+        device = None
+        with contextlib.suppress(VmlinuxBtfError):
+            # possible_net_t holds only ``struct net *net`` (with CONFIG_NET_NS, as every
+            # distribution builds): the pointer is at the member's own offset.
+            device = (
+                off("net_device", "name"),
+                off("net_device", "nd_net"),
+                off("net", "ns") + off("ns_common", "inum"),
+            )
         return cls(
             attach_btf_id=btf.func_id("bpf_iter_bpf_link"),
             ctx_meta=off("bpf_iter__bpf_link", "meta"),
@@ -130,6 +153,7 @@ class LinkIterLayout:
             prog_aux=off("bpf_prog", "aux"),
             aux_id=off("bpf_prog_aux", "id"),
             chains=chains,
+            device=device,
         )
 
 
@@ -137,6 +161,24 @@ def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
     """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
     b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
     b.emit(asm.call(Helper.PROBE_READ_KERNEL))
+
+
+def _device_fields(b: Builder, ifindex: int, device: tuple[int, int, int]) -> None:
+    """With R3 = the device: its ifindex (the state), name and namespace inode into the
+    record.  probe_read_kernel zeroes what it cannot read, so a failed read leaves 0."""
+    name, nd_net, inum = device
+    b.emit(asm.mov64_reg(R9, R3))  # the link's address is not needed past this point
+    b.emit(asm.alu64_imm("add", R3, ifindex))
+    _probe_read(b, _REC + 16, 4)
+    b.emit(asm.mov64_reg(R3, R9), asm.alu64_imm("add", R3, name))
+    _probe_read(b, _REC + 24, _NAME_SIZE)
+    b.emit(asm.mov64_reg(R3, R9), asm.alu64_imm("add", R3, nd_net))
+    _probe_read(b, _SCRATCH, 8)
+    b.jmp_imm("jne", R0, 0, "write")
+    b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
+    b.jmp_imm("jeq", R3, 0, "write")
+    b.emit(asm.alu64_imm("add", R3, inum))
+    _probe_read(b, _REC + 12, 4)
 
 
 def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
@@ -147,7 +189,8 @@ def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
     b.emit(asm.mov64_reg(R6, R1))
     b.emit(asm.ldx_mem(8, R7, R6, lay.ctx_link))
     b.jmp_imm("jeq", R7, 0, "out")
-    b.emit(asm.st_mem(8, R10, _REC + 8, 0), asm.st_mem(8, R10, _REC + 16, 0))
+    for at in range(_REC + 8, 0, 8):
+        b.emit(asm.st_mem(8, R10, at, 0))
     b.emit(asm.ldx_mem(4, R1, R7, lay.link_id), asm.stx_mem(4, R10, R1, _REC))
     b.emit(asm.ldx_mem(4, R8, R7, lay.link_type), asm.stx_mem(4, R10, R8, _REC + 4))
     # link->prog->aux->id: plain BTF loads, fault-safe (a NULL reads as 0).
@@ -175,6 +218,8 @@ def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
             b.jmp_imm("jeq", R3, 0, "write")
             if value == FLAG:
                 b.emit(asm.st_mem(8, R10, _REC + 16, 1))
+            elif link_type in _DEVICE_TYPES and lay.device is not None:
+                _device_fields(b, value, lay.device)
             else:
                 b.emit(asm.alu64_imm("add", R3, value))
                 _probe_read(b, _REC + 16, 4)  # the upper half stays 0
@@ -193,11 +238,20 @@ def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
 
 def decode(data: bytes) -> list[LinkRecord]:
     """Records of one pass (a torn tail, which the kernel never writes, is ignored)."""
+    return [LinkRecord(*t) for t in _tuples(data)]
+
+
+def _tuples(data: bytes) -> list[tuple[int, int, int, int, int, str]]:
     usable = len(data) - len(data) % RECORD.size
     return [
-        LinkRecord(link_id, link_type, prog_id, state)
-        for link_id, link_type, prog_id, _pad, state in RECORD.iter_unpack(data[:usable])
+        (link_id, link_type, prog_id, state, netns, _text(name) if netns else "")
+        for link_id, link_type, prog_id, netns, state, name in RECORD.iter_unpack(data[:usable])
     ]
+
+
+def _text(name: bytes) -> str:
+    # Untrusted, kept raw: as rtnetlink gives a name (otel_bpf.kernel.netlink.text).
+    return name.split(b"\0", 1)[0].decode(errors="replace")
 
 
 class LinkIterator(OwnedFds):
@@ -236,8 +290,7 @@ class LinkIterator(OwnedFds):
         id order."""
         return decode(read_iterator(self.link))
 
-    def read_tuples(self) -> list[tuple[int, int, int, int]]:
-        """:meth:`read` as plain ``(id, type, prog_id, state)`` tuples (cheaper to make)."""
-        data = read_iterator(self.link)
-        usable = len(data) - len(data) % RECORD.size
-        return [(i, t, p, s) for i, t, p, _pad, s in RECORD.iter_unpack(data[:usable])]
+    def read_tuples(self) -> list[tuple[int, int, int, int, int, str]]:
+        """:meth:`read` as plain ``(id, type, prog_id, state, netns, device)`` tuples
+        (cheaper to make)."""
+        return _tuples(read_iterator(self.link))
