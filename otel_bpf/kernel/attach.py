@@ -27,6 +27,7 @@ import struct
 import time
 from collections.abc import Iterable
 from contextlib import suppress
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from otel_bpf.kernel._uapi import (
@@ -172,6 +173,9 @@ class Names:
         self._scans: dict[int, NamespaceScan] | None = None
         self._scans_complete = False
         self._wants: ScanWants | None = None
+        # Whether this discovery's visits ask each device its tcx/netkit programs (only
+        # device() needs that).
+        self._query_devices = False
 
     @property
     def cgroup_root(self) -> str:
@@ -186,6 +190,7 @@ class Names:
 
         self._scans = None
         self._scans_complete = False
+        self._query_devices = False
         self._wants = ScanWants() if program_types is None else ScanWants.for_types(program_types)
 
     def namespace_scans(self) -> dict[int, NamespaceScan]:
@@ -205,6 +210,10 @@ class Names:
         from otel_bpf.kernel.attach_netlink import ScanWants, scan_namespaces
 
         wants = self._wants or ScanWants()
+        if not self._query_devices:
+            # Asking every device of another namespace which tcx/netkit programs it runs
+            # only serves device(), which the iterator link walk does not need.
+            wants = replace(wants, query=False)
         return scan_namespaces(wants, own_only=own_only, known=self._scans)
 
     def device(
@@ -220,6 +229,11 @@ class Names:
         ``prog_id``, the own namespace's device.  The target is the plain name in the own
         namespace, ``name@netns:<inode>`` in any other.
         """
+        if not self._query_devices:
+            self._query_devices = True
+            if self._scans_complete:
+                # Visited without asking the devices: visit again, asking them.
+                self._scans, self._scans_complete = None, False
         # The own namespace alone first: the others are visited only when it does not
         # have the device (or the program on it).
         for scans in (self._own_scan, self.namespace_scans) if prog_id else (self._own_scan,):
