@@ -44,7 +44,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -187,7 +187,7 @@ def rtattrs(data: bytes, pos: int = 0, end: int | None = None) -> Iterator[tuple
         pos += (length + 3) & ~3
 
 
-def attr_map(data: bytes, pos: int = 0, wanted: Container[int] | None = None) -> dict[int, bytes]:
+def attr_map(data: bytes, pos: int = 0, wanted: Collection[int] | None = None) -> dict[int, bytes]:
     """Attribute type -> payload (the first one of each type; only the ``wanted`` types when
     given, which spares copying the others: a device has some fifty)."""
     found: dict[int, bytes] = {}
@@ -200,6 +200,8 @@ def attr_map(data: bytes, pos: int = 0, wanted: Container[int] | None = None) ->
         kind &= NLA_TYPE_MASK
         if (wanted is None or kind in wanted) and kind not in found:
             found[kind] = data[pos + 4 : pos + length]
+            if wanted is not None and len(found) == len(wanted):
+                break  # the rest of a device's fifty attributes need no walk
         pos += (length + 3) & ~3
     return found
 
@@ -255,6 +257,7 @@ class RouteSocket:
             )
             try:
                 sock.bind((0, 0))
+                sock.settimeout(None)  # blocking: each wait sets its own timeout (_recv)
             except OSError:
                 sock.close()
                 raise
@@ -294,9 +297,8 @@ class RouteSocket:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NetlinkError(errno.ETIMEDOUT, f"netlink request {kind}: no complete reply")
-            self._sock.settimeout(left)
             try:
-                size, flags_in, sender = self._recv()
+                size, flags_in, sender = self._recv(left)
             except TimeoutError:
                 raise NetlinkError(
                     errno.ETIMEDOUT, f"netlink request {kind}: no complete reply"
@@ -330,9 +332,21 @@ class RouteSocket:
                     )
                 yield Message(mtype, mflags, payload)
 
-    def _recv(self) -> tuple[int, int, int]:
-        """``(bytes, flags, sender port)`` of one datagram into the fixed buffer."""
-        size, _anc, flags, address = self._sock.recvmsg_into([self._buf])
+    def _recv(self, timeout: float) -> tuple[int, int, int]:
+        """``(bytes, flags, sender port)`` of one datagram into the fixed buffer, waiting at
+        most ``timeout`` seconds (``TimeoutError``)."""
+        try:
+            # The kernel answers most requests while they are sent: the reply is usually
+            # there already, and one non-blocking call takes it without a poll first.
+            size, _anc, flags, address = self._sock.recvmsg_into(
+                [self._buf], 0, socket.MSG_DONTWAIT
+            )
+        except BlockingIOError:
+            self._sock.settimeout(timeout)
+            try:
+                size, _anc, flags, address = self._sock.recvmsg_into([self._buf])
+            finally:
+                self._sock.settimeout(None)
         return size, flags, int(address[0]) if address else 0
 
 

@@ -124,7 +124,7 @@ class FakeKernel:
         pass
 
     def recvmsg_into(
-        self, buffers: list[bytearray]
+        self, buffers: list[bytearray], ancbufsize: int = 0, flags: int = 0
     ) -> tuple[int, list[object], int, tuple[int, int]]:
         if self.datagrams:
             data, flags, sender = self.datagrams.pop(0)
