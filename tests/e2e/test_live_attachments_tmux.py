@@ -496,8 +496,8 @@ def test_every_attach_case_in_the_table_and_detail(
                 f"cgroup .../cri-containerd-{pod_dirs.attach_id[:12]}.scope",
                 [
                     fit_target(
-                        f"  cgroup via prog_attach type cgroup_inet_egress {pod} qos besteffort"
-                        " target ",
+                        f"  cgroup via prog_attach type cgroup_inet_egress flags multi {pod}"
+                        " qos besteffort target ",
                         pod_dirs.attach_scope,
                     )
                 ],
