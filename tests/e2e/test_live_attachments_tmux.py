@@ -10,13 +10,14 @@ discovery, at most 10 s later, can tell) the Attached cell of both must read ``-
 
 The second shows every real attach case of one child process at once: on veths in the
 child's own network namespace, XDP without a link (generic mode) and by a link, cls_bpf
-filters on clsact ingress and egress (rtnetlink) and a tcx link; an sk_lookup link on that
-namespace; a cgroup_skb program attached with ``BPF_PROG_ATTACH`` (``BPF_F_ALLOW_MULTI``) to
-one container's cgroup of a pod and one by a link to a Docker container's cgroup; a socket
-filter on the child's socket; the child itself moved into another container's cgroup of the
-pod, so the owner line of every program names that container and the pod.  Each program,
-filtered by its name, must show exactly its Attached cell, detail listing and owner line; once
-everything is detached (the programs stay loaded), ``-`` and ``Attached: nowhere found``.
+filters on clsact ingress and egress (rtnetlink; one program on both too, shown with ``+1``)
+and a tcx link; an sk_lookup link on that namespace; a cgroup_skb program attached with
+``BPF_PROG_ATTACH`` (``BPF_F_ALLOW_MULTI``) to one container's cgroup of a pod and one by a
+link to a Docker container's cgroup; a socket filter on the child's socket; the child itself
+moved into another container's cgroup of the pod, so the owner line of every program names
+that container and the pod.  Each program, filtered by its name, must show exactly its
+Attached cell, detail listing and owner line; once everything is detached (the programs stay
+loaded), ``-`` and ``Attached: nowhere found``.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ ALL_SLICE_PREFIX = "otel-bpf-liveall-"
 CHILD_COMM = "otel_ltchild"
 SK_LOOKUP_PROG_TYPE = 30  # BPF_PROG_TYPE_SK_LOOKUP
 SK_LOOKUP_ATTACH_TYPE = 36  # BPF_SK_LOOKUP
-ALL_NAMES = ("xdpnl", "xdplk", "tcin", "tcout", "tcxl", "cgpa", "cglk", "sockf", "sklk")
+ALL_NAMES = ("xdpnl", "xdplk", "tcin", "tcout", "tcboth", "tcxl", "cgpa", "cglk", "sockf", "sklk")
 """No name contains another: filtering by one shows its program alone."""
 STEP = 5.0
 """Seconds for the view to show one step (a filter, the detail view, the table again)."""
@@ -222,12 +223,12 @@ STEP = 5.0
 # The child reads its settings (one JSON line), names itself, moves into the owner's
 # container cgroup, unshares a network namespace with four veth pairs and attaches there:
 # XDP without a link on ltx0 (generic mode) and by a link on ltl0, cls_bpf filters on ltc0's
-# clsact ingress and egress (one program each), a tcx link on ltt0 and an sk_lookup link on
-# the namespace; then a cgroup_skb program by PROG_ATTACH (ALLOW_MULTI) on the other
-# container's cgroup of the pod, one by a link on a Docker container's cgroup, and a socket
-# filter on a UDP socket.  It prints what it made, detaches everything on the next line of
-# stdin (the programs stay loaded: it keeps their fds) and ends with its stdin (so it ends
-# with the test, however that ends).
+# clsact ingress and egress (one program each) and one program on both of ltc1's, a tcx link
+# on ltt0 and an sk_lookup link on the namespace; then a cgroup_skb program by PROG_ATTACH
+# (ALLOW_MULTI) on the other container's cgroup of the pod, one by a link on a Docker
+# container's cgroup, and a socket filter on a UDP socket.  It prints what it made, detaches
+# everything on the next line of stdin (the programs stay loaded: it keeps their fds) and
+# ends with its stdin (so it ends with the test, however that ends).
 ALL_CHILD = f"""
 import json, os, socket, sys
 from otel_bpf.demo import netns
@@ -261,6 +262,7 @@ progs = {{
     "xdplk": load("xdplk", ProgType.XDP, 2, AttachType.XDP),
     "tcin": load("tcin", ProgType.SCHED_CLS, 0),
     "tcout": load("tcout", ProgType.SCHED_CLS, 0),
+    "tcboth": load("tcboth", ProgType.SCHED_CLS, 0),
     "tcxl": load("tcxl", ProgType.SCHED_CLS, 0),
     "cgpa": load("cgpa", ProgType.CGROUP_SKB, 1, AttachType.CGROUP_INET_EGRESS),
     "cglk": load("cglk", ProgType.CGROUP_SKB, 1, AttachType.CGROUP_INET_INGRESS),
@@ -271,6 +273,9 @@ netns.set_xdp(progs["xdpnl"], "ltx0", generic=True)
 netns.add_clsact("ltc0")
 netns.add_bpf_filter(progs["tcin"], "ltc0", ingress=True, priority=1)
 netns.add_bpf_filter(progs["tcout"], "ltc0", ingress=False, priority=2)
+netns.add_clsact("ltc1")
+netns.add_bpf_filter(progs["tcboth"], "ltc1", ingress=True, priority=3)
+netns.add_bpf_filter(progs["tcboth"], "ltc1", ingress=False, priority=4)
 links = {{
     "xdplk": netns.attach_xdp(progs["xdplk"], "ltl0"),
     "tcxl": create_owned_link(progs["tcxl"], netns.ifindex("ltt0"), AttachType.TCX_INGRESS),
@@ -300,7 +305,7 @@ attach_socket_filter(sock, progs["sockf"])
 print(json.dumps({{
     "netns": os.stat("/proc/self/ns/net").st_ino,
     "ids": {{name: p.id for name, p in progs.items()}},
-    "ifindex": {{n: netns.ifindex(n) for n in ("ltx0", "ltl0", "ltc0", "ltt0")}},
+    "ifindex": {{n: netns.ifindex(n) for n in ("ltx0", "ltl0", "ltc0", "ltc1", "ltt0")}},
     "links": {{name: link.id for name, link in links.items()}},
     "fd": sock.fileno(),
 }}), flush=True)
@@ -308,6 +313,8 @@ sys.stdin.readline()
 netns.set_xdp(None, "ltx0")
 netns.delete_filters("ltc0", ingress=True, priority=1)
 netns.delete_filters("ltc0", ingress=False, priority=2)
+netns.delete_filters("ltc1", ingress=True, priority=3)
+netns.delete_filters("ltc1", ingress=False, priority=4)
 for link in links.values():
     link.close()
 on_cgroup(Cmd.PROG_DETACH)
@@ -483,6 +490,16 @@ def test_every_attach_case_in_the_table_and_detail(
                 [
                     f"  tc via netlink {on('ltc0')} direction egress priority 2"
                     f" target ltc0@netns:{ino}"
+                ],
+            ),
+            # One program, two attachments: the first in the cell, with "+1"; both listed.
+            "tcboth": (
+                f"tc {dev('ltc1')} in +1",
+                [
+                    f"  tc via netlink {on('ltc1')} direction ingress priority 3"
+                    f" target ltc1@netns:{ino}",
+                    f"  tc via netlink {on('ltc1')} direction egress priority 4"
+                    f" target ltc1@netns:{ino}",
                 ],
             ),
             "tcxl": (
