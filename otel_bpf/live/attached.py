@@ -185,6 +185,8 @@ def detail_line(a: Attachment, width: int | None = None) -> str:
         parts += ["type", sanitize(a.attach_type)]
     comm = getattr(a, "comm", None)
     fields: Sequence[tuple[str, object]] = (
+        # How the target cgroup takes programs attached without a link (multi, override).
+        ("flags", a.attach_flags),
         ("ifindex", a.ifindex),
         ("ifname", a.ifname if a.ifname != a.target else None),
         ("netns", a.netns),

@@ -256,6 +256,26 @@ def test_the_detail_lists_every_attachment_with_its_fields() -> None:
     ]
 
 
+def test_the_detail_shows_how_a_cgroup_takes_programs_attached_without_a_link() -> None:
+    # BPF_PROG_ATTACH's flags, as --json's attach_flags: several programs (multi), one a
+    # program below replaces (override), or the only one (no flags).
+    multi, override, alone = (
+        replace(CONTAINER_CG, via="prog_attach", link_id=None, attach_flags=flags)
+        for flags in ("multi", "override", None)
+    )
+    head = "cgroup via prog_attach type cgroup_inet_egress"
+    where = f"container c0ffee012345 pod {POD} qos besteffort target {SCOPE}"
+    assert detail_lines((multi, override, alone), 5) == [
+        "Attached: 3",
+        f"  {head} flags multi {where}",
+        f"  {head} flags override {where}",
+        f"  {head} {where}",
+    ]
+    # Hostile text in the flags is escaped like every field.
+    (_, line) = detail_lines((replace(multi, attach_flags=ESC),), 5)
+    assert f" flags {ESC_SHOWN} " in line and "\x1b" not in line
+
+
 def test_a_long_target_keeps_its_end_in_the_detail() -> None:
     history = snapshots([[program(5, "p", attachments=(CONTAINER_CG,))]])
     detail = ViewState(mode=Mode.DETAIL, detail_id=5)
