@@ -58,7 +58,7 @@ from otel_bpf.records import Attachment
 
 if TYPE_CHECKING:
     from otel_bpf.kernel.attach_discovery import DiscoveryContext
-    from otel_bpf.kernel.iterator.cgroups import CgroupIterator, CgroupProgRecord
+    from otel_bpf.kernel.iterator.cgroups import CgroupIterator
 
 log = logging.getLogger("otel_bpf.attach")
 
@@ -249,6 +249,11 @@ class ProgAttachSource:
         self._errors: list[str] = []
         self._use_iterator = iterator
         self._iterator: CgroupIterator | None = None
+        # The iterator's last output, what it gave, and each (cgroup id, slot, flags)'s
+        # attachment.
+        self._raw: bytes | None = None
+        self._iterated: dict[int, list[Attachment]] = {}
+        self._attachments: dict[tuple[int, int, int], Attachment] = {}
         self.queries = 0
         """How many BPF_PROG_QUERY calls the last read made (tests and benchmarks read it)."""
         self.iterated = False
@@ -262,11 +267,11 @@ class ProgAttachSource:
         direct: dict[int, list[Attachment]] = {}
         cgroup_types = self._known(attach_types_for(ctx.programs, CGROUP_ATTACH_TYPES))
         if cgroup_types:
-            records = self._iterate(ctx.names.cgroup_root)
-            if records is None:
+            raw = self._iterate(ctx.names.cgroup_root)
+            if raw is None:
                 queried.extend(self._cgroups(ctx, cgroup_types))
             else:
-                direct = self._iterated_cgroups(ctx, records)
+                direct = self._iterated_cgroups(ctx, raw)
                 self.iterated = True
         netns_types = self._known(attach_types_for(ctx.programs, NETNS_ATTACH_TYPES))
         if netns_types:
@@ -274,10 +279,15 @@ class ProgAttachSource:
         map_types = self._known(attach_types_for(ctx.programs, SOCKMAP_ATTACH_TYPES))
         if map_types:
             queried.extend(self._sockmaps(ctx, map_types))
+        if not queried:
+            return direct
         found = prog_attach_only(queried, ctx.found)
+        if not direct:
+            return found
+        merged = {prog_id: list(attachments) for prog_id, attachments in direct.items()}
         for prog_id, attachments in found.items():
-            direct.setdefault(prog_id, []).extend(attachments)
-        return direct
+            merged.setdefault(prog_id, []).extend(attachments)
+        return merged
 
     def own_programs(self) -> tuple[int, ...]:
         """The id of the ``iter/cgroup`` program, once loaded."""
@@ -289,9 +299,10 @@ class ProgAttachSource:
         if self._iterator is not None:
             self._iterator.close()
             self._iterator = None
+        self._raw, self._iterated, self._attachments = None, {}, {}
 
-    def _iterate(self, root: str) -> list[CgroupProgRecord] | None:
-        """The iterator's records for the hierarchy at ``root``; None when the query walk is
+    def _iterate(self, root: str) -> bytes | None:
+        """The iterator's output for the hierarchy at ``root``; None when the query walk is
         to be made instead (no iterator on this kernel, or this read failed)."""
         if not self._use_iterator:
             return None
@@ -311,48 +322,65 @@ class ProgAttachSource:
                 )
                 return None
         try:
-            return self._iterator.read()
+            return self._iterator.read_raw()
         except (BpfError, OSError) as err:
             # EOPNOTSUPP: the pass did not fit one read (the cgroup iterator cannot resume).
             log.debug("iter/cgroup read failed, the cgroups are queried instead: %s", err)
             return None
 
-    def _iterated_cgroups(
-        self, ctx: DiscoveryContext, records: Iterable[CgroupProgRecord]
-    ) -> dict[int, list[Attachment]]:
-        """The attachments the iterator's records stand for: every one is a program attached
-        with ``BPF_PROG_ATTACH`` (the iterator leaves links out), so none is subtracted."""
+    def _iterated_cgroups(self, ctx: DiscoveryContext, raw: bytes) -> dict[int, list[Attachment]]:
+        """The attachments the iterator's output stands for: every record is a program
+        attached with ``BPF_PROG_ATTACH`` (the iterator leaves links out), so none is
+        subtracted.
+
+        Attachments mostly stay from one discovery to the next: an output equal to the last
+        one gives the last result (not to be changed by the caller), and each (cgroup,
+        slot, flags) keeps its attachment, the same for every program there."""
+        if raw == self._raw:
+            return self._iterated
+        from otel_bpf.kernel.iterator.cgroups import decode
+
         assert self._iterator is not None
         names = self._iterator.layout.slot_names
         root = ctx.names.cgroup_root
         targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
+        made: dict[tuple[int, int, int], Attachment] = {}
         resolver = _CgroupPaths(root)
         found: dict[int, list[Attachment]] = {}
+        complete = True
         try:
-            for cgroup_id, prog_id, slot, flags in records:
-                known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
-                if known is None:
-                    path = resolver.path(cgroup_id, ctx.names)
-                    if path is None:
-                        continue  # removed since the pass
-                    known = (path, cgroup_target(cgroup_id, _WalkedCgroup(root, cgroup_id, path)))
-                targets[cgroup_id] = known
-                target, fields = known[1]
-                attach_type = names[slot] if slot < len(names) else f"cgroup_slot_{slot}"
-                found.setdefault(prog_id, []).append(
-                    Attachment(
-                        "cgroup",
-                        "prog_attach",
-                        None,
-                        attach_type,
-                        target,
-                        attach_flags=attach_flags_name(flags),
-                        **fields,
+            for cgroup_id, prog_id, slot, flags in decode(raw):
+                key = (cgroup_id, slot, flags)
+                attachment = made.get(key) or self._attachments.get(key)
+                if attachment is None:
+                    known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
+                    if known is None:
+                        path = resolver.path(cgroup_id, ctx.names)
+                        if path is _GONE:
+                            continue  # removed since the pass
+                        if path is None:
+                            complete = False  # not kept: asked again next time
+                            target = cgroup_target(cgroup_id, ctx.names)
+                        else:
+                            walked = _WalkedCgroup(root, cgroup_id, path)
+                            known = (path, cgroup_target(cgroup_id, walked))
+                    if known is not None:
+                        targets[cgroup_id] = known
+                        target = known[1]
+                    attach_type = names[slot] if slot < len(names) else f"cgroup_slot_{slot}"
+                    attachment = Attachment(
+                        "cgroup", "prog_attach", None, attach_type, target[0],
+                        attach_flags=attach_flags_name(flags), **target[1],
                     )  # fmt: skip
-                )
+                elif cgroup_id in self._cgroup_targets:
+                    targets.setdefault(cgroup_id, self._cgroup_targets[cgroup_id])
+                made[key] = attachment
+                found.setdefault(prog_id, []).append(attachment)
         finally:
             resolver.close()
         self._cgroup_targets = targets
+        self._attachments = made
+        self._raw, self._iterated = (raw if complete else None), found
         return found
 
     def _known(self, attach_types: list[int]) -> list[int]:
@@ -455,6 +483,9 @@ class _WalkedCgroup(Names):
         return self._path if cgroup_id == self._id else None
 
 
+_GONE = "\0gone"
+"""What :meth:`_CgroupPaths.path` says of a cgroup removed since it was listed."""
+
 FILEID_KERNFS = 0xFE
 """The file handle type of a kernfs (cgroup2) node: its 64-bit id, the cgroup id."""
 
@@ -476,15 +507,16 @@ class _CgroupPaths:
         self._handles = True
 
     def path(self, cgroup_id: int, names: Names) -> str | None:
-        """The cgroup's directory; None when it is gone."""
+        """The cgroup's directory; :data:`_GONE` when it is gone, None when it cannot be
+        told."""
         if self._handles:
             try:
                 if self._root_fd < 0:
                     self._root_fd = os.open(self._root, _DIR_FLAGS)
-                return _path_by_handle(self._root_fd, cgroup_id)
+                return _path_by_handle(self._root_fd, cgroup_id) or _GONE
             except OSError as err:
                 if err.errno in (errno.ESTALE, errno.ENOENT):
-                    return None
+                    return _GONE
                 self._handles = False
         return names.cgroup_path(cgroup_id)
 

@@ -183,10 +183,10 @@ class FakeIterator:
     closed: bool = False
     fail: OSError | None = None
 
-    def read(self) -> list[CgroupProgRecord]:
+    def read_raw(self) -> bytes:
         if self.fail is not None:
             raise self.fail
-        return self.records
+        return b"".join(RECORD.pack(*record, 0, 0) for record in self.records)
 
     def close(self) -> None:
         self.closed = True
@@ -240,8 +240,15 @@ def test_records_become_the_query_walks_attachments(monkeypatch: pytest.MonkeyPa
     assert source.iterated and source.queries == 0
     assert by_handle == [50, 60] and names.asked == []
     assert source.own_programs() == (99,)
-    # Known cgroups are not looked up again.
-    assert source.read(ctx) == expected
+    # The same output again: the same answer, nothing looked up.
+    again = source.read(ctx)
+    assert again == expected and again[7][0] is source.read(ctx)[7][0]
+    assert by_handle == [50, 60]
+    # A program more on a known cgroup: its attachment is the other programs' there.
+    fake.records.append(CgroupProgRecord(50, 10, 4, BPF_F_ALLOW_OVERRIDE))
+    more = source.read(ctx)
+    assert more[10] == [attached("cgroup_device", "override")]
+    assert more[10][0] is more[7][1]
     assert by_handle == [50, 60, 60]
     source.close()
     assert fake.closed and source.own_programs() == ()
