@@ -240,3 +240,41 @@ def test_the_sources_own_iterator_is_not_reported_as_a_host_program(path: str, t
         assert [(a.via, a.cgroup_path) for a in mine.attachments] == [("prog_attach", plain)]
         everything = source.read(replace(options, include_self=True)).records
         assert len({r.id for r in everything if r.name == PROGRAM_NAME} - others) == 1
+
+
+def test_a_pass_too_big_for_one_read_is_made_by_the_query_walk(top: str) -> None:
+    # 17 cgroups with 64 programs at each of ingress and egress: 2,176 records, more than
+    # the 32 KiB one read of the cgroup iterator holds (it cannot resume once the cgroup
+    # mutex was dropped, and says EOPNOTSUPP).
+    iterated = ProgAttachSource()
+    with ExitStack() as stack:
+        stack.callback(iterated.close)
+        progs = {
+            at: [
+                stack.enter_context(
+                    load_owned_program(
+                        ProgType.CGROUP_SKB, RETURN_1, f"{PREFIX}b{at}_{i}", expected_attach_type=at
+                    )
+                )
+                for i in range(64)
+            ]
+            for at in (INGRESS, EGRESS)
+        }
+        programs = {program_id(p): "cgroup_skb" for ps in progs.values() for p in ps}
+        for n in range(17):
+            path = os.path.join(top, "plain", f"c{n}")
+            os.mkdir(path)
+            fd = cgroup.open_dir(path)
+            stack.callback(os.close, fd)
+            for at, ps in progs.items():
+                for p in ps:
+                    prog_attach(fd, p, at, BPF_F_ALLOW_MULTI)
+        names = Names()
+        found = read_link_attachments(names)
+        ctx = DiscoveryContext(names, programs, {p: list(a) for p, a in found.items()})
+        answer = iterated.read(ctx)
+        assert not iterated.iterated
+        assert len(iterated.own_programs()) == 1  # loaded, kept for the next discovery
+        assert sum(len(answer[p]) for p in programs) == 17 * 128
+        queried = ProgAttachSource(iterator=False).read(ctx)
+        assert {p: answer[p] for p in programs} == {p: queried[p] for p in programs}
