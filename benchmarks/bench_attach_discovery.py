@@ -19,7 +19,9 @@ discovery) with every source :func:`default_sources` lists, in total and per sou
 * the rest of ``--programs``: half attached to rarely firing raw tracepoints by link, half
   socket filters, every other one attached to a UDP socket of this process.
 
-``--baseline REF`` times the same host again with the otel_bpf of a commit (or a checkout
+The ``prog_attach`` source is timed as discovery runs it (the ``iter/cgroup`` program where the
+kernel loads it) and, in a line of its own, with its cgroup query walk (what older kernels
+do).  ``--baseline REF`` times the same host again with the otel_bpf of a commit (or a checkout
 directory) in a child Python, alternating with this one, so both are measured under the
 same load.  Everything is removed at exit, Ctrl-C included: links and programs closed, the
 child killed (its namespace and interfaces go with it), the cgroups removed.
@@ -95,6 +97,7 @@ from otel_bpf.kernel import netlink as nl
 from otel_bpf.kernel._uapi import AttachType, ProgType
 from otel_bpf.kernel.links import link_create
 from otel_bpf.kernel.loader import load_program
+from otel_bpf.kernel.netlink import XDP_FLAGS_SKB_MODE
 
 count = int(sys.argv[1])
 XDP_PASS = asm.assemble([asm.mov64_imm(asm.R0, 2), asm.exit_()])
@@ -349,6 +352,33 @@ def syscall_walk_ms(runs: int) -> list[float] | None:
     return out
 
 
+def query_walk_ms(runs: int) -> list[float] | None:
+    """The ``prog_attach`` source with its cgroup query walk (what kernels without the
+    ``iter/cgroup`` program do), when this tree has the choice."""
+    from otel_bpf.kernel.attach import read_link_attachments
+    from otel_bpf.kernel.attach_discovery import DiscoveryContext
+    from otel_bpf.kernel.attach_query import ProgAttachSource
+
+    try:
+        source = ProgAttachSource(iterator=False)  # type: ignore[call-arg]
+    except TypeError:
+        return None
+    programs = host_programs()
+    names = Names()
+    out = []
+    try:
+        found = read_link_attachments(names)
+        for run in range(runs + 1):
+            ctx = DiscoveryContext(names, programs, {p: list(a) for p, a in found.items()})
+            t0 = time.perf_counter()
+            source.read(ctx)
+            if run:  # the first: the warm-up
+                out.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        names.close()
+    return out
+
+
 def fmt(values_s: list[float], scale: float = 1e3) -> str:
     values = [v * scale for v in values_s]
     if not values:
@@ -364,6 +394,9 @@ def report(label: str, result: dict[str, Any]) -> None:
     walk = result.get("syscall_walk_ms")
     if walk:
         print(f"    {'(links by syscalls only)':<12} {fmt(walk, 1.0)} ms")
+    query = result.get("query_walk_ms")
+    if query:
+        print(f"    {'(prog_attach by the cgroup query walk)':<12} {fmt(query, 1.0)} ms")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -413,6 +446,7 @@ def main() -> None:
                     f"{result['attached_programs']} attached; found {result['attachments']}"
                 )
             result["syscall_walk_ms"] = syscall_walk_ms(args.runs)
+            result["query_walk_ms"] = query_walk_ms(args.runs)
             print(f"round {round_no + 1} | {load_average()}")
             report("this tree", result)
             if base_tree is not None:

@@ -110,10 +110,11 @@ def default_sources() -> list[Source]:
     call makes new ones: a source may keep state between runs (closed with the discovery)."""
     links = _Links()
     sockets = SocketSource()
+    prog_attach = ProgAttachSource()
     return [
         Source("links", links, links.close, links.own_programs),
         Source("netlink", _netlink),
-        Source(ProgAttachSource.name, ProgAttachSource().read),
+        Source(prog_attach.name, prog_attach.read, prog_attach.close, prog_attach.own_programs),
         Source(PerfEventSource.name, PerfEventSource().read),
         Source("sockets", sockets.read, sockets.close, sockets.own_programs),
     ]

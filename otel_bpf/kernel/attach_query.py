@@ -2,12 +2,15 @@
 
 Two sources of :mod:`otel_bpf.kernel.attach_discovery`:
 
-* ``prog_attach`` (:class:`ProgAttachSource`): ``BPF_PROG_QUERY`` on the objects
-  ``BPF_PROG_ATTACH`` attaches to: every cgroup2 directory (cgroup programs, what systemd
-  and older loaders use), every network namespace (flow_dissector) and every sockmap or
-  sockhash (sk_skb and sk_msg programs).  A query lists link-attached programs too: those
-  the ``links`` source already reported are left to it (a program attached both ways at one
-  hook is listed once per attachment, so each is reported once).
+* ``prog_attach`` (:class:`ProgAttachSource`): the objects ``BPF_PROG_ATTACH`` attaches to.
+  Cgroup programs (what systemd, runc and older loaders use) are read in one pass by the
+  ``iter/cgroup`` program of :mod:`otel_bpf.kernel.iterator.cgroups`, which tells programs
+  from links exactly; where the kernel cannot load it (before 6.1, no vmlinux BTF), every
+  cgroup2 directory is asked with ``BPF_PROG_QUERY``.  Network namespaces (flow_dissector)
+  and sockmaps and sockhashes (sk_skb and sk_msg programs) are always queried.  A query
+  lists link-attached programs too: those the ``links`` source already reported are left to
+  it (a program attached both ways at one hook is listed once per attachment, so each is
+  reported once).
 * ``perf_event`` (:class:`PerfEventSource`): programs set on a perf event with
   ``PERF_EVENT_IOC_SET_BPF`` (kprobes, uprobes, tracepoints): every process's
   ``anon_inode:[perf_event]`` fd is asked about with ``BPF_TASK_FD_QUERY``.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,16 +47,20 @@ from otel_bpf.kernel._uapi import (
     TaskFdQueryAttr,
     TaskFdType,
     u32,
+    u64,
 )
 from otel_bpf.kernel.attach import Names, cgroup_target
-from otel_bpf.kernel.errors import BpfPermissionError
+from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.namespaces import network_namespaces
 from otel_bpf.kernel.owners import fd_targets, process_ids
-from otel_bpf.kernel.syscall import close, command_error, prepared, raw_bpf
+from otel_bpf.kernel.syscall import close, command_error, libc, prepared, raw_bpf
 from otel_bpf.records import Attachment
 
 if TYPE_CHECKING:
     from otel_bpf.kernel.attach_discovery import DiscoveryContext
+    from otel_bpf.kernel.iterator.cgroups import CgroupIterator
+
+log = logging.getLogger("otel_bpf.attach")
 
 __all__ = [
     "CGROUP_ATTACH_TYPES",
@@ -229,7 +237,7 @@ class ProgAttachSource:
 
     name = "prog_attach"
 
-    def __init__(self) -> None:
+    def __init__(self, *, iterator: bool = True) -> None:
         # Attach types this kernel does not know (EINVAL): not asked again.
         self._unknown: set[int] = set()
         # Map id -> whether it is a sockmap or sockhash: a map's type never changes.
@@ -239,23 +247,141 @@ class ProgAttachSource:
         self._cgroup_targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
         self._querier = Querier()
         self._errors: list[str] = []
+        self._use_iterator = iterator
+        self._iterator: CgroupIterator | None = None
+        # The iterator's last output, what it gave, and each (cgroup id, slot, flags)'s
+        # attachment.
+        self._raw: bytes | None = None
+        self._iterated: dict[int, list[Attachment]] = {}
+        self._attachments: dict[tuple[int, int, int], Attachment] = {}
         self.queries = 0
         """How many BPF_PROG_QUERY calls the last read made (tests and benchmarks read it)."""
+        self.iterated = False
+        """Whether the last read found the cgroup programs with the iterator."""
 
     def read(self, ctx: DiscoveryContext) -> dict[int, list[Attachment]]:
         self.queries = 0
+        self.iterated = False
         self._errors = ctx.errors
         queried: list[tuple[int, Attachment]] = []
+        direct: dict[int, list[Attachment]] = {}
         cgroup_types = self._known(attach_types_for(ctx.programs, CGROUP_ATTACH_TYPES))
         if cgroup_types:
-            queried.extend(self._cgroups(ctx, cgroup_types))
+            raw = self._iterate(ctx.names.cgroup_root)
+            if raw is None:
+                queried.extend(self._cgroups(ctx, cgroup_types))
+            else:
+                direct = self._iterated_cgroups(ctx, raw)
+                self.iterated = True
         netns_types = self._known(attach_types_for(ctx.programs, NETNS_ATTACH_TYPES))
         if netns_types:
             queried.extend(self._namespaces(netns_types))
         map_types = self._known(attach_types_for(ctx.programs, SOCKMAP_ATTACH_TYPES))
         if map_types:
             queried.extend(self._sockmaps(ctx, map_types))
-        return prog_attach_only(queried, ctx.found)
+        if not queried:
+            return direct
+        found = prog_attach_only(queried, ctx.found)
+        if not direct:
+            return found
+        merged = {prog_id: list(attachments) for prog_id, attachments in direct.items()}
+        for prog_id, attachments in found.items():
+            merged.setdefault(prog_id, []).extend(attachments)
+        return merged
+
+    def own_programs(self) -> tuple[int, ...]:
+        """The id of the ``iter/cgroup`` program, once loaded."""
+        it = self._iterator
+        return () if it is None else (it.prog_id,)
+
+    def close(self) -> None:
+        """Unload the ``iter/cgroup`` program."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+        self._raw, self._iterated, self._attachments = None, {}, {}
+
+    def _iterate(self, root: str) -> bytes | None:
+        """The iterator's output for the hierarchy at ``root``; None when the query walk is
+        to be made instead (no iterator on this kernel, or this read failed)."""
+        if not self._use_iterator:
+            return None
+        if self._iterator is not None and self._iterator.root != root:
+            self.close()
+        if self._iterator is None:
+            from otel_bpf.kernel.iterator.cgroups import CgroupIterator
+
+            try:
+                self._iterator = CgroupIterator.open(root)
+            except (BpfError, OSError) as err:
+                self._use_iterator = False
+                log.info(
+                    "cgroup programs are found by querying every cgroup"
+                    " (no iter/cgroup program: %s)",
+                    err,
+                )
+                return None
+        try:
+            return self._iterator.read_raw()
+        except (BpfError, OSError) as err:
+            # EOPNOTSUPP: the pass did not fit one read (the cgroup iterator cannot resume).
+            log.debug("iter/cgroup read failed, the cgroups are queried instead: %s", err)
+            return None
+
+    def _iterated_cgroups(self, ctx: DiscoveryContext, raw: bytes) -> dict[int, list[Attachment]]:
+        """The attachments the iterator's output stands for: every record is a program
+        attached with ``BPF_PROG_ATTACH`` (the iterator leaves links out), so none is
+        subtracted.
+
+        Attachments mostly stay from one discovery to the next: an output equal to the last
+        one gives the last result (not to be changed by the caller), and each (cgroup,
+        slot, flags) keeps its attachment, the same for every program there."""
+        if raw == self._raw:
+            return self._iterated
+        from otel_bpf.kernel.iterator.cgroups import decode
+
+        assert self._iterator is not None
+        names = self._iterator.layout.slot_names
+        root = ctx.names.cgroup_root
+        targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
+        made: dict[tuple[int, int, int], Attachment] = {}
+        resolver = _CgroupPaths(root)
+        found: dict[int, list[Attachment]] = {}
+        complete = True
+        try:
+            for cgroup_id, prog_id, slot, flags in decode(raw):
+                key = (cgroup_id, slot, flags)
+                attachment = made.get(key) or self._attachments.get(key)
+                if attachment is None:
+                    known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
+                    if known is None:
+                        path = resolver.path(cgroup_id, ctx.names)
+                        if path is _GONE:
+                            continue  # removed since the pass
+                        if path is None:
+                            complete = False  # not kept: asked again next time
+                            target = cgroup_target(cgroup_id, ctx.names)
+                        else:
+                            walked = _WalkedCgroup(root, cgroup_id, path)
+                            known = (path, cgroup_target(cgroup_id, walked))
+                    if known is not None:
+                        targets[cgroup_id] = known
+                        target = known[1]
+                    attach_type = names[slot] if slot < len(names) else f"cgroup_slot_{slot}"
+                    attachment = Attachment(
+                        "cgroup", "prog_attach", None, attach_type, target[0],
+                        attach_flags=attach_flags_name(flags), **target[1],
+                    )  # fmt: skip
+                elif cgroup_id in self._cgroup_targets:
+                    targets.setdefault(cgroup_id, self._cgroup_targets[cgroup_id])
+                made[key] = attachment
+                found.setdefault(prog_id, []).append(attachment)
+        finally:
+            resolver.close()
+        self._cgroup_targets = targets
+        self._attachments = made
+        self._raw, self._iterated = (raw if complete else None), found
+        return found
 
     def _known(self, attach_types: list[int]) -> list[int]:
         return [t for t in attach_types if t not in self._unknown]
@@ -355,6 +481,64 @@ class _WalkedCgroup(Names):
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         return self._path if cgroup_id == self._id else None
+
+
+_GONE = "\0gone"
+"""What :meth:`_CgroupPaths.path` says of a cgroup removed since it was listed."""
+
+FILEID_KERNFS = 0xFE
+"""The file handle type of a kernfs (cgroup2) node: its 64-bit id, the cgroup id."""
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("id", u64)]
+
+
+class _CgroupPaths:
+    """Cgroup id -> path, for a cgroup the last discovery did not see (a new container):
+    opened by its id as a file handle (``open_by_handle_at``, as the kernel encodes a
+    cgroup2 directory's handle) and named by ``/proc/self/fd``, a few syscalls instead of a
+    scan of the hierarchy.  Where handles cannot be opened (no ``CAP_DAC_READ_SEARCH``), the
+    shared :class:`Names` answers from its scan."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._root_fd = -1
+        self._handles = True
+
+    def path(self, cgroup_id: int, names: Names) -> str | None:
+        """The cgroup's directory; :data:`_GONE` when it is gone, None when it cannot be
+        told."""
+        if self._handles:
+            try:
+                if self._root_fd < 0:
+                    self._root_fd = os.open(self._root, _DIR_FLAGS)
+                return _path_by_handle(self._root_fd, cgroup_id) or _GONE
+            except OSError as err:
+                if err.errno in (errno.ESTALE, errno.ENOENT):
+                    return _GONE
+                self._handles = False
+        return names.cgroup_path(cgroup_id)
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+
+def _path_by_handle(root_fd: int, cgroup_id: int) -> str | None:
+    handle = _FileHandle(8, FILEID_KERNFS, cgroup_id)
+    fd = libc.open_by_handle_at(root_fd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    if path.endswith(" (deleted)") or not path.startswith("/"):
+        return None
+    return path
 
 
 def _walk_cgroups(root: str) -> Iterator[tuple[int, int, str]]:

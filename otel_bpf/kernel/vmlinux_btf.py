@@ -40,7 +40,9 @@ KIND_INT = 1
 KIND_PTR = 2
 KIND_STRUCT = 4
 KIND_UNION = 5
+KIND_ENUM = 6
 KIND_FUNC = 12
+KIND_ENUM64 = 19
 
 _HEADER = struct.Struct("<HBBIIIII")
 _ANCHOR_SHIFT = 10  # one anchor every 1024 type ids
@@ -184,6 +186,34 @@ class VmlinuxBtf:
         """``offsetof(struct struct_name, member_name)`` in bytes."""
         return self.member(struct_name, member_name).offset
 
+    def enum_values(self, name: str) -> dict[str, int]:
+        """Enumerator name -> value of ``enum name`` (``ENUM`` or ``ENUM64``), in the order
+        BTF lists them (signedness from the record's kind flag)."""
+        found = self._find(name, KIND_ENUM) or self._find(name, KIND_ENUM64)
+        if found is None:
+            raise VmlinuxBtfError(errno.ENOENT, f"vmlinux BTF has no enum {name!r}")
+        words, pos = self._words, found[1]
+        info = words[pos + 1]
+        signed = bool(info >> 31)
+        wide = (info >> 24) & 0x1F == KIND_ENUM64
+        step = 3 if wide else 2
+        values: dict[str, int] = {}
+        for i in range(info & 0xFFFF):
+            e = pos + 3 + step * i
+            value = words[e + 1] | (words[e + 2] << 32 if wide else 0)
+            bits = 64 if wide else 32
+            if signed and value >> (bits - 1):
+                value -= 1 << bits
+            values[self._string(words[e])] = value
+        return values
+
+    def _string(self, name_off: int) -> str:
+        start = self._strs_start + name_off
+        end = self._data.find(b"\0", start, self._strs_end)
+        if name_off >= self._strs_end - self._strs_start or end < 0:
+            raise VmlinuxBtfError(errno.EINVAL, f"vmlinux BTF: bad string offset {name_off}")
+        return bytes(self._data[start:end]).decode(errors="replace")
+
     def type_name(self, type_id: int) -> str:
         """The name of type ``type_id`` (empty for an anonymous type); VmlinuxBtfError when
         there is no such id.  Walks to the id once; later look-ups start from an anchor."""
@@ -314,7 +344,9 @@ _KIND_NAMES = {
     KIND_PTR: "PTR",
     KIND_STRUCT: "STRUCT",
     KIND_UNION: "UNION",
+    KIND_ENUM: "ENUM",
     KIND_FUNC: "FUNC",
+    KIND_ENUM64: "ENUM64",
 }
 
 

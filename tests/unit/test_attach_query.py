@@ -200,7 +200,7 @@ def test_prog_attach_source_reads_the_loaded_types_hooks(
     fake_kernel[("cg1", ingress)] = ([8], 0)
     fake_kernel[("ns10", at("flow_dissector"))] = ([11], 0)
     fake_kernel[("map4", at("sk_msg_verdict"))] = ([12], 0)
-    source = ProgAttachSource()
+    source = ProgAttachSource(iterator=False)
     link = Attachment(
         "cgroup", "link", 3, "cgroup_inet_egress", POD_CGROUP, cgroup_id=50, cgroup_path=POD_CGROUP
     )
@@ -245,7 +245,7 @@ def test_prog_attach_source_idle_without_programs_of_its_types(
 
     for name in ("_walk_cgroups", "_map_ids", "network_namespaces"):
         monkeypatch.setattr(attach_query, name, never)
-    source = ProgAttachSource()
+    source = ProgAttachSource(iterator=False)
     ctx = DiscoveryContext(FakeNames(), {1: "socket_filter", 2: "xdp", 3: "sk_lookup"})
     assert source.read(ctx) == {}
     assert source.queries == 0
@@ -254,7 +254,7 @@ def test_prog_attach_source_idle_without_programs_of_its_types(
 def test_an_attach_type_the_kernel_does_not_know_is_not_asked_again(
     fake_kernel: dict[tuple[str, int], tuple[list[int], int]],
 ) -> None:
-    source = ProgAttachSource()
+    source = ProgAttachSource(iterator=False)
     ctx = DiscoveryContext(FakeNames(), {1: "cgroup_sock_addr"})
     source.read(ctx)
     assert source.queries == 2 * 17
@@ -275,7 +275,7 @@ def test_sockmap_types_are_remembered(
         return open_map(map_id)
 
     monkeypatch.setattr(attach_query, "_open_map", counting)
-    source = ProgAttachSource()
+    source = ProgAttachSource(iterator=False)
     ctx = DiscoveryContext(FakeNames(), {1: "sk_skb"})
     source.read(ctx)
     assert opened == [3, 4]
@@ -387,7 +387,7 @@ def test_a_cgroup_the_shared_names_do_not_know_yet_is_named_from_the_walk(
     fake_kernel[("cg50", at("cgroup_device"))] = ([8], 0)
     names = FakeNames()
     names.cgroups = {}
-    found = ProgAttachSource().read(DiscoveryContext(names, {8: "cgroup_device"}))
+    found = ProgAttachSource(iterator=False).read(DiscoveryContext(names, {8: "cgroup_device"}))
     assert found == {
         8: [
             Attachment(

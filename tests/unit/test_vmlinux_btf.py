@@ -166,3 +166,38 @@ def test_prefetched_names_come_from_one_walk(tmp_path: Path) -> None:
         assert btf.struct_id("outer") == 5003
         assert btf._next_id == walked
         assert not btf.has_func("absent")
+
+
+def test_enum_values(tmp_path: Path) -> None:
+    strings = b"\0int\0colour\0RED\0GREEN\0INVALID\0big\0HUGE\0NEG\0"
+
+    def s(name: str) -> int:
+        return strings.index(b"\0" + name.encode() + b"\0") + 1
+
+    types = T.pack(s("int"), 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)
+    # ENUM colour, signed (kind_flag): INVALID = -1, RED = 0, GREEN = 7.
+    types += T.pack(s("colour"), (1 << 31) | (6 << 24) | 3, 4)
+    types += struct.pack("<Ii", s("INVALID"), -1) + struct.pack("<Ii", s("RED"), 0)
+    types += struct.pack("<Ii", s("GREEN"), 7)
+    # ENUM64 big, unsigned: HUGE = 2**40 + 5; signed would make NEG negative, not here.
+    types += T.pack(s("big"), (19 << 24) | 2, 8)
+    types += struct.pack("<III", s("HUGE"), 5, 1 << 8)
+    types += struct.pack("<III", s("NEG"), 0xFFFFFFFF, 0xFFFFFFFF)
+    header = struct.pack("<HBBIIIII", BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strings))
+    path = tmp_path / "vmlinux"
+    path.write_bytes(header + types + strings)
+    with VmlinuxBtf(str(path)) as btf:
+        assert btf.enum_values("colour") == {"INVALID": -1, "RED": 0, "GREEN": 7}
+        assert btf.enum_values("big") == {"HUGE": (1 << 40) + 5, "NEG": (1 << 64) - 1}
+        with pytest.raises(VmlinuxBtfError, match="no enum 'int'"):
+            btf.enum_values("int")
+
+
+def test_host_cgroup_attach_type_enum() -> None:
+    # The slots of struct cgroup_bpf's arrays, as the iter/cgroup program reads them.
+    with VmlinuxBtf() as btf:
+        values = btf.enum_values("cgroup_bpf_attach_type")
+    assert values["CGROUP_INET_INGRESS"] == 0
+    assert values["CGROUP_BPF_ATTACH_TYPE_INVALID"] == -1
+    assert values["CGROUP_LSM_START"] < values["CGROUP_LSM_END"]
+    assert values["MAX_CGROUP_BPF_ATTACH_TYPE"] == values["CGROUP_LSM_END"] + 1
