@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import suppress
@@ -80,6 +81,8 @@ _NETFILTER = struct.Struct("<IIiI")
 _NAME_SIZE = 512
 _PATH_SIZE = 4096
 _TARGETS_KEPT = 4096
+# The namespace visits' own deadline is 10 s (netlink.in_network_namespaces): a little more.
+_PREFETCH_TIMEOUT = 12.0
 
 # include/uapi/linux/netfilter.h: NFPROTO_*, and the hooks (NF_INET_*; NF_NETDEV_* for
 # NFPROTO_NETDEV, where 0 and 1 are ingress and egress).
@@ -176,6 +179,8 @@ class Names:
         # Whether this discovery's visits ask each device its tcx/netkit programs (only
         # device() needs that).
         self._query_devices = False
+        # Visits started ahead (start_namespace_scans): the thread and its result.
+        self._prefetch: tuple[threading.Thread, list[Any]] | None = None
 
     @property
     def cgroup_root(self) -> str:
@@ -188,20 +193,56 @@ class Names:
         when None) can be attached to."""
         from otel_bpf.kernel.attach_netlink import ScanWants
 
+        self._take_prefetch()  # a discovery's visits are never left running into the next
         self._scans = None
         self._scans_complete = False
         self._query_devices = False
         self._wants = ScanWants() if program_types is None else ScanWants.for_types(program_types)
 
+    def start_namespace_scans(self) -> None:
+        """Start this discovery's visits of the network namespaces in a thread of their own,
+        so that their replies are awaited while the other sources run; the next
+        :meth:`namespace_scans` takes the result.  Only before any look-up of this
+        discovery."""
+        if self._scans is not None or self._prefetch is not None:
+            return
+        wants = self._wants
+        result: list[dict[int, NamespaceScan] | BaseException] = []
+
+        def visit() -> None:
+            try:
+                from otel_bpf.kernel.attach_netlink import ScanWants, scan_namespaces
+
+                query = replace(wants or ScanWants(), query=False)
+                result.append(scan_namespaces(query, own_only=False))
+            except BaseException as err:  # handed to the caller
+                result.append(err)
+
+        thread = threading.Thread(target=visit, name="otel-bpf-netns-visits", daemon=True)
+        thread.start()
+        self._prefetch = (thread, result)
+
+    def _take_prefetch(self) -> None:
+        if self._prefetch is None:
+            return
+        thread, result = self._prefetch
+        self._prefetch = None
+        thread.join(_PREFETCH_TIMEOUT)
+        if thread.is_alive() or not result or isinstance(result[0], BaseException):
+            return  # visited again by the caller, which reports what fails
+        self._scans, self._scans_complete = result[0], True
+
     def namespace_scans(self) -> dict[int, NamespaceScan]:
         """Inode -> what this discovery's visit of each network namespace found (the own
         one first); each namespace is visited at most once per discovery."""
+        self._take_prefetch()
         if self._scans is None or not self._scans_complete:
             self._scans = self._scan(own_only=False)
             self._scans_complete = True
         return self._scans
 
     def _own_scan(self) -> dict[int, NamespaceScan]:
+        self._take_prefetch()
         if self._scans is None:
             self._scans = self._scan(own_only=True)
         return self._scans
@@ -231,6 +272,7 @@ class Names:
         """
         if not self._query_devices:
             self._query_devices = True
+            self._take_prefetch()
             if self._scans_complete:
                 # Visited without asking the devices: visit again, asking them.
                 self._scans, self._scans_complete = None, False
@@ -313,6 +355,7 @@ class Names:
 
     def close(self) -> None:
         """Release vmlinux BTF (opened at the first tracing link)."""
+        self._take_prefetch()
         if self._vmlinux is not None:
             self._vmlinux.close()
             self._vmlinux = None

@@ -1,20 +1,22 @@
 """Every program's attach points, from each source the kernel offers, on their own cadence.
 
-A program can be attached in several ways, and each is found by its own read:
+A program can be attached in several ways, and each is found by its own read, in this
+order (:func:`default_sources`):
 
 * ``links``: the BPF links (:mod:`otel_bpf.kernel.attach`), every link type;
-* ``netlink``: legacy XDP and tc ``cls_bpf``/``act_bpf`` programs in every network namespace
-  (:mod:`otel_bpf.kernel.attach_netlink`);
-* ``prog_attach``: ``BPF_PROG_QUERY`` on cgroups, network namespaces and sockmaps, and
-  ``perf_event``: ``BPF_TASK_FD_QUERY`` on processes' perf events
-  (:mod:`otel_bpf.kernel.attach_query`);
+* ``prog_attach``: ``BPF_PROG_QUERY`` or an ``iter/cgroup`` program for cgroups, queries on
+  network namespaces and sockmaps, and ``perf_event``: ``BPF_TASK_FD_QUERY`` on processes'
+  perf events (:mod:`otel_bpf.kernel.attach_query`);
 * ``sockets``: socket filters and reuseport programs on processes' sockets
   (:mod:`otel_bpf.kernel.attach_sockets`);
+* ``netlink``: legacy XDP and tc ``cls_bpf``/``act_bpf`` programs in every network namespace
+  (:mod:`otel_bpf.kernel.attach_netlink`), last: its visits of the namespaces start with the
+  discovery, in a thread of their own, and wait on the kernel's replies while the other
+  sources run.
 
-and, for what was attached without a link, the sources listed in :func:`default_sources`.
-They run in order, each seeing what the earlier ones found (:class:`DiscoveryContext`), so
-that a source reporting the same hook a link holds (a cgroup's ``BPF_PROG_QUERY`` lists
-link-attached programs too) can leave it to the link.
+Each sees what the earlier ones found (:class:`DiscoveryContext`), so that a source
+reporting the same hook a link holds (a device's XDP information lists a link's program
+too) can leave it to the link.
 
 Discovery is dearer than a pass (a syscall or more per link, cgroup and device), so
 :class:`AttachmentDiscovery` runs it at most every ``interval`` seconds, and at once when the
@@ -98,8 +100,12 @@ class _Links:
         self.walk.close()
 
 
+_NETLINK_TYPES = frozenset({"xdp", "sched_cls", "sched_act"})
+"""Program types that can be attached through netlink (XDP, tc)."""
+
+
 def _netlink(ctx: DiscoveryContext) -> Mapping[int, Iterable[Attachment]]:
-    if not set(ctx.programs.values()) & {"xdp", "sched_cls", "sched_act"}:
+    if not _NETLINK_TYPES.intersection(ctx.programs.values()):
         return {}  # nothing loaded could be attached there
     scans = ctx.names.namespace_scans().values()
     return netlink_attachments(scans, ctx.found)
@@ -113,10 +119,11 @@ def default_sources() -> list[Source]:
     prog_attach = ProgAttachSource()
     return [
         Source("links", links, links.close, links.own_programs),
-        Source("netlink", _netlink),
         Source(prog_attach.name, prog_attach.read, prog_attach.close, prog_attach.own_programs),
         Source(PerfEventSource.name, PerfEventSource().read),
         Source("sockets", sockets.read, sockets.close, sockets.own_programs),
+        # Last: its namespace visits, started with the discovery, ran beside the others.
+        Source("netlink", _netlink),
     ]
 
 
@@ -163,6 +170,9 @@ class AttachmentDiscovery:
             due = self._at is None or now - self._at >= self._interval or ids != self._prog_ids
             if due:
                 self._names.new_discovery(programs.values())
+                if _NETLINK_TYPES.intersection(programs.values()):
+                    # The namespace visits wait on replies while the other sources run.
+                    self._names.start_namespace_scans()
                 ctx = DiscoveryContext(self._names, programs)
                 for source in self._sources:
                     self._run(source, ctx)

@@ -418,8 +418,8 @@ def test_link_devices_are_named_in_the_namespace_that_runs_the_program() -> None
 
 def test_source_order_and_the_netlink_source() -> None:
     order = [s.name for s in default_sources()]
-    assert order[:2] == ["links", "netlink"]
-    netlink = default_sources()[1]
+    assert order[0] == "links" and order[-1] == "netlink"
+    netlink = default_sources()[-1]
     names = ScannedNames([])
     names.new_discovery()
     ctx = DiscoveryContext(names, {70: "xdp"})
@@ -515,3 +515,68 @@ def test_the_own_namespace_is_queried_only_for_what_a_link_asks(
     # Another namespace's devices were queried at the visit: nothing is asked later.
     assert not scans()[OTHER].runs(3, 90, ingress)
     assert asked == [(2, ingress), (3, ingress)]
+
+
+def test_namespace_visits_started_ahead_are_taken_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    calls: list[tuple[bool, bool, str]] = []
+    release = threading.Event()
+
+    def fake_scan(
+        wants: an.ScanWants,
+        namespaces: object = None,
+        *,
+        own_only: bool = False,
+        known: object = None,
+    ) -> dict[int, an.NamespaceScan]:
+        calls.append((own_only, wants.query, threading.current_thread().name))
+        release.wait(5)
+        found = scans()
+        return {OWN: found[OWN]} if own_only else found
+
+    monkeypatch.setattr(an, "scan_namespaces", fake_scan)
+    names = Names(cgroup_root="/sys/fs/cgroup")
+    names.new_discovery(["xdp", "sched_cls"])
+    names.start_namespace_scans()
+    names.start_namespace_scans()  # already started: one visit
+    release.set()
+    assert set(names.namespace_scans()) == {OWN, OTHER}
+    assert names.namespace_scans() is names.namespace_scans()
+    # One visit, in a thread of its own, not asking the devices (the iterator names links).
+    assert calls == [(False, False, "otel-bpf-netns-visits")]
+    # A link's device named by asking (the syscall walk): visited again, asking the devices.
+    calls.clear()
+    assert names.device(2, 71, None) == ("veth0", OTHER, f"veth0@netns:{OTHER}")
+    assert [c[:2] for c in calls] == [(True, True), (False, True)]
+
+
+def test_namespace_visits_that_fail_ahead_are_made_again_by_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    threads: list[str] = []
+
+    def fake_scan(
+        wants: an.ScanWants,
+        namespaces: object = None,
+        *,
+        own_only: bool = False,
+        known: object = None,
+    ) -> dict[int, an.NamespaceScan]:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            raise OSError(5, "no reply")
+        return scans()
+
+    monkeypatch.setattr(an, "scan_namespaces", fake_scan)
+    names = Names(cgroup_root="/sys/fs/cgroup")
+    names.new_discovery(["xdp"])
+    names.start_namespace_scans()
+    assert set(names.namespace_scans()) == {OWN, OTHER}
+    assert threads == ["otel-bpf-netns-visits", threading.current_thread().name]
+    # A new discovery never leaves the last one's visits running.
+    names.start_namespace_scans()
+    names.new_discovery(["xdp"])
+    assert names._prefetch is None

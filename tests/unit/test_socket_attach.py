@@ -269,9 +269,10 @@ def test_program_builds() -> None:
     assert insns[-1] == asm.exit_()
 
 
-def test_sockets_is_the_last_default_source() -> None:
-    sources = default_sources()
-    assert sources[-1].name == "sockets" and sources[-1].close is not None
+def test_sockets_is_a_default_source_after_the_links() -> None:
+    sources = {s.name: (i, s) for i, s in enumerate(default_sources())}
+    index, sockets = sources["sockets"]
+    assert index > sources["links"][0] and sockets.close is not None
 
 
 class FakeStat:
