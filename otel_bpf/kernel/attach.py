@@ -26,7 +26,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -609,6 +609,15 @@ class _Known:
         self.answer: tuple[Names, _Answer] | None = None
 
 
+def _all_named(found: Mapping[int, Iterable[Attachment]]) -> bool:
+    """Whether every cgroup and device of ``found`` has its name."""
+    return all(
+        (a.cgroup_path is not None or not a.cgroup_id) and (a.ifname is not None or not a.ifindex)
+        for attachments in found.values()
+        for a in attachments
+    )
+
+
 def _own_netns() -> int:
     """The inode of this process's network namespace (0 when it cannot be read)."""
     try:
@@ -685,6 +694,9 @@ class LinkWalk:
         self._iterator: Any = None
         self._known: dict[int, _Known] = {}
         self._stateful: frozenset[int] = frozenset()
+        # The last walk's iterator bytes and result, when every name in it was found.
+        self._last: tuple[bytes, dict[int, list[Attachment]]] | None = None
+        self._followed = False
         self.fetched = 0
         """How many links the last walk asked the kernel about one by one."""
 
@@ -703,19 +715,35 @@ class LinkWalk:
         self, names: Names | None = None, errors: list[str] | None = None
     ) -> dict[int, list[Attachment]]:
         """Program id -> attachments in link id order, as :func:`read_link_attachments`."""
-        records = self._records()
-        if records is None:
+        raw = self._read_raw()
+        if raw is None:
             self._known.clear()
+            self._last = None
             found = read_link_attachments(names, errors)
             self.fetched = sum(len(a) for a in found.values())
             return found
+        if self._last is not None and self._last[0] == raw:
+            # Every link, program, target, device name and namespace as last time: the same
+            # attachments (a cgroup's path is known by its id, which never changes).
+            self.fetched = 0
+            return self._last[1]
+        from otel_bpf.kernel.iterator.links import record_tuples
+
         own_names = names is None
         names = names or Names()
+        walk_errors: list[str] = []
         try:
-            return self._walk(records, names, errors)
+            found = self._walk(record_tuples(raw), names, walk_errors)
         finally:
             if own_names:
                 names.close()
+        if errors is not None:
+            errors.extend(walk_errors)
+        # Kept for the next walk only when complete: a name not found yet (a cgroup made a
+        # moment ago) is asked again.
+        complete = self._followed and not walk_errors and _all_named(found)
+        self._last = (raw, found) if complete else None
+        return found
 
     def _walk(
         self, records: Iterable[tuple[Any, ...]], names: Names, errors: list[str] | None
@@ -726,7 +754,9 @@ class LinkWalk:
         stateful = self._stateful
         fetched = 0
         own_netns: int | None = None
+        count = 0
         for link_id, link_type, prog_id, state, *where in sorted(records):
+            count += 1
             record = (link_type, prog_id, state)
             entry = known.get(link_id)
             if entry is None or entry.record != record:
@@ -764,6 +794,9 @@ class LinkWalk:
             found.setdefault(decoded[0], []).append(decoded[1])
         self._known = kept
         self.fetched = fetched
+        # Every link kept: none whose target the iterator cannot follow (netkit, a newer link
+        # type) and none that failed, so the same bytes next time mean the same attachments.
+        self._followed = len(kept) == count
         return found
 
     def _fetch(
@@ -778,9 +811,9 @@ class LinkWalk:
             errors.extend(failures)
         return got
 
-    def _records(self) -> Iterable[tuple[int, ...]] | None:
-        """Every link's ``(id, type, prog_id, state[, netns, device])`` from the iterator;
-        None when there is none (the syscall walk is used)."""
+    def _read_raw(self) -> bytes | None:
+        """The iterator's records of every link (``(id, type, prog_id, state, netns,
+        device)`` each); None when there is no iterator (the syscall walk is used)."""
         if self._iterator is None:
             if not self._use_iterator:
                 return None
@@ -794,14 +827,15 @@ class LinkWalk:
                 return None
             self._stateful = frozenset(self._iterator.layout.chains)
         try:
-            records: Iterable[tuple[int, ...]] = self._iterator.read_tuples()
+            raw: bytes = self._iterator.read_raw()
         except (BpfError, OSError) as err:
             log.debug("iter/bpf_link read failed, this walk is the syscall walk: %s", err)
             return None
-        return records
+        return raw
 
     def close(self) -> None:
         """Release the iterator."""
+        self._last = None
         if self._iterator is not None:
             self._iterator.close()
             self._iterator = None

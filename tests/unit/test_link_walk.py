@@ -4,6 +4,7 @@ the real kernel, compared with the syscall walk: tests/kernel/test_link_walk_ite
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -34,17 +35,30 @@ class FakeWalk(LinkWalk):
     def __init__(self, stateful: Iterable[int] = (XDP, CGROUP)) -> None:
         super().__init__()
         self._stateful = frozenset(stateful)
-        self.links: dict[int, tuple[int, int, int]] = {}  # id -> (type, prog, state)
+        # id -> (type, prog, state, netns, device)
+        self.links: dict[int, tuple[int, int, int, int, bytes]] = {}
         self.infos: dict[int, tuple[bytes, bytes]] = {}
         self.asked: list[int] = []
 
-    def add(self, link_id: int, link_type: int, prog_id: int, union: bytes, state: int = 0) -> None:
-        self.links[link_id] = (link_type, prog_id, state)
+    def add(
+        self,
+        link_id: int,
+        link_type: int,
+        prog_id: int,
+        union: bytes,
+        state: int = 0,
+        netns: int = 0,
+        device: bytes = b"",
+    ) -> None:
+        self.links[link_id] = (link_type, prog_id, state, netns, device)
         name = b"sys_enter\0" if link_type == RAW_TP else b""
         self.infos[link_id] = (info(link_type, link_id, prog_id, union), name)
 
-    def _records(self) -> list[tuple[int, int, int, int]]:
-        return [(i, *self.links[i]) for i in sorted(self.links)]
+    def _read_raw(self) -> bytes:
+        return b"".join(
+            RECORD.pack(i, t, p, netns, state, device)
+            for i, (t, p, state, netns, device) in sorted(self.links.items())
+        )
 
     def _fetch(
         self, reader: object, link_id: int, errors: list[str] | None
@@ -125,16 +139,34 @@ def test_mutable_targets_without_iterator_state_are_read_every_walk() -> None:
     assert asked(walk, names) == [4, 5]
 
 
-def test_a_renamed_interface_or_cgroup_is_named_anew_without_syscalls() -> None:
+def test_a_renamed_interface_is_named_anew_without_syscalls() -> None:
+    # The iterator reads a device link's device name and namespace: a rename changes the
+    # record, and the link is decoded again with the new name, without asking the kernel.
     walk, names = FakeWalk(), FakeNames()
-    walk.add(4, XDP, 40, struct.pack("<I", 7), state=7)
-    walk.add(5, CGROUP, 50, struct.pack("<QI", 4242, 1), state=1)
-    assert walk.read(names)[40][0].ifname == "eth0"
-    names.ifnames[7] = "wan0"
-    names.cgroups[4242] = "/sys/fs/cgroup/moved"
-    assert asked(walk, names) == []
+    own = os.stat("/proc/self/ns/net").st_ino
+    walk.add(4, XDP, 40, struct.pack("<I", 7), state=7, netns=own, device=b"eth0")
+    walk.add(5, XDP, 50, struct.pack("<I", 3), state=3, netns=4026532280, device=b"veth1")
+    walk.add(6, CGROUP, 60, struct.pack("<QI", 4242, 1), state=1)
     found = walk.read(names)
-    assert (found[40][0].target, found[50][0].cgroup_path) == ("wan0", "/sys/fs/cgroup/moved")
+    assert (found[40][0].target, found[40][0].netns) == ("eth0", own)
+    assert (found[50][0].target, found[50][0].ifname) == ("veth1@netns:4026532280", "veth1")
+    walk.links[4] = (XDP, 40, 7, own, b"wan0")
+    walk.asked.clear()
+    found = walk.read(names)
+    assert walk.asked == [] and (found[40][0].target, found[40][0].ifname) == ("wan0", "wan0")
+
+
+def test_the_same_records_give_the_last_attachments_without_decoding() -> None:
+    walk, names = FakeWalk(), FakeNames()
+    walk.add(3, RAW_TP, 30, struct.pack("<QI", 0, 0))
+    walk.add(6, CGROUP, 60, struct.pack("<QI", 4242, 1), state=1)
+    first = walk.read(names)
+    assert walk.read(names) is first and walk.fetched == 0
+    # A name not found yet (a cgroup made a moment ago) is asked again next walk.
+    walk.add(7, CGROUP, 70, struct.pack("<QI", 77, 1), state=1)
+    assert walk.read(names)[70][0].cgroup_path is None
+    names.cgroups[77] = "/sys/fs/cgroup/new"
+    assert walk.read(names)[70][0].cgroup_path == "/sys/fs/cgroup/new"
 
 
 def test_undecodable_info_is_an_error_every_walk(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -238,10 +238,11 @@ def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
 
 def decode(data: bytes) -> list[LinkRecord]:
     """Records of one pass (a torn tail, which the kernel never writes, is ignored)."""
-    return [LinkRecord(*t) for t in _tuples(data)]
+    return [LinkRecord(*t) for t in record_tuples(data)]
 
 
-def _tuples(data: bytes) -> list[tuple[int, int, int, int, int, str]]:
+def record_tuples(data: bytes) -> list[tuple[int, int, int, int, int, str]]:
+    """:func:`decode` as plain ``(id, type, prog_id, state, netns, device)`` tuples."""
     usable = len(data) - len(data) % RECORD.size
     return [
         (link_id, link_type, prog_id, state, netns, _text(name) if netns else "")
@@ -293,4 +294,8 @@ class LinkIterator(OwnedFds):
     def read_tuples(self) -> list[tuple[int, int, int, int, int, str]]:
         """:meth:`read` as plain ``(id, type, prog_id, state, netns, device)`` tuples
         (cheaper to make)."""
-        return _tuples(read_iterator(self.link))
+        return record_tuples(read_iterator(self.link))
+
+    def read_raw(self) -> bytes:
+        """One pass's bytes (:func:`record_tuples` decodes them)."""
+        return read_iterator(self.link)
