@@ -153,7 +153,7 @@ class AttachmentDiscovery:
         self._prog_ids: frozenset[int] = frozenset()
         self._found: dict[int, tuple[Attachment, ...]] = {}
         # Each source's last result, kept when a later run of it fails.
-        self._last: dict[str, dict[int, list[Attachment]]] = {}
+        self._last: dict[str, dict[int, Sequence[Attachment]]] = {}
         self._failing: set[str] = set()
         self.walks = 0
         """How many discoveries were made (tests and benchmarks read it)."""
@@ -185,7 +185,11 @@ class AttachmentDiscovery:
 
     def _run(self, source: Source, ctx: DiscoveryContext) -> None:
         try:
-            found = {p: list(a) for p, a in source.read(ctx).items()}
+            found: dict[int, Sequence[Attachment]] = {
+                # Sources give lists; anything else is made one (it is read twice).
+                p: a if isinstance(a, (list, tuple)) else list(a)
+                for p, a in source.read(ctx).items()
+            }
         except (BpfError, OSError) as err:
             # The counters matter more: the pass goes on with this source's last result.
             ctx.errors.append(f"attachments from {source.name}: {err}")
