@@ -5,14 +5,30 @@ from __future__ import annotations
 import os
 from typing import TypeVar
 
-from otel_bpf.kernel._uapi import AttachType, Cmd, IterCreateAttr
+from otel_bpf.kernel import asm
+from otel_bpf.kernel._uapi import AttachType, Cmd, IterCreateAttr, ProgType
 from otel_bpf.kernel.fd import KernelFd, fd_number
 from otel_bpf.kernel.links import create_owned_link
+from otel_bpf.kernel.loader import load_owned_program
 from otel_bpf.kernel.syscall import bpf, close
 
 # bpf_seq_read() fills at most PAGE_SIZE << 3 bytes per read() call; a larger buffer only
 # saves nothing, a smaller one splits records across calls.
 _READ_SIZE = 1 << 16
+
+
+def load_iterator_program(insns: list[asm.Insn], name: str, attach_btf_id: int) -> KernelFd:
+    """Load one of our iterator programs: ``BPF_PROG_TYPE_TRACING`` for ``TRACE_ITER`` on
+    the ``bpf_iter_*`` function ``attach_btf_id``, GPL (``bpf_probe_read_kernel`` and
+    ``bpf_seq_write`` are GPL-only helpers)."""
+    return load_owned_program(
+        ProgType.TRACING,
+        asm.assemble(insns),
+        name,
+        license="GPL",
+        expected_attach_type=AttachType.TRACE_ITER,
+        attach_btf_id=attach_btf_id,
+    )
 
 
 def attach_iterator(prog: KernelFd | int) -> KernelFd:

@@ -48,15 +48,14 @@ from otel_bpf.kernel._uapi import (
     Helper,
     InfoByFdAttr,
     ProgInfo,
-    ProgType,
     u32,
     u64,
 )
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.fd import KernelFd
-from otel_bpf.kernel.iterator._common import OwnedFds, read_iterator
+from otel_bpf.kernel.iterator._common import OwnedFds, load_iterator_program, read_iterator
 from otel_bpf.kernel.links import link_id
-from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
 
@@ -395,16 +394,7 @@ class CgroupIterator(OwnedFds):
         try:
             insns = build_program(layout)
             self.insn_count = len(insns)
-            self.prog = self._keep(
-                load_owned_program(
-                    ProgType.TRACING,
-                    asm.assemble(insns),
-                    PROGRAM_NAME,
-                    license="GPL",  # probe_read_kernel and seq_write are GPL-only
-                    expected_attach_type=AttachType.TRACE_ITER,
-                    attach_btf_id=layout.attach_btf_id,
-                )
-            )
+            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
             self.prog_id = program_id(self.prog)
             root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:

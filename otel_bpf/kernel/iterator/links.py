@@ -36,10 +36,15 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, Helper, LinkType, ProgType
+from otel_bpf.kernel._uapi import Helper, LinkType
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
-from otel_bpf.kernel.iterator._common import OwnedFds, attach_iterator, read_iterator
-from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.iterator._common import (
+    OwnedFds,
+    attach_iterator,
+    load_iterator_program,
+    read_iterator,
+)
+from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
 
 PROGRAM_NAME = "otel_bpf_links"
@@ -264,16 +269,7 @@ class LinkIterator(OwnedFds):
         try:
             insns = build_program(layout)
             self.insn_count = len(insns)
-            self.prog = self._keep(
-                load_owned_program(
-                    ProgType.TRACING,
-                    asm.assemble(insns),
-                    PROGRAM_NAME,
-                    license="GPL",  # probe_read_kernel and seq_write are GPL-only
-                    expected_attach_type=AttachType.TRACE_ITER,
-                    attach_btf_id=layout.attach_btf_id,
-                )
-            )
+            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
             self.prog_id = program_id(self.prog)
             self.link = self._keep(attach_iterator(self.prog))
         except BaseException:

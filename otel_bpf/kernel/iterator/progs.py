@@ -38,15 +38,16 @@ from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, Helper, MapType, ProgType
+from otel_bpf.kernel._uapi import Helper, MapType
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfUnsupportedError
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
     attach_iterator,
+    load_iterator_program,
     read_iterator,
 )
-from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
@@ -434,16 +435,7 @@ class ProgIterator(OwnedFds):
                     errno.E2BIG, f"{len(self.cpus)} possible CPUs: {err}"
                 ) from None
             self.insn_count = len(insns)
-            self.prog = self._keep(
-                load_owned_program(
-                    ProgType.TRACING,
-                    asm.assemble(insns),
-                    PROGRAM_NAME,
-                    license="GPL",  # probe_read_kernel and seq_write are GPL-only
-                    expected_attach_type=AttachType.TRACE_ITER,
-                    attach_btf_id=layout.attach_btf_id,
-                )
-            )
+            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
             self.prog_id = program_id(self.prog)
             self.link = self._keep(attach_iterator(self.prog))
         except BaseException:

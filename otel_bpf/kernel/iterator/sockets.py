@@ -27,11 +27,16 @@ import struct
 from dataclasses import dataclass
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, Helper, ProgType
+from otel_bpf.kernel._uapi import Helper
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfError
-from otel_bpf.kernel.iterator._common import OwnedFds, attach_iterator, read_iterator
-from otel_bpf.kernel.loader import load_owned_program, program_id
+from otel_bpf.kernel.iterator._common import (
+    OwnedFds,
+    attach_iterator,
+    load_iterator_program,
+    read_iterator,
+)
+from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
 PROGRAM_NAME = "otel_bpf_socks"
@@ -259,16 +264,7 @@ class SocketsIterator(OwnedFds):
         try:
             insns = build_program(layout)
             self.insn_count = len(insns)
-            self.prog = self._keep(
-                load_owned_program(
-                    ProgType.TRACING,
-                    asm.assemble(insns),
-                    PROGRAM_NAME,
-                    license="GPL",
-                    expected_attach_type=AttachType.TRACE_ITER,
-                    attach_btf_id=layout.attach_btf_id,
-                )
-            )
+            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
             self.prog_id = program_id(self.prog)
             self.link = self._keep(attach_iterator(self.prog))
         except BaseException:
