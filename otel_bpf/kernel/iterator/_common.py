@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TypeVar
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import AttachType, Cmd, IterCreateAttr, ProgType
 from otel_bpf.kernel.fd import KernelFd, fd_number
 from otel_bpf.kernel.links import create_owned_link
-from otel_bpf.kernel.loader import load_owned_program
+from otel_bpf.kernel.loader import load_owned_program, program_id
 from otel_bpf.kernel.syscall import bpf, close
 
 # bpf_seq_read() fills at most PAGE_SIZE << 3 bytes per read() call; a larger buffer only
@@ -66,6 +67,8 @@ class OwnedFds:
     prog: KernelFd
     """The loaded iterator program."""
     prog_id: int
+    insn_count: int
+    """How many instructions the program has."""
     link: KernelFd
     """The iterator link each pass is created from."""
 
@@ -75,6 +78,24 @@ class OwnedFds:
     def _keep(self, fd: KernelFd) -> KernelFd:
         self._fds.append(fd)
         return fd
+
+    def _load(
+        self,
+        insns: list[asm.Insn],
+        name: str,
+        attach_btf_id: int,
+        attach: Callable[[KernelFd], KernelFd] = attach_iterator,
+    ) -> None:
+        """Load the program and attach it (``attach``: plain, or with the iterator's
+        target), setting :attr:`insn_count`, :attr:`prog`, :attr:`prog_id` and :attr:`link`."""
+        self.insn_count = len(insns)
+        self.prog = self._keep(load_iterator_program(insns, name, attach_btf_id))
+        self.prog_id = program_id(self.prog)
+        self.link = self._keep(attach(self.prog))
+
+    def read_raw(self) -> bytes:
+        """One pass's output, undecoded (a new iterator fd each call)."""
+        return read_iterator(self.link)
 
     @property
     def prog_fd(self) -> int:

@@ -53,9 +53,8 @@ from otel_bpf.kernel._uapi import (
 )
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.fd import KernelFd
-from otel_bpf.kernel.iterator._common import OwnedFds, load_iterator_program, read_iterator
+from otel_bpf.kernel.iterator._common import OwnedFds
 from otel_bpf.kernel.links import link_id
-from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
 
@@ -393,12 +392,14 @@ class CgroupIterator(OwnedFds):
         super().__init__()
         try:
             insns = build_program(layout)
-            self.insn_count = len(insns)
-            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
-            self.prog_id = program_id(self.prog)
             root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                self.link = self._keep(attach_cgroup_iterator(self.prog, root_fd))
+                self._load(
+                    insns,
+                    PROGRAM_NAME,
+                    layout.attach_btf_id,
+                    lambda prog: attach_cgroup_iterator(prog, root_fd),
+                )
             finally:
                 os.close(root_fd)
         except BaseException:
@@ -424,10 +425,6 @@ class CgroupIterator(OwnedFds):
         )
         bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, PROGRAM_NAME)
         return int(info.verified_insns)
-
-    def read_raw(self) -> bytes:
-        """One pass's output, undecoded."""
-        return read_iterator(self.link)
 
     def read(self) -> list[CgroupProgRecord]:
         """One pass: a record per program attached with ``BPF_PROG_ATTACH``, cgroups in

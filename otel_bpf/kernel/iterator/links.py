@@ -40,11 +40,8 @@ from otel_bpf.kernel._uapi import Helper, LinkType
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
-    attach_iterator,
-    load_iterator_program,
     read_iterator,
 )
-from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
 
 PROGRAM_NAME = "otel_bpf_links"
@@ -268,10 +265,7 @@ class LinkIterator(OwnedFds):
         super().__init__()
         try:
             insns = build_program(layout)
-            self.insn_count = len(insns)
-            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
-            self.prog_id = program_id(self.prog)
-            self.link = self._keep(attach_iterator(self.prog))
+            self._load(insns, PROGRAM_NAME, layout.attach_btf_id)
         except BaseException:
             self.close()
             raise
@@ -291,7 +285,3 @@ class LinkIterator(OwnedFds):
         """:meth:`read` as plain ``(id, type, prog_id, state, netns, device)`` tuples
         (cheaper to make)."""
         return record_tuples(read_iterator(self.link))
-
-    def read_raw(self) -> bytes:
-        """One pass's bytes (:func:`record_tuples` decodes them)."""
-        return read_iterator(self.link)

@@ -37,11 +37,8 @@ from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
-    attach_iterator,
-    load_iterator_program,
     read_iterator,
 )
-from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.owners import OwnerKey, TaskFds, group_by_program
 from otel_bpf.kernel.syscall import bpf
@@ -360,10 +357,7 @@ class OwnersIterator(OwnedFds):
                 create_owned_map(MapType.ARRAY, 4, ctypes.sizeof(_State), 1, "otel_bpf_own")
             )
             insns = build_program(layout, self._state.fileno())
-            self.insn_count = len(insns)
-            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
-            self.prog_id = program_id(self.prog)
-            self.link = self._keep(attach_iterator(self.prog))
+            self._load(insns, PROGRAM_NAME, layout.attach_btf_id)
             self._calibrate()
         except BaseException:
             self.close()

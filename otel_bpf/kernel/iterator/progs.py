@@ -43,11 +43,8 @@ from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfUnsupportedError
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
-    attach_iterator,
-    load_iterator_program,
     read_iterator,
 )
-from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
@@ -434,17 +431,10 @@ class ProgIterator(OwnedFds):
                 raise BpfUnsupportedError(
                     errno.E2BIG, f"{len(self.cpus)} possible CPUs: {err}"
                 ) from None
-            self.insn_count = len(insns)
-            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
-            self.prog_id = program_id(self.prog)
-            self.link = self._keep(attach_iterator(self.prog))
+            self._load(insns, PROGRAM_NAME, layout.attach_btf_id)
         except BaseException:
             self.close()
             raise
-
-    def read_raw(self) -> bytes:
-        """One pass, undecoded."""
-        return read_iterator(self.link)
 
     def read(self) -> list[ProgRecordRaw]:
         """One pass: a record per program loaded right now (this one included)."""

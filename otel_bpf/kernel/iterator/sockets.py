@@ -32,11 +32,7 @@ from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
-    attach_iterator,
-    load_iterator_program,
-    read_iterator,
 )
-from otel_bpf.kernel.loader import program_id
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
 PROGRAM_NAME = "otel_bpf_socks"
@@ -263,17 +259,10 @@ class SocketsIterator(OwnedFds):
         super().__init__()
         try:
             insns = build_program(layout)
-            self.insn_count = len(insns)
-            self.prog = self._keep(load_iterator_program(insns, PROGRAM_NAME, layout.attach_btf_id))
-            self.prog_id = program_id(self.prog)
-            self.link = self._keep(attach_iterator(self.prog))
+            self._load(insns, PROGRAM_NAME, layout.attach_btf_id)
         except BaseException:
             self.close()
             raise
-
-    def read_raw(self) -> bytes:
-        """One pass's output, undecoded (a new iterator fd each call: passes may overlap)."""
-        return read_iterator(self.link)
 
     def read(self) -> list[SocketProgram]:
         """One pass: every (process, fd) whose socket has an eBPF filter or reuseport program."""
