@@ -44,7 +44,7 @@ from otel_bpf.kernel._uapi import (
     filled,
 )
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
-from otel_bpf.kernel.syscall import bpf, close, command_error, prepared, raw_bpf
+from otel_bpf.kernel.syscall import bpf, close, command_error, libc, prepared, raw_bpf
 from otel_bpf.kernel.system import cgroup2_mount_point
 from otel_bpf.records import Attachment
 from otel_bpf.workload import workload_of_path
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DISCOVERY_INTERVAL",
     "LinkWalk",
+    "CGROUP_GONE",
     "Names",
     "cgroup_target",
     "decode_link_info",
@@ -167,6 +168,9 @@ class Names:
         self._cgroup_root = cgroup_root or cgroup2_root()
         self._cgroups: dict[int, str] = {}
         self._cgroups_scanned_at: float | None = None
+        # The cgroup2 root, opened once, for cgroups opened by their id (cgroup_by_id).
+        self._cgroup_root_fd = -1
+        self._handles = True
         self._vmlinux: Any = None
         self._vmlinux_failed = False
         self._btf_objects: dict[int, tuple[str, bool] | None] = {}
@@ -295,8 +299,53 @@ class Names:
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         """The cgroup2 directory whose inode number is ``cgroup_id`` (the kernel's cgroup id
-        is its kernfs node id, the directory's inode), from a cached scan of the hierarchy;
-        an id not in the cache rescans it, at most once per second."""
+        is its kernfs node id, the directory's inode); None when it cannot be told or the
+        cgroup is gone (:meth:`cgroup_by_id`)."""
+        path = self.cgroup_by_id(cgroup_id)
+        return None if path is CGROUP_GONE else path
+
+    def cgroup_by_id(self, cgroup_id: int) -> str | None:
+        """The cgroup's directory, :data:`CGROUP_GONE` when the cgroup was removed, None when
+        it cannot be told.
+
+        A cgroup not seen before (a new container) is opened by its id as a file handle
+        (``open_by_handle_at``, as the kernel encodes a cgroup2 directory's handle) and named
+        by ``/proc/self/fd``: a few syscalls instead of a scan of the hierarchy.  Where
+        handles cannot be opened (no ``CAP_DAC_READ_SEARCH``), a cached scan answers; an id
+        not in it rescans, at most once per second.  Paths are kept by id."""
+        found = self._cgroups.get(cgroup_id)
+        if found is not None:
+            return found
+        if self._handles:
+            try:
+                if self._cgroup_root_fd < 0:
+                    self._open_cgroup_root()
+                path = _path_by_handle(self._cgroup_root_fd, cgroup_id)
+            except OSError as err:
+                if err.errno in (errno.ESTALE, errno.ENOENT):
+                    return CGROUP_GONE
+                self._handles = False
+            else:
+                if path is None:
+                    return CGROUP_GONE
+                self._cgroups[cgroup_id] = path
+                return path
+        return self._scanned_cgroup(cgroup_id)
+
+    def _open_cgroup_root(self) -> None:
+        """Open the cgroup2 root for handles, once it has shown that it names its own id (a
+        root that is not a cgroup2 mount names nothing by a kernfs handle): OSError else."""
+        fd = os.open(self._cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _path_by_handle(fd, os.fstat(fd).st_ino) != os.path.realpath(self._cgroup_root):
+                raise OSError(errno.EINVAL, f"{self._cgroup_root}: not a cgroup2 mount")
+        except OSError as err:
+            os.close(fd)
+            # Whatever the reason, this root is not opened by handles (the scan answers).
+            raise OSError(errno.EINVAL, str(err)) from None
+        self._cgroup_root_fd = fd
+
+    def _scanned_cgroup(self, cgroup_id: int) -> str | None:
         found = self._cgroups.get(cgroup_id)
         if found is not None:
             return found
@@ -354,11 +403,46 @@ class Names:
             return None
 
     def close(self) -> None:
-        """Release vmlinux BTF (opened at the first tracing link)."""
+        """Release vmlinux BTF (opened at the first tracing link) and the cgroup2 root."""
         self._take_prefetch()
+        if self._cgroup_root_fd >= 0:
+            os.close(self._cgroup_root_fd)
+            self._cgroup_root_fd = -1
         if self._vmlinux is not None:
             self._vmlinux.close()
             self._vmlinux = None
+
+
+CGROUP_GONE = "\0gone"
+"""What :meth:`Names.cgroup_by_id` says of a cgroup removed since it was seen."""
+
+FILEID_KERNFS = 0xFE
+"""The file handle type of a kernfs (cgroup2) node: its 64-bit id, the cgroup id."""
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("id", ctypes.c_uint64),
+    ]
+
+
+def _path_by_handle(root_fd: int, cgroup_id: int) -> str | None:
+    """The path of cgroup ``cgroup_id`` opened by its file handle; None for a cgroup
+    removed meanwhile; OSError when it cannot be opened."""
+    handle = _FileHandle(8, FILEID_KERNFS, cgroup_id)
+    fd = libc.open_by_handle_at(root_fd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    if path.endswith(" (deleted)") or not path.startswith("/"):
+        return None
+    return path
 
 
 def cgroup2_root(mounts: str = "/proc/mounts") -> str:

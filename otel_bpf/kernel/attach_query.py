@@ -47,13 +47,12 @@ from otel_bpf.kernel._uapi import (
     TaskFdQueryAttr,
     TaskFdType,
     u32,
-    u64,
 )
-from otel_bpf.kernel.attach import Names, cgroup_target
+from otel_bpf.kernel.attach import CGROUP_GONE, Names, cgroup_target
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.namespaces import network_namespaces
 from otel_bpf.kernel.owners import fd_targets, process_ids
-from otel_bpf.kernel.syscall import close, command_error, libc, prepared, raw_bpf
+from otel_bpf.kernel.syscall import close, command_error, prepared, raw_bpf
 from otel_bpf.records import Attachment
 
 if TYPE_CHECKING:
@@ -345,39 +344,35 @@ class ProgAttachSource:
         root = ctx.names.cgroup_root
         targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
         made: dict[tuple[int, int, int], Attachment] = {}
-        resolver = _CgroupPaths(root)
         found: dict[int, list[Attachment]] = {}
         complete = True
-        try:
-            for cgroup_id, prog_id, slot, flags in decode(raw):
-                key = (cgroup_id, slot, flags)
-                attachment = made.get(key) or self._attachments.get(key)
-                if attachment is None:
-                    known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
-                    if known is None:
-                        path = resolver.path(cgroup_id, ctx.names)
-                        if path is _GONE:
-                            continue  # removed since the pass
-                        if path is None:
-                            complete = False  # not kept: asked again next time
-                            target = cgroup_target(cgroup_id, ctx.names)
-                        else:
-                            walked = _WalkedCgroup(root, cgroup_id, path)
-                            known = (path, cgroup_target(cgroup_id, walked))
-                    if known is not None:
-                        targets[cgroup_id] = known
-                        target = known[1]
-                    attach_type = names[slot] if slot < len(names) else f"cgroup_slot_{slot}"
-                    attachment = Attachment(
-                        "cgroup", "prog_attach", None, attach_type, target[0],
-                        attach_flags=attach_flags_name(flags), **target[1],
-                    )  # fmt: skip
-                elif cgroup_id in self._cgroup_targets:
-                    targets.setdefault(cgroup_id, self._cgroup_targets[cgroup_id])
-                made[key] = attachment
-                found.setdefault(prog_id, []).append(attachment)
-        finally:
-            resolver.close()
+        for cgroup_id, prog_id, slot, flags in decode(raw):
+            key = (cgroup_id, slot, flags)
+            attachment = made.get(key) or self._attachments.get(key)
+            if attachment is None:
+                known = targets.get(cgroup_id) or self._cgroup_targets.get(cgroup_id)
+                if known is None:
+                    path = ctx.names.cgroup_by_id(cgroup_id)
+                    if path is CGROUP_GONE:
+                        continue  # removed since the pass
+                    if path is None:
+                        complete = False  # not kept: asked again next time
+                        target = cgroup_target(cgroup_id, ctx.names)
+                    else:
+                        walked = _WalkedCgroup(root, cgroup_id, path)
+                        known = (path, cgroup_target(cgroup_id, walked))
+                if known is not None:
+                    targets[cgroup_id] = known
+                    target = known[1]
+                attach_type = names[slot] if slot < len(names) else f"cgroup_slot_{slot}"
+                attachment = Attachment(
+                    "cgroup", "prog_attach", None, attach_type, target[0],
+                    attach_flags=attach_flags_name(flags), **target[1],
+                )  # fmt: skip
+            elif cgroup_id in self._cgroup_targets:
+                targets.setdefault(cgroup_id, self._cgroup_targets[cgroup_id])
+            made[key] = attachment
+            found.setdefault(prog_id, []).append(attachment)
         self._cgroup_targets = targets
         self._attachments = made
         self._raw, self._iterated = (raw if complete else None), found
@@ -481,64 +476,6 @@ class _WalkedCgroup(Names):
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         return self._path if cgroup_id == self._id else None
-
-
-_GONE = "\0gone"
-"""What :meth:`_CgroupPaths.path` says of a cgroup removed since it was listed."""
-
-FILEID_KERNFS = 0xFE
-"""The file handle type of a kernfs (cgroup2) node: its 64-bit id, the cgroup id."""
-
-
-class _FileHandle(ctypes.Structure):
-    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("id", u64)]
-
-
-class _CgroupPaths:
-    """Cgroup id -> path, for a cgroup the last discovery did not see (a new container):
-    opened by its id as a file handle (``open_by_handle_at``, as the kernel encodes a
-    cgroup2 directory's handle) and named by ``/proc/self/fd``, a few syscalls instead of a
-    scan of the hierarchy.  Where handles cannot be opened (no ``CAP_DAC_READ_SEARCH``), the
-    shared :class:`Names` answers from its scan."""
-
-    def __init__(self, root: str) -> None:
-        self._root = root
-        self._root_fd = -1
-        self._handles = True
-
-    def path(self, cgroup_id: int, names: Names) -> str | None:
-        """The cgroup's directory; :data:`_GONE` when it is gone, None when it cannot be
-        told."""
-        if self._handles:
-            try:
-                if self._root_fd < 0:
-                    self._root_fd = os.open(self._root, _DIR_FLAGS)
-                return _path_by_handle(self._root_fd, cgroup_id) or _GONE
-            except OSError as err:
-                if err.errno in (errno.ESTALE, errno.ENOENT):
-                    return _GONE
-                self._handles = False
-        return names.cgroup_path(cgroup_id)
-
-    def close(self) -> None:
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1
-
-
-def _path_by_handle(root_fd: int, cgroup_id: int) -> str | None:
-    handle = _FileHandle(8, FILEID_KERNFS, cgroup_id)
-    fd = libc.open_by_handle_at(root_fd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    try:
-        path = os.readlink(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
-    if path.endswith(" (deleted)") or not path.startswith("/"):
-        return None
-    return path
 
 
 def _walk_cgroups(root: str) -> Iterator[tuple[int, int, str]]:

@@ -16,7 +16,7 @@ from kernel_progs import bpftool_json
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import AttachType, Cmd, ProgType, u32, u64
-from otel_bpf.kernel.attach import Names, cgroup2_root, read_link_attachments
+from otel_bpf.kernel.attach import CGROUP_GONE, Names, cgroup2_root, read_link_attachments
 from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 from otel_bpf.kernel.fd import KernelFd
 from otel_bpf.kernel.links import create_owned_link, link_id
@@ -221,3 +221,25 @@ def test_netfilter_link_reads_back() -> None:
             assert only(found, prog) == Attachment(
                 "netfilter", "link", link.id, "netfilter", "ipv4 input", priority=-128
             )
+
+
+def test_a_cgroup_made_after_the_scan_is_named_at_once(cgroup: str) -> None:
+    # A new container's cgroup is opened by its id (a file handle), not found by rescanning
+    # the hierarchy, which happens at most once a second; a removed one is told apart.
+    names = Names()
+    try:
+        assert names.cgroup_path(os.stat(cgroup).st_ino) == cgroup  # the first look-up
+        fresh = os.path.join(cgroup, "fresh")
+        os.mkdir(fresh)
+        try:
+            assert names.cgroup_path(os.stat(fresh).st_ino) == fresh
+            gone = os.path.join(cgroup, "gone")
+            os.mkdir(gone)
+            gone_id = os.stat(gone).st_ino
+            os.rmdir(gone)
+            assert names.cgroup_by_id(gone_id) is CGROUP_GONE
+            assert names.cgroup_path(gone_id) is None
+        finally:
+            os.rmdir(fresh)
+    finally:
+        names.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from otel_bpf.kernel import asm, attach_query
+from otel_bpf.kernel import asm, attach, attach_query
 from otel_bpf.kernel._uapi import ATTACH_TYPE_NAMES, BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE
 from otel_bpf.kernel.attach import Names
 from otel_bpf.kernel.attach_discovery import DiscoveryContext, default_sources
@@ -169,7 +169,8 @@ class FakeNames(Names):
         super().__init__(cgroup_root=ROOT)
         self.asked: list[int] = []
 
-    def cgroup_path(self, cgroup_id: int) -> str | None:
+    def _scanned_cgroup(self, cgroup_id: int) -> str | None:
+        # The scan of the hierarchy, what answers when file handles cannot be opened.
         self.asked.append(cgroup_id)
         return {1: ROOT}.get(cgroup_id)
 
@@ -192,6 +193,10 @@ class FakeIterator:
         self.closed = True
 
 
+def open_root(names: Names) -> None:
+    names._cgroup_root_fd = 1000
+
+
 def test_records_become_the_query_walks_attachments(monkeypatch: pytest.MonkeyPatch) -> None:
     by_handle: list[int] = []
     paths = {50: POD, 60: None}  # 60: removed since the pass
@@ -200,9 +205,9 @@ def test_records_become_the_query_walks_attachments(monkeypatch: pytest.MonkeyPa
         by_handle.append(cgroup_id)
         return paths[cgroup_id]
 
-    monkeypatch.setattr(attach_query, "_path_by_handle", path_by_handle)
-    monkeypatch.setattr(attach_query.os, "open", lambda *a, **k: 1000)
-    monkeypatch.setattr(attach_query.os, "close", lambda fd: None)
+    monkeypatch.setattr(attach, "_path_by_handle", path_by_handle)
+    # The cgroup2 root, opened for handles, stands for itself here.
+    monkeypatch.setattr(attach.Names, "_open_cgroup_root", open_root)
     fake = FakeIterator(
         [
             CgroupProgRecord(50, 7, 1, BPF_F_ALLOW_MULTI),
@@ -258,9 +263,9 @@ def test_without_file_handles_the_shared_names_answer(monkeypatch: pytest.Monkey
     def denied(root_fd: int, cgroup_id: int) -> str | None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(attach_query, "_path_by_handle", denied)
-    monkeypatch.setattr(attach_query.os, "open", lambda *a, **k: 1000)
-    monkeypatch.setattr(attach_query.os, "close", lambda fd: None)
+    monkeypatch.setattr(attach, "_path_by_handle", denied)
+    # The cgroup2 root, opened for handles, stands for itself here.
+    monkeypatch.setattr(attach.Names, "_open_cgroup_root", open_root)
     source = ProgAttachSource()
     source._iterator = FakeIterator([CgroupProgRecord(1, 7, 0, 0)])  # type: ignore[assignment]
     names = FakeNames()
