@@ -1,4 +1,5 @@
-"""bpf(2) pieces shared by the iterator programs: map creation, attach, one pass of reads."""
+"""Pieces shared by the iterator programs: the helper calls they emit, loading, attaching,
+one pass of reads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, Cmd, IterCreateAttr, ProgType
+from otel_bpf.kernel._uapi import AttachType, Cmd, Helper, IterCreateAttr, ProgType
 from otel_bpf.kernel.fd import KernelFd, fd_number
 from otel_bpf.kernel.links import create_owned_link
 from otel_bpf.kernel.loader import load_owned_program, program_id
@@ -30,6 +31,22 @@ def load_iterator_program(insns: list[asm.Insn], name: str, attach_btf_id: int) 
         expected_attach_type=AttachType.TRACE_ITER,
         attach_btf_id=attach_btf_id,
     )
+
+
+def probe_read_to_stack(b: asm.Builder, dst_stack: int, size: int) -> None:
+    """Emit ``R0 = bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the
+    caller (the kernel zeroes the destination when it cannot read)."""
+    b.emit(asm.mov64_reg(asm.R1, asm.R10), asm.alu64_imm("add", asm.R1, dst_stack))
+    b.emit(asm.mov64_imm(asm.R2, size), asm.call(Helper.PROBE_READ_KERNEL))
+
+
+def seq_write_from_stack(
+    b: asm.Builder, ctx_meta: int, meta_seq: int, stack_at: int, size: int
+) -> None:
+    """Emit ``bpf_seq_write(ctx->meta->seq, R10 + stack_at, size)``, the context in R6."""
+    b.emit(asm.ldx_mem(8, asm.R1, asm.R6, ctx_meta), asm.ldx_mem(8, asm.R1, asm.R1, meta_seq))
+    b.emit(asm.mov64_reg(asm.R2, asm.R10), asm.alu64_imm("add", asm.R2, stack_at))
+    b.emit(asm.mov64_imm(asm.R3, size), asm.call(Helper.SEQ_WRITE))
 
 
 def attach_iterator(prog: KernelFd | int) -> KernelFd:

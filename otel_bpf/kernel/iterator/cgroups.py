@@ -45,7 +45,6 @@ from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import (
     AttachType,
     Cmd,
-    Helper,
     InfoByFdAttr,
     ProgInfo,
     u32,
@@ -53,7 +52,7 @@ from otel_bpf.kernel._uapi import (
 )
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.fd import KernelFd
-from otel_bpf.kernel.iterator._common import OwnedFds
+from otel_bpf.kernel.iterator._common import OwnedFds, probe_read_to_stack, seq_write_from_stack
 from otel_bpf.kernel.links import link_id
 from otel_bpf.kernel.syscall import bpf
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
@@ -223,12 +222,6 @@ def _stack(layout: CgroupIterLayout) -> tuple[int, int]:
     return entry, arrays
 
 
-def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
-    """``R0 = bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
-    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
-    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
-
-
 def build_program(layout: CgroupIterLayout) -> list[asm.Insn]:
     """The iterator program: its loops are open-coded ``bpf_iter_num`` iterators where the
     kernel has them (6.4), bounded loops otherwise.
@@ -252,7 +245,7 @@ def build_program(layout: CgroupIterLayout) -> list[asm.Insn]:
     b.emit(asm.ldx_mem(8, R1, R1, lay.kn_id), asm.stx_mem(8, R10, R1, _REC))
     # progs[] and flags[] in one read.
     b.emit(asm.mov64_reg(R3, R7), asm.alu64_imm("add", R3, lay.progs))
-    _probe_read(b, arrays, lay.arrays_size)
+    probe_read_to_stack(b, arrays, lay.arrays_size)
     b.jmp_imm("jne", R0, 0, "out")
 
     if iterators:
@@ -288,7 +281,7 @@ def build_program(layout: CgroupIterLayout) -> list[asm.Insn]:
     # A failed read zeroes its buffer, so a NULL pointer read through gives 0 instead of
     # a branch: a record whose program id is 0 is skipped when decoded.
     b.emit(asm.mov64_reg(R3, R7), asm.alu64_imm("sub", R3, lay.entry_node))
-    _probe_read(b, entry, lay.entry_size)
+    probe_read_to_stack(b, entry, lay.entry_size)
     b.emit(asm.ldx_mem(8, R7, R10, entry + lay.entry_node + lay.node_next))
     # link != NULL as 0 or 1: (x | -x) >> 63.
     b.emit(asm.ldx_mem(8, R1, R10, entry + lay.entry_link), asm.mov64_reg(R2, R1))
@@ -299,13 +292,10 @@ def build_program(layout: CgroupIterLayout) -> list[asm.Insn]:
         # pass fits one read with as many programs as possible.
         b.jmp_imm("jne", R1, 0, "entry_next")
     b.emit(asm.ldx_mem(8, R3, R10, entry + lay.entry_prog), asm.alu64_imm("add", R3, lay.prog_aux))
-    _probe_read(b, _SCRATCH, 8)
+    probe_read_to_stack(b, _SCRATCH, 8)
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH), asm.alu64_imm("add", R3, lay.aux_id))
-    _probe_read(b, _REC + 8, 4)
-    # bpf_seq_write(ctx->meta->seq, record, sizeof record)
-    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
-    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
-    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(Helper.SEQ_WRITE))
+    probe_read_to_stack(b, _REC + 8, 4)
+    seq_write_from_stack(b, lay.ctx_meta, lay.meta_seq, _REC, RECORD.size)
 
     if iterators:
         b.label("entry_next")

@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import Helper, LinkType
-from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
+from otel_bpf.kernel._uapi import LinkType
+from otel_bpf.kernel.asm import R0, R1, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
+    probe_read_to_stack,
     read_iterator,
+    seq_write_from_stack,
 )
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf, VmlinuxBtfError
 
@@ -159,28 +161,22 @@ class LinkIterLayout:
         )
 
 
-def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
-    """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
-    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
-    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
-
-
 def _device_fields(b: Builder, ifindex: int, device: tuple[int, int, int]) -> None:
     """With R3 = the device: its ifindex (the state), name and namespace inode into the
     record.  probe_read_kernel zeroes what it cannot read, so a failed read leaves 0."""
     name, nd_net, inum = device
     b.emit(asm.mov64_reg(R9, R3))  # the link's address is not needed past this point
     b.emit(asm.alu64_imm("add", R3, ifindex))
-    _probe_read(b, _REC + 16, 4)
+    probe_read_to_stack(b, _REC + 16, 4)
     b.emit(asm.mov64_reg(R3, R9), asm.alu64_imm("add", R3, name))
-    _probe_read(b, _REC + 24, _NAME_SIZE)
+    probe_read_to_stack(b, _REC + 24, _NAME_SIZE)
     b.emit(asm.mov64_reg(R3, R9), asm.alu64_imm("add", R3, nd_net))
-    _probe_read(b, _SCRATCH, 8)
+    probe_read_to_stack(b, _SCRATCH, 8)
     b.jmp_imm("jne", R0, 0, "write")
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
     b.jmp_imm("jeq", R3, 0, "write")
     b.emit(asm.alu64_imm("add", R3, inum))
-    _probe_read(b, _REC + 12, 4)
+    probe_read_to_stack(b, _REC + 12, 4)
 
 
 def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
@@ -207,14 +203,14 @@ def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
         # plain arithmetic for probe_read_kernel.
         b.emit(asm.stx_mem(8, R10, R7, _SPILL))
         b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
-        _probe_read(b, _SCRATCH, 8)
+        probe_read_to_stack(b, _SCRATCH, 8)
         b.jmp_imm("jne", R0, 0, "write")
         b.emit(asm.ldx_mem(8, R9, R10, _SCRATCH))
         for link_type, (pointer, value) in sorted(lay.chains.items()):
             skip = f"not_{link_type}"
             b.jmp_imm("jne", R8, link_type, skip)
             b.emit(asm.mov64_reg(R3, R9), asm.alu64_imm("add", R3, pointer))
-            _probe_read(b, _SCRATCH, 8)
+            probe_read_to_stack(b, _SCRATCH, 8)
             b.jmp_imm("jne", R0, 0, "write")
             b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
             b.jmp_imm("jeq", R3, 0, "write")
@@ -224,15 +220,13 @@ def build_program(layout: LinkIterLayout) -> list[asm.Insn]:
                 _device_fields(b, value, lay.device)
             else:
                 b.emit(asm.alu64_imm("add", R3, value))
-                _probe_read(b, _REC + 16, 4)  # the upper half stays 0
+                probe_read_to_stack(b, _REC + 16, 4)  # the upper half stays 0
                 b.jmp_imm("jeq", R0, 0, "write")
                 b.emit(asm.st_mem(8, R10, _REC + 16, 0))
             b.ja("write")
             b.label(skip)
     b.label("write")
-    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
-    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _REC))
-    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(Helper.SEQ_WRITE))
+    seq_write_from_stack(b, lay.ctx_meta, lay.meta_seq, _REC, RECORD.size)
     b.label("out")
     b.emit(asm.mov64_imm(R0, 0), asm.exit_())
     return b.insns()

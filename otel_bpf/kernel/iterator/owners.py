@@ -37,7 +37,9 @@ from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfError
 from otel_bpf.kernel.iterator._common import (
     OwnedFds,
+    probe_read_to_stack,
     read_iterator,
+    seq_write_from_stack,
 )
 from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.owners import OwnerKey, TaskFds, group_by_program
@@ -178,16 +180,13 @@ def _state(name: str) -> int:
 def _read_pointer(b: Builder, offset: int) -> None:
     """R3 += offset; R3 = *(u64 *)R3 read with probe_read_kernel (0 when unreadable)."""
     b.emit(asm.alu64_imm("add", R3, offset))
-    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, _SCRATCH), asm.mov64_imm(R2, 8))
-    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
+    probe_read_to_stack(b, _SCRATCH, 8)
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH))
 
 
 def _seq_write(b: Builder, lay: OwnersLayout, stack_at: int, size: int) -> None:
     """bpf_seq_write(ctx->meta->seq, R10 + stack_at, size)."""
-    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
-    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, stack_at))
-    b.emit(asm.mov64_imm(R3, size), asm.call(Helper.SEQ_WRITE))
+    seq_write_from_stack(b, lay.ctx_meta, lay.meta_seq, stack_at, size)
 
 
 def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
@@ -242,9 +241,7 @@ def build_program(layout: OwnersLayout, state_fd: int) -> list[asm.Insn]:
     _read_pointer(b, lay.prog_aux)
     b.jmp_imm("jeq", R3, 0, "out")
     b.emit(asm.alu64_imm("add", R3, lay.aux_id))
-    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, _PROG_ENTRY_AT))
-    b.emit(asm.mov64_imm(R2, PROG_ENTRY_SIZE))
-    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
+    probe_read_to_stack(b, _PROG_ENTRY_AT, PROG_ENTRY_SIZE)
     b.jmp_imm("jne", R0, 0, "out")
 
     # A task header first, unless this pass has written this task's already.  The state

@@ -41,10 +41,7 @@ from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import Helper, MapType
 from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfUnsupportedError
-from otel_bpf.kernel.iterator._common import (
-    OwnedFds,
-    read_iterator,
-)
+from otel_bpf.kernel.iterator._common import OwnedFds, probe_read_to_stack, read_iterator
 from otel_bpf.kernel.maps import create_owned_map
 from otel_bpf.kernel.system import possible_cpus
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
@@ -260,12 +257,6 @@ def _exit_if(b: Builder, op: str, reg: int, imm: int) -> None:
     b.emit(asm.jmp_imm(negated, reg, imm, 2), asm.mov64_imm(R0, 0), asm.exit_())
 
 
-def _probe_read(b: Builder, dst_stack: int, size: int) -> None:
-    """``bpf_probe_read_kernel(R10 + dst_stack, size, R3)``; R3 set by the caller."""
-    b.emit(asm.mov64_reg(R1, R10), asm.alu64_imm("add", R1, dst_stack), asm.mov64_imm(R2, size))
-    b.emit(asm.call(Helper.PROBE_READ_KERNEL))
-
-
 def build_program(
     layout: ProgIterLayout,
     cpus: Sequence[int],
@@ -294,10 +285,10 @@ def build_program(
     b.emit(asm.ld_map_fd(R1, pcpu_fd))
     b.emit(asm.stx_mem(8, R10, R1, _SPILL))
     b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
-    _probe_read(b, _SCRATCH, 8)  # the map's address, as an integer
+    probe_read_to_stack(b, _SCRATCH, 8)  # the map's address, as an integer
     _exit_if(b, "jne", R0, 0)
     b.emit(asm.ldx_mem(8, R3, R10, _SCRATCH), asm.alu64_imm("add", R3, lay.array_pptrs))
-    _probe_read(b, _PPTR0, 8)
+    probe_read_to_stack(b, _PPTR0, 8)
     _exit_if(b, "jne", R0, 0)
     b.emit(asm.st_mem(4, R10, _KEY, 0))
     for i, cpu in enumerate(cpus):
@@ -307,7 +298,7 @@ def build_program(
         _exit_if(b, "jeq", R0, 0)
         b.emit(asm.stx_mem(8, R10, R0, _SPILL))
         b.emit(asm.mov64_reg(R3, R10), asm.alu64_imm("add", R3, _SPILL))
-        _probe_read(b, _SCRATCH, 8)
+        probe_read_to_stack(b, _SCRATCH, 8)
         _exit_if(b, "jne", R0, 0)
         b.emit(asm.ldx_mem(8, R1, R10, _SCRATCH), asm.ldx_mem(8, R2, R10, _PPTR0))
         b.emit(asm.alu64_reg("sub", R1, R2), asm.stx_mem(8, R8, R1, 8 + 8 * i))
@@ -325,7 +316,7 @@ def build_program(
     # the stack.  The stats pointer is read as an integer.
     b.emit(asm.st_mem(8, R10, _REC + 48, 0))
     b.emit(asm.mov64_reg(R3, R7), asm.alu64_imm("add", R3, lay.prog_stats))
-    _probe_read(b, _SCRATCH, 8)
+    probe_read_to_stack(b, _SCRATCH, 8)
     b.emit(asm.mov64_imm(R9, 0), asm.mov64_imm(R7, 0))
     b.jmp_imm("jne", R0, 0, no_stats)
     b.emit(asm.ldx_mem(8, R6, R10, _SCRATCH))
@@ -338,7 +329,7 @@ def build_program(
             b.emit(asm.kfunc_call(lay.rdonly_cast_id))
             base, cnt, nsecs, misses = R0, lay.stats_cnt, lay.stats_nsecs, lay.stats_misses
         else:
-            _probe_read(b, _STATS, span)
+            probe_read_to_stack(b, _STATS, span)
             base = R10
             cnt, nsecs, misses = (
                 _STATS + lay.stats_cnt,

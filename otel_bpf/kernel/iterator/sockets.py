@@ -28,11 +28,9 @@ from dataclasses import dataclass
 
 from otel_bpf.kernel import asm
 from otel_bpf.kernel._uapi import Helper
-from otel_bpf.kernel.asm import R0, R1, R2, R3, R6, R7, R8, R9, R10, Builder
+from otel_bpf.kernel.asm import R0, R1, R2, R6, R7, R8, R9, R10, Builder
 from otel_bpf.kernel.errors import BpfError
-from otel_bpf.kernel.iterator._common import (
-    OwnedFds,
-)
+from otel_bpf.kernel.iterator._common import OwnedFds, seq_write_from_stack
 from otel_bpf.kernel.vmlinux_btf import VmlinuxBtf
 
 PROGRAM_NAME = "otel_bpf_socks"
@@ -140,10 +138,7 @@ def _write_record(b: Builder, lay: SocketsLayout, kind: int, done: str) -> None:
     for half in (0, 8):
         b.emit(asm.ldx_mem(8, R1, R2, lay.task_comm + half))
         b.emit(asm.stx_mem(8, R10, R1, _RECORD_AT + _COMM + half))
-    # bpf_seq_write(ctx->meta->seq, record, sizeof record)
-    b.emit(asm.ldx_mem(8, R1, R6, lay.ctx_meta), asm.ldx_mem(8, R1, R1, lay.meta_seq))
-    b.emit(asm.mov64_reg(R2, R10), asm.alu64_imm("add", R2, _RECORD_AT))
-    b.emit(asm.mov64_imm(R3, RECORD.size), asm.call(Helper.SEQ_WRITE))
+    seq_write_from_stack(b, lay.ctx_meta, lay.meta_seq, _RECORD_AT, RECORD.size)
     b.ja(done)
 
 
