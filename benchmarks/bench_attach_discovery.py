@@ -48,7 +48,14 @@ from typing import Any
 from _bench import checkout, load_average, machine, raise_nofile
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, Cmd, ProgType, u32
+from otel_bpf.kernel._uapi import (
+    BPF_F_ALLOW_MULTI,
+    AttachType,
+    Cmd,
+    ProgAttachAttr,
+    ProgType,
+    RawTracepointOpenAttr,
+)
 from otel_bpf.kernel.attach import Names
 from otel_bpf.kernel.attach_discovery import AttachmentDiscovery, Source, default_sources
 from otel_bpf.kernel.links import link_create
@@ -59,29 +66,10 @@ HERE = Path(__file__).resolve().parent
 TREE = HERE.parent
 RETURN_0 = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
 RETURN_1 = asm.assemble([asm.mov64_imm(asm.R0, 1), asm.exit_()])
-BPF_F_ALLOW_MULTI = 1 << 1
 SO_ATTACH_BPF = 50
 # Raw tracepoints that fire seldom: hundreds of programs on them cost the host nothing.
 QUIET_TRACEPOINTS = ("sched_process_hang", "sched_kthread_stop")
 PREFIX = "bench_ad"
-
-
-class ProgAttachAttr(ctypes.Structure):
-    """The ``bpf_attr`` member used by ``BPF_PROG_ATTACH``."""
-
-    _fields_ = [
-        ("target_fd", u32),
-        ("attach_bpf_fd", u32),
-        ("attach_type", u32),
-        ("attach_flags", u32),
-        ("replace_bpf_fd", u32),
-    ]
-
-
-class RawTracepointOpenAttr(ctypes.Structure):
-    """The ``bpf_attr.raw_tracepoint`` member used by ``BPF_RAW_TRACEPOINT_OPEN``."""
-
-    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", u32), ("_pad", u32)]
 
 
 # The child: a private network namespace, veth pairs, XDP and tcx links or XDP and tc

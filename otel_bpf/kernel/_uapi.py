@@ -523,6 +523,13 @@ class ProgAttachAttr(ctypes.Structure):
     ]
 
 
+class RawTracepointOpenAttr(ctypes.Structure):
+    """The ``bpf_attr.raw_tracepoint`` member used by ``BPF_RAW_TRACEPOINT_OPEN``
+    (``cookie``: 6.10)."""
+
+    _fields_ = [("name", u64), ("prog_fd", u32), ("_pad", u32), ("cookie", u64)]
+
+
 # BPF_PROG_ATTACH flags a cgroup keeps per attach type (``query.attach_flags``): without
 # either, the cgroup's program is the only one of its subtree.
 BPF_F_ALLOW_OVERRIDE = 1 << 0

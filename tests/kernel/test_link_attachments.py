@@ -15,7 +15,7 @@ import pytest
 from kernel_progs import bpftool_json
 
 from otel_bpf.kernel import asm
-from otel_bpf.kernel._uapi import AttachType, Cmd, ProgType, u32, u64
+from otel_bpf.kernel._uapi import AttachType, Cmd, ProgType, RawTracepointOpenAttr
 from otel_bpf.kernel.attach import CGROUP_GONE, Names, cgroup2_root, read_link_attachments
 from otel_bpf.kernel.attach_discovery import AttachmentDiscovery
 from otel_bpf.kernel.fd import KernelFd
@@ -33,12 +33,6 @@ RETURN_0 = asm.assemble([asm.mov64_imm(asm.R0, 0), asm.exit_()])
 RETURN_1 = asm.assemble([asm.mov64_imm(asm.R0, 1), asm.exit_()])
 XDP_PASS = asm.assemble([asm.mov64_imm(asm.R0, 2), asm.exit_()])
 XDP_FLAGS_SKB_MODE = 1 << 1
-
-
-class RawTracepointOpenAttr(ctypes.Structure):
-    """The ``bpf_attr.raw_tracepoint`` member used by ``BPF_RAW_TRACEPOINT_OPEN``."""
-
-    _fields_ = [("name", u64), ("prog_fd", u32), ("_pad", u32), ("cookie", u64)]
 
 
 def raw_tracepoint_open(prog: KernelFd, name: str) -> KernelFd:
