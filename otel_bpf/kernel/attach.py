@@ -43,6 +43,7 @@ from otel_bpf.kernel._uapi import (
     attach_type_name,
     filled,
 )
+from otel_bpf.kernel.cgroup_tree import walk_cgroups
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.syscall import bpf, close, command_error, libc, prepared, raw_bpf
 from otel_bpf.kernel.system import cgroup2_mount_point
@@ -456,16 +457,12 @@ def cgroup2_root(mounts: str = "/proc/mounts") -> str:
 
 
 def _scan_cgroups(root: str) -> dict[int, str]:
-    """Inode number -> path of every directory of the cgroup2 hierarchy at ``root``."""
-    found: dict[int, str] = {}
-    with suppress(OSError):
-        found[os.stat(root).st_ino] = root
-    for top, dirs, _files in os.walk(root, onerror=None):
-        for d in dirs:
-            path = os.path.join(top, d)
-            with suppress(OSError):
-                found[os.stat(path, follow_symlinks=False).st_ino] = path
-    return found
+    """Inode number (the cgroup id) -> path of every directory of the cgroup2 hierarchy at
+    ``root``; empty when ``root`` cannot be opened."""
+    try:
+        return {cgroup_id: path for _fd, cgroup_id, path in walk_cgroups(root)}
+    except OSError:
+        return {}
 
 
 def _attach_btf_obj_id(prog_id: int) -> int | None:

@@ -49,6 +49,7 @@ from otel_bpf.kernel._uapi import (
     u32,
 )
 from otel_bpf.kernel.attach import CGROUP_GONE, Names, cgroup_target
+from otel_bpf.kernel.cgroup_tree import walk_cgroups
 from otel_bpf.kernel.errors import BpfError, BpfPermissionError
 from otel_bpf.kernel.namespaces import network_namespaces
 from otel_bpf.kernel.owners import fd_targets, process_ids
@@ -128,7 +129,6 @@ _LSM_CGROUP = ATTACH_TYPE_NAMES.index("lsm_cgroup")
 _SOCK_MAP_TYPES = frozenset({MapType.SOCKMAP, MapType.SOCKHASH})
 _IDS = 64  # a query's first buffer; a bigger one is asked for when the kernel says ENOSPC
 _NAME_SIZE = 4096  # a uprobe's file may be a long path
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def attach_types_for(
@@ -400,7 +400,7 @@ class ProgAttachSource:
         self, ctx: DiscoveryContext, attach_types: list[int]
     ) -> Iterator[tuple[int, Attachment]]:
         targets: dict[int, tuple[str, tuple[str, dict[str, Any]]]] = {}
-        for fd, cgroup_id, path in _walk_cgroups(ctx.names.cgroup_root):
+        for fd, cgroup_id, path in walk_cgroups(ctx.names.cgroup_root):
             for attach_type in attach_types:
                 ids, flags = self._query(fd, attach_type)
                 if not ids:
@@ -476,65 +476,6 @@ class _WalkedCgroup(Names):
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         return self._path if cgroup_id == self._id else None
-
-
-def _walk_cgroups(root: str) -> Iterator[tuple[int, int, str]]:
-    """``(open directory fd, cgroup id, path)`` of every cgroup under ``root`` (itself
-    first); each fd is closed when the next is asked for.  The id is the directory's inode;
-    a directory removed meanwhile is skipped.
-
-    Each child is opened relative to its parent's fd (one path component to look up), so
-    the parents of the directory being read stay open: as many fds as the tree is deep."""
-    fd = os.open(root, _DIR_FLAGS)
-    try:
-        yield from _walk_below(fd, root)
-    finally:
-        os.close(fd)
-
-
-def _walk_below(fd: int, path: str) -> Iterator[tuple[int, int, str]]:
-    st = os.fstat(fd)
-    yield fd, st.st_ino, path
-    for name in _children(fd, st.st_nlink):
-        try:
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-        except OSError:
-            continue  # removed since listed
-        try:
-            yield from _walk_below(child, f"{path}/{name}")
-        finally:
-            os.close(child)
-
-
-# A cgroup2 directory's files are named <controller>.<file> (cgroup.procs, memory.max, ...);
-# its subdirectories, the child cgroups, may be named anything.
-_CONTROL_PREFIXES = frozenset(
-    {"cgroup", "cpu", "cpuset", "io", "memory", "pids", "rdma", "hugetlb", "misc", "dmem", "irq"}
-)
-
-
-def _children(fd: int, nlink: int) -> list[str]:
-    """The names of the child cgroups of directory ``fd``, whose link count is ``nlink``.
-
-    A kernfs directory's link count is 2 plus its subdirectories: a leaf (most cgroups) is
-    not listed at all.  A listing of names is several times cheaper than one that tells
-    files from directories; the files are told by their controller prefix, and when that
-    guess does not account for every subdirectory (a controller this list does not know, a
-    child named like a file) the directory is listed again with the entries' types."""
-    if nlink <= 2:
-        return []
-    try:
-        names = [
-            name
-            for name in os.listdir(fd)
-            if "." not in name or name.partition(".")[0] not in _CONTROL_PREFIXES
-        ]
-        if len(names) == nlink - 2:
-            return names
-        with os.scandir(fd) as entries:
-            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []  # removed while listed
 
 
 def _map_ids() -> Iterator[int]:

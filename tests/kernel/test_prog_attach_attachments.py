@@ -381,7 +381,7 @@ def test_perf_event_source_stays_idle_without_candidates() -> None:
 
 
 def test_the_walk_finds_every_cgroup(cgroups: Cgroups) -> None:
-    from otel_bpf.kernel.attach_query import _walk_cgroups
+    from otel_bpf.kernel.cgroup_tree import walk_cgroups
 
     # Children named like control files ("memory.odd", "cpu"): told apart from the files
     # by the directory's link count, which a listing of names alone does not match.
@@ -390,6 +390,6 @@ def test_the_walk_finds_every_cgroup(cgroups: Cgroups) -> None:
         os.mkdir(os.path.join(top, odd))
     mount = cgroup.cgroup2_mount()
     expected = {(os.stat(d).st_ino, d) for d, _dirs, _files in os.walk(mount)}
-    walked = [(cgroup_id, path) for _fd, cgroup_id, path in _walk_cgroups(mount)]
+    walked = [(cgroup_id, path) for _fd, cgroup_id, path in walk_cgroups(mount)]
     assert len(walked) == len(expected) and set(walked) == expected
     assert walked[0] == (os.stat(mount).st_ino, mount)

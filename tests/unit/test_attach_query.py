@@ -181,7 +181,7 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, int], tuple[
             return opened("ns" + path.rsplit("/", 1)[1])
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(attach_query, "_walk_cgroups", walk)
+    monkeypatch.setattr(attach_query, "walk_cgroups", walk)
     monkeypatch.setattr(attach_query, "Querier", lambda: query)
     monkeypatch.setattr(attach_query, "_map_ids", lambda: iter([3, 4]))
     monkeypatch.setattr(attach_query, "_open_map", open_map)
@@ -243,7 +243,7 @@ def test_prog_attach_source_idle_without_programs_of_its_types(
     def never(*args: object) -> None:
         raise AssertionError("nothing to look at")
 
-    for name in ("_walk_cgroups", "_map_ids", "network_namespaces"):
+    for name in ("walk_cgroups", "_map_ids", "network_namespaces"):
         monkeypatch.setattr(attach_query, name, never)
     source = ProgAttachSource(iterator=False)
     ctx = DiscoveryContext(FakeNames(), {1: "socket_filter", 2: "xdp", 3: "sk_lookup"})

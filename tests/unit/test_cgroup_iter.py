@@ -288,7 +288,7 @@ def test_a_failed_read_is_made_by_the_query_walk(monkeypatch: pytest.MonkeyPatch
         walked.append(root)
         return []
 
-    monkeypatch.setattr(attach_query, "_walk_cgroups", walk)
+    monkeypatch.setattr(attach_query, "walk_cgroups", walk)
     source = ProgAttachSource()
     fake = FakeIterator([], fail=OSError(errno.EOPNOTSUPP, "Operation not supported"))
     source._iterator = fake  # type: ignore[assignment]
@@ -310,7 +310,7 @@ def test_a_kernel_without_the_iterator_is_queried_with_one_log_line(
         raise BpfError(errno.ENOENT, "vmlinux BTF has no FUNC 'bpf_iter_cgroup'")
 
     monkeypatch.setattr(cgroups.CgroupIterator, "open", staticmethod(refused))
-    monkeypatch.setattr(attach_query, "_walk_cgroups", lambda root: iter([]))
+    monkeypatch.setattr(attach_query, "walk_cgroups", lambda root: iter([]))
     source = ProgAttachSource()
     with caplog.at_level(logging.INFO, logger="otel_bpf.attach"):
         for _ in range(3):
